@@ -1,0 +1,245 @@
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::{Job, JobId, JobState, NewJob, Timestamp};
+
+/// A storage or transport failure. Brokers report what went wrong in words an operator can act
+/// on; whether to try again is [`BrokerError::is_transient`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// The store is unavailable for now (busy, locked, disconnected); trying again may work.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The request itself is wrong (for example a field out of range); retrying will not help.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The broker cannot do this at all (a capability it does not have).
+    #[error("not supported by this broker: {0}")]
+    Unsupported(String),
+    /// No job with this id.
+    #[error("no job with id {0}")]
+    NotFound(JobId),
+    /// The job is in a state the operation does not apply to.
+    #[error("job {id} is {state}: {what}")]
+    WrongState {
+        /// The job.
+        id: JobId,
+        /// Its state.
+        state: JobState,
+        /// What was asked.
+        what: String,
+    },
+    /// The broker has shut down.
+    #[error("broker is closed")]
+    Closed,
+    /// Any other store failure.
+    #[error("broker error: {0}")]
+    Other(String),
+}
+
+impl BrokerError {
+    /// True if the same call may succeed later (a worker logs, backs off and goes on).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, BrokerError::Unavailable(_) | BrokerError::Other(_))
+    }
+}
+
+/// The result of an enqueue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Enqueued {
+    /// The stored job's id: the new one, or the existing one for a duplicate unique key.
+    pub id: JobId,
+    /// True when the unique key matched an unfinished job and nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// What a dispatcher asks for.
+#[derive(Clone, Debug)]
+pub struct FetchRequest {
+    /// The queues to take from, served round-robin.
+    pub queues: Vec<String>,
+    /// At most this many jobs (the free slots the caller has already reserved).
+    pub max: usize,
+    /// How long the leases last unless renewed by [`Broker::heartbeat`].
+    pub lease: Duration,
+    /// How long to wait for at least one job before returning an empty batch.
+    pub wait: Duration,
+}
+
+/// The right to settle one leased job. Its `attempt` is the fencing token: a settle or heartbeat
+/// carrying an older attempt than the stored one is rejected, so a worker whose lease expired can
+/// never overwrite a newer attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Lease {
+    /// The job.
+    pub id: JobId,
+    /// A broker-specific handle that finds the job quickly (e.g. its row number).
+    pub token: u64,
+    /// The attempt this lease is for.
+    pub attempt: u32,
+}
+
+/// A leased job, ready to run.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    /// The job as stored, with `attempt` already counting this run.
+    pub job: Job,
+    /// The lease to settle it with.
+    pub lease: Lease,
+}
+
+/// How an attempt ended, as the broker records it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Settlement {
+    /// Succeeded, with an optional JSON result.
+    Succeeded {
+        /// The result to store.
+        result: Option<Vec<u8>>,
+    },
+    /// Failed transiently: run again at `run_at`.
+    Retry {
+        /// When the next attempt may start.
+        run_at: Timestamp,
+        /// What went wrong.
+        error: String,
+    },
+    /// Failed for good (or attempts exhausted): into the dead-letter set.
+    Failed {
+        /// What went wrong.
+        error: String,
+    },
+    /// Given back unrun (graceful shutdown): runnable now, this attempt not counted.
+    Release,
+}
+
+/// What happened to one settle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SettleOutcome {
+    /// Recorded durably.
+    Applied,
+    /// Fenced: the lease had expired or the job moved on (another attempt, a cancel). Nothing
+    /// was written.
+    Stale,
+}
+
+/// The small interface a worker needs. Every backend implements it and passes the shared
+/// conformance suite (`weir-testkit`).
+///
+/// Delivery is at-least-once: a job is only finished by a durable [`settle`](Broker::settle);
+/// a lease that is neither settled nor renewed expires and the job runs again.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Stores one job. Returns once the job is durable.
+    async fn enqueue(&self, job: NewJob) -> Result<Enqueued, BrokerError> {
+        let mut out = self.enqueue_many(vec![job]).await?;
+        out.pop()
+            .ok_or_else(|| BrokerError::Other("enqueue_many returned nothing".into()))
+    }
+
+    /// Stores many jobs in as few commits as the broker can; results in input order. Returns
+    /// once all are durable.
+    async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, BrokerError>;
+
+    /// Leases up to `req.max` runnable jobs, highest priority first, then earliest `run_at`.
+    /// Waits up to `req.wait` for at least one.
+    ///
+    /// Cancel safety: dropping the future before it returns leases nothing for the caller; a
+    /// broker that had already leased jobs gives them back.
+    async fn fetch(&self, req: FetchRequest) -> Result<Vec<Delivery>, BrokerError>;
+
+    /// Records how attempts ended, fenced by their leases; results in input order. Returns
+    /// once the outcomes are durable.
+    async fn settle(
+        &self,
+        settlements: Vec<(Lease, Settlement)>,
+    ) -> Result<Vec<SettleOutcome>, BrokerError>;
+
+    /// Extends the leases by `extend` from now; `false` marks a lease that is no longer held
+    /// (its attempt should stop).
+    async fn heartbeat(&self, leases: &[Lease], extend: Duration)
+        -> Result<Vec<bool>, BrokerError>;
+
+    /// The inspection capability, if this broker has one.
+    fn inspect(&self) -> Option<&dyn Inspect> {
+        None
+    }
+}
+
+/// Which jobs [`Inspect::list`] returns.
+#[derive(Clone, Debug, Default)]
+pub struct ListFilter {
+    /// Only this queue. By default, all.
+    pub queue: Option<String>,
+    /// Only this state. By default, all.
+    pub state: Option<JobState>,
+    /// At most this many, newest first. By default (0), 100.
+    pub limit: usize,
+}
+
+/// Job counts of one queue.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct QueueCounts {
+    /// The queue.
+    pub queue: String,
+    /// Pending jobs, whether due or delayed.
+    pub pending: u64,
+    /// Jobs leased by a worker.
+    pub running: u64,
+    /// Jobs waiting for their next attempt.
+    pub retryable: u64,
+    /// Finished jobs.
+    pub succeeded: u64,
+    /// Dead-lettered jobs.
+    pub failed: u64,
+    /// Cancelled jobs.
+    pub cancelled: u64,
+}
+
+impl QueueCounts {
+    /// Adds `n` jobs in `state`.
+    pub fn add(&mut self, state: JobState, n: u64) {
+        match state {
+            JobState::Pending => self.pending += n,
+            JobState::Running => self.running += n,
+            JobState::Retryable => self.retryable += n,
+            JobState::Succeeded => self.succeeded += n,
+            JobState::Failed => self.failed += n,
+            JobState::Cancelled => self.cancelled += n,
+        }
+    }
+
+    /// The count for `state`.
+    pub fn get(&self, state: JobState) -> u64 {
+        match state {
+            JobState::Pending => self.pending,
+            JobState::Running => self.running,
+            JobState::Retryable => self.retryable,
+            JobState::Succeeded => self.succeeded,
+            JobState::Failed => self.failed,
+            JobState::Cancelled => self.cancelled,
+        }
+    }
+}
+
+/// Looking at and steering stored jobs: for the CLI, the HTTP API and the dashboard. A separate
+/// capability, because not every broker can offer it (RabbitMQ cannot find a message by id).
+#[async_trait]
+pub trait Inspect: Send + Sync {
+    /// The job with this id.
+    async fn get(&self, id: JobId) -> Result<Option<Job>, BrokerError>;
+    /// Jobs matching `filter`, newest first.
+    async fn list(&self, filter: ListFilter) -> Result<Vec<Job>, BrokerError>;
+    /// Counts by queue and state, queues in name order.
+    async fn counts(&self) -> Result<Vec<QueueCounts>, BrokerError>;
+    /// Runs a Failed job again (attempts start over). Errors with [`BrokerError::WrongState`]
+    /// for a job in any other state.
+    async fn retry(&self, id: JobId) -> Result<Job, BrokerError>;
+    /// Cancels an unfinished job; a running attempt loses its lease at its next heartbeat.
+    async fn cancel(&self, id: JobId) -> Result<Job, BrokerError>;
+    /// Deletes finished jobs in `state` (Succeeded, Failed or Cancelled), optionally of one
+    /// queue. Returns how many were deleted.
+    async fn purge(&self, state: JobState, queue: Option<&str>) -> Result<u64, BrokerError>;
+}

@@ -1,0 +1,388 @@
+//! An in-process broker: nothing survives the process. For tests, examples and embedding weir
+//! where durability is not wanted. It follows exactly the semantics of the durable brokers and
+//! passes the same conformance suite.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::{
+    transition, Broker, BrokerError, Clock, Delivery, Enqueued, Event, FetchRequest, Inspect,
+    Job, JobId, JobState, Lease, ListFilter, NewJob, QueueCounts, ReadyIndex, SettleOutcome,
+    Settlement, SystemClock, Timestamp,
+};
+
+#[derive(Default)]
+struct Inner {
+    next_token: u64,
+    jobs: HashMap<u64, Job>,
+    ids: HashMap<JobId, u64>,
+    unique: HashMap<String, u64>,
+    running: HashMap<u64, ()>,
+    index: ReadyIndex,
+}
+
+impl Inner {
+    fn apply(&mut self, token: u64, event: Event, now: Timestamp) -> Result<&mut Job, BrokerError> {
+        let job = self
+            .jobs
+            .get_mut(&token)
+            .ok_or_else(|| BrokerError::Other(format!("token {token} vanished")))?;
+        let to = transition(job.state, event).map_err(|e| BrokerError::WrongState {
+            id: job.id,
+            state: job.state,
+            what: e.to_string(),
+        })?;
+        job.state = to;
+        if to != JobState::Running {
+            job.lease_until = None;
+            self.running.remove(&token);
+        }
+        if to.is_finished() {
+            job.finished_at = Some(now);
+            if let Some(k) = &job.unique_key {
+                if self.unique.get(k) == Some(&token) {
+                    self.unique.remove(k);
+                }
+            }
+        }
+        if matches!(to, JobState::Pending | JobState::Retryable) {
+            self.index
+                .insert(&job.queue, job.priority, job.run_at, token, now);
+        }
+        Ok(job)
+    }
+
+    /// Expired leases run again, or fail if they have used all their attempts.
+    fn reap(&mut self, now: Timestamp) {
+        let expired: Vec<u64> = self
+            .running
+            .keys()
+            .copied()
+            .filter(|t| {
+                self.jobs
+                    .get(t)
+                    .and_then(|j| j.lease_until)
+                    .is_some_and(|u| u < now)
+            })
+            .collect();
+        for token in expired {
+            let Some(job) = self.jobs.get(&token) else { continue };
+            let exhausted = job.attempt >= job.max_attempts;
+            let msg = format!("lease expired during attempt {} (worker lost)", job.attempt);
+            let event = if exhausted { Event::Fail } else { Event::Expire };
+            if let Ok(job) = self.apply(token, event, now) {
+                job.last_error = Some(if exhausted {
+                    format!("{msg}; attempts exhausted ({})", job.max_attempts)
+                } else {
+                    msg
+                });
+                if !exhausted {
+                    job.run_at = now;
+                }
+            }
+        }
+    }
+
+    fn lookup(&self, id: JobId) -> Result<u64, BrokerError> {
+        self.ids.get(&id).copied().ok_or(BrokerError::NotFound(id))
+    }
+}
+
+/// A broker in memory. Cloning shares the same store.
+#[derive(Clone)]
+pub struct MemoryBroker {
+    inner: Arc<Mutex<Inner>>,
+    notify: Arc<Notify>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for MemoryBroker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for MemoryBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryBroker").finish_non_exhaustive()
+    }
+}
+
+impl MemoryBroker {
+    /// An empty broker on the system clock.
+    pub fn new() -> Self {
+        Self::with_clock(Arc::new(SystemClock))
+    }
+
+    /// An empty broker reading time from `clock` (for tests with a [`crate::ManualClock`]).
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        MemoryBroker {
+            inner: Arc::new(Mutex::new(Inner::default())),
+            notify: Arc::new(Notify::new()),
+            clock,
+        }
+    }
+
+    fn take(&self, req: &FetchRequest) -> Vec<Delivery> {
+        let now = self.clock.now();
+        let mut g = self.inner.lock();
+        g.reap(now);
+        let mut out = Vec::new();
+        while out.len() < req.max {
+            let tokens = g.index.take(&req.queues, req.max - out.len(), now);
+            if tokens.is_empty() {
+                break;
+            }
+            for token in tokens {
+                let Some(job) = g.jobs.get(&token) else { continue };
+                // The index holds hints: confirm the job is still runnable now.
+                if !matches!(job.state, JobState::Pending | JobState::Retryable) || job.run_at > now {
+                    continue;
+                }
+                let Ok(job) = g.apply(token, Event::Lease, now) else { continue };
+                job.attempt += 1;
+                job.lease_until = Some(now.add(req.lease));
+                let delivery = Delivery {
+                    lease: Lease {
+                        id: job.id,
+                        token,
+                        attempt: job.attempt,
+                    },
+                    job: job.clone(),
+                };
+                g.running.insert(token, ());
+                out.push(delivery);
+            }
+        }
+        out
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, BrokerError> {
+        let now = self.clock.now();
+        let mut g = self.inner.lock();
+        let mut out = Vec::with_capacity(jobs.len());
+        for new in jobs {
+            if let Some(key) = &new.unique_key {
+                if let Some(t) = g.unique.get(key) {
+                    out.push(Enqueued {
+                        id: g.jobs[t].id,
+                        duplicate: true,
+                    });
+                    continue;
+                }
+            }
+            if g.ids.contains_key(&new.id) {
+                return Err(BrokerError::Invalid(format!("job id {} already exists", new.id)));
+            }
+            g.next_token += 1;
+            let token = g.next_token;
+            let job = new.into_job(now);
+            g.index.insert(&job.queue, job.priority, job.run_at, token, now);
+            if let Some(k) = &job.unique_key {
+                g.unique.insert(k.clone(), token);
+            }
+            g.ids.insert(job.id, token);
+            out.push(Enqueued {
+                id: job.id,
+                duplicate: false,
+            });
+            g.jobs.insert(token, job);
+        }
+        drop(g);
+        self.notify.notify_waiters();
+        Ok(out)
+    }
+
+    async fn fetch(&self, req: FetchRequest) -> Result<Vec<Delivery>, BrokerError> {
+        let deadline = tokio::time::Instant::now() + req.wait;
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let got = self.take(&req);
+            if !got.is_empty() || req.max == 0 {
+                return Ok(got);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(got);
+            }
+            // Wake for new jobs, or to look again for delayed ones and expired leases.
+            let poll = deadline.min(now + Duration::from_millis(50));
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(poll) => {}
+            }
+        }
+    }
+
+    async fn settle(
+        &self,
+        settlements: Vec<(Lease, Settlement)>,
+    ) -> Result<Vec<SettleOutcome>, BrokerError> {
+        let now = self.clock.now();
+        let mut g = self.inner.lock();
+        let mut out = Vec::with_capacity(settlements.len());
+        let mut woke = false;
+        for (lease, s) in settlements {
+            let held = g.jobs.get(&lease.token).is_some_and(|j| {
+                j.id == lease.id && j.state == JobState::Running && j.attempt == lease.attempt
+            });
+            if !held {
+                out.push(SettleOutcome::Stale);
+                continue;
+            }
+            let event = match &s {
+                Settlement::Succeeded { .. } => Event::Succeed,
+                Settlement::Retry { .. } => Event::Retry,
+                Settlement::Failed { .. } => Event::Fail,
+                Settlement::Release => Event::Release,
+            };
+            if let Settlement::Retry { run_at, .. } = &s {
+                // Set before the transition re-indexes the job.
+                if let Some(j) = g.jobs.get_mut(&lease.token) {
+                    j.run_at = *run_at;
+                }
+            }
+            if let Settlement::Release = &s {
+                if let Some(j) = g.jobs.get_mut(&lease.token) {
+                    j.attempt = j.attempt.saturating_sub(1);
+                    j.run_at = now;
+                }
+            }
+            let job = g.apply(lease.token, event, now)?;
+            match s {
+                Settlement::Succeeded { result } => job.result = result,
+                Settlement::Retry { error, .. } | Settlement::Failed { error } => {
+                    job.last_error = Some(error)
+                }
+                Settlement::Release => woke = true,
+            }
+            woke |= event == Event::Retry;
+            out.push(SettleOutcome::Applied);
+        }
+        drop(g);
+        if woke {
+            self.notify.notify_waiters();
+        }
+        Ok(out)
+    }
+
+    async fn heartbeat(&self, leases: &[Lease], extend: Duration) -> Result<Vec<bool>, BrokerError> {
+        let now = self.clock.now();
+        let mut g = self.inner.lock();
+        Ok(leases
+            .iter()
+            .map(|l| match g.jobs.get_mut(&l.token) {
+                Some(j) if j.id == l.id && j.state == JobState::Running && j.attempt == l.attempt => {
+                    j.lease_until = Some(now.add(extend));
+                    true
+                }
+                _ => false,
+            })
+            .collect())
+    }
+
+    fn inspect(&self) -> Option<&dyn Inspect> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Inspect for MemoryBroker {
+    async fn get(&self, id: JobId) -> Result<Option<Job>, BrokerError> {
+        let g = self.inner.lock();
+        Ok(g.ids.get(&id).map(|t| g.jobs[t].clone()))
+    }
+
+    async fn list(&self, filter: ListFilter) -> Result<Vec<Job>, BrokerError> {
+        let g = self.inner.lock();
+        let mut jobs: Vec<&Job> = g
+            .jobs
+            .values()
+            .filter(|j| filter.queue.as_ref().is_none_or(|q| *q == j.queue))
+            .filter(|j| filter.state.is_none_or(|s| s == j.state))
+            .collect();
+        jobs.sort_by(|a, b| b.id.cmp(&a.id));
+        let limit = if filter.limit == 0 { 100 } else { filter.limit };
+        Ok(jobs.into_iter().take(limit).cloned().collect())
+    }
+
+    async fn counts(&self) -> Result<Vec<QueueCounts>, BrokerError> {
+        let g = self.inner.lock();
+        let mut by: std::collections::BTreeMap<&str, QueueCounts> = Default::default();
+        for j in g.jobs.values() {
+            by.entry(&j.queue)
+                .or_insert_with(|| QueueCounts {
+                    queue: j.queue.clone(),
+                    ..Default::default()
+                })
+                .add(j.state, 1);
+        }
+        Ok(by.into_values().collect())
+    }
+
+    async fn retry(&self, id: JobId) -> Result<Job, BrokerError> {
+        let now = self.clock.now();
+        let mut g = self.inner.lock();
+        let token = g.lookup(id)?;
+        if let Some(key) = g.jobs[&token].unique_key.clone() {
+            if let Some(other) = g.unique.get(&key) {
+                return Err(BrokerError::Invalid(format!(
+                    "unique key `{key}` is held by unfinished job {}",
+                    g.jobs[other].id
+                )));
+            }
+            if g.jobs[&token].state == JobState::Failed {
+                g.unique.insert(key, token);
+            }
+        }
+        if let Some(j) = g.jobs.get_mut(&token) {
+            if j.state == JobState::Failed {
+                j.run_at = now;
+                j.attempt = 0;
+                j.finished_at = None;
+            }
+        }
+        let job = g.apply(token, Event::ManualRetry, now)?.clone();
+        drop(g);
+        self.notify.notify_waiters();
+        Ok(job)
+    }
+
+    async fn cancel(&self, id: JobId) -> Result<Job, BrokerError> {
+        let now = self.clock.now();
+        let mut g = self.inner.lock();
+        let token = g.lookup(id)?;
+        Ok(g.apply(token, Event::Cancel, now)?.clone())
+    }
+
+    async fn purge(&self, state: JobState, queue: Option<&str>) -> Result<u64, BrokerError> {
+        if !state.is_finished() {
+            return Err(BrokerError::Invalid(format!(
+                "purge takes a finished state (succeeded, failed, cancelled), not {state}"
+            )));
+        }
+        let mut g = self.inner.lock();
+        let doomed: Vec<u64> = g
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.state == state && queue.is_none_or(|q| q == j.queue))
+            .map(|(t, _)| *t)
+            .collect();
+        for t in &doomed {
+            if let Some(j) = g.jobs.remove(t) {
+                g.ids.remove(&j.id);
+            }
+        }
+        Ok(doomed.len() as u64)
+    }
+}
