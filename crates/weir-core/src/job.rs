@@ -241,7 +241,9 @@ mod opt_json_bytes {
         }
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Vec<u8>>, D::Error> {
         let v = Option::<serde_json::Value>::deserialize(d)?;
         v.map(|v| serde_json::to_vec(&v).map_err(serde::de::Error::custom))
             .transpose()
@@ -257,7 +259,9 @@ mod opt_millis {
         v.map(|d| d.as_millis() as u64).serialize(s)
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
         Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
     }
 }

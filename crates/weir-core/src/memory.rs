@@ -11,9 +11,9 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::{
-    transition, Broker, BrokerError, Clock, Delivery, Enqueued, Event, FetchRequest, Inspect,
-    Job, JobId, JobState, Lease, ListFilter, NewJob, QueueCounts, ReadyIndex, SettleOutcome,
-    Settlement, SystemClock, Timestamp,
+    transition, Broker, BrokerError, Clock, Delivery, Enqueued, Event, FetchRequest, Inspect, Job,
+    JobId, JobState, Lease, ListFilter, NewJob, QueueCounts, ReadyIndex, SettleOutcome, Settlement,
+    SystemClock, Timestamp,
 };
 
 #[derive(Default)]
@@ -71,10 +71,16 @@ impl Inner {
             })
             .collect();
         for token in expired {
-            let Some(job) = self.jobs.get(&token) else { continue };
+            let Some(job) = self.jobs.get(&token) else {
+                continue;
+            };
             let exhausted = job.attempt >= job.max_attempts;
             let msg = format!("lease expired during attempt {} (worker lost)", job.attempt);
-            let event = if exhausted { Event::Fail } else { Event::Expire };
+            let event = if exhausted {
+                Event::Fail
+            } else {
+                Event::Expire
+            };
             if let Ok(job) = self.apply(token, event, now) {
                 job.last_error = Some(if exhausted {
                     format!("{msg}; attempts exhausted ({})", job.max_attempts)
@@ -139,12 +145,17 @@ impl MemoryBroker {
                 break;
             }
             for token in tokens {
-                let Some(job) = g.jobs.get(&token) else { continue };
+                let Some(job) = g.jobs.get(&token) else {
+                    continue;
+                };
                 // The index holds hints: confirm the job is still runnable now.
-                if !matches!(job.state, JobState::Pending | JobState::Retryable) || job.run_at > now {
+                if !matches!(job.state, JobState::Pending | JobState::Retryable) || job.run_at > now
+                {
                     continue;
                 }
-                let Ok(job) = g.apply(token, Event::Lease, now) else { continue };
+                let Ok(job) = g.apply(token, Event::Lease, now) else {
+                    continue;
+                };
                 job.attempt += 1;
                 job.lease_until = Some(now.add(req.lease));
                 let delivery = Delivery {
@@ -180,12 +191,16 @@ impl Broker for MemoryBroker {
                 }
             }
             if g.ids.contains_key(&new.id) {
-                return Err(BrokerError::Invalid(format!("job id {} already exists", new.id)));
+                return Err(BrokerError::Invalid(format!(
+                    "job id {} already exists",
+                    new.id
+                )));
             }
             g.next_token += 1;
             let token = g.next_token;
             let job = new.into_job(now);
-            g.index.insert(&job.queue, job.priority, job.run_at, token, now);
+            g.index
+                .insert(&job.queue, job.priority, job.run_at, token, now);
             if let Some(k) = &job.unique_key {
                 g.unique.insert(k.clone(), token);
             }
@@ -276,13 +291,19 @@ impl Broker for MemoryBroker {
         Ok(out)
     }
 
-    async fn heartbeat(&self, leases: &[Lease], extend: Duration) -> Result<Vec<bool>, BrokerError> {
+    async fn heartbeat(
+        &self,
+        leases: &[Lease],
+        extend: Duration,
+    ) -> Result<Vec<bool>, BrokerError> {
         let now = self.clock.now();
         let mut g = self.inner.lock();
         Ok(leases
             .iter()
             .map(|l| match g.jobs.get_mut(&l.token) {
-                Some(j) if j.id == l.id && j.state == JobState::Running && j.attempt == l.attempt => {
+                Some(j)
+                    if j.id == l.id && j.state == JobState::Running && j.attempt == l.attempt =>
+                {
                     j.lease_until = Some(now.add(extend));
                     true
                 }

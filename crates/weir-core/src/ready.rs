@@ -76,7 +76,14 @@ impl ReadyIndex {
     }
 
     /// Adds a job: ready if `run_at <= now`, delayed otherwise.
-    pub fn insert(&mut self, queue: &str, priority: i32, run_at: Timestamp, token: u64, now: Timestamp) {
+    pub fn insert(
+        &mut self,
+        queue: &str,
+        priority: i32,
+        run_at: Timestamp,
+        token: u64,
+        now: Timestamp,
+    ) {
         let q = match self.queues.get_mut(queue) {
             Some(q) => q,
             None => self.queues.entry(queue.to_owned()).or_default(),
@@ -128,7 +135,11 @@ impl ReadyIndex {
         while out.len() < max && empty < queues.len() {
             let name = &queues[i % queues.len()];
             i = i.wrapping_add(1);
-            match self.queues.get_mut(name.as_str()).and_then(|q| q.ready.pop()) {
+            match self
+                .queues
+                .get_mut(name.as_str())
+                .and_then(|q| q.ready.pop())
+            {
                 Some(k) => {
                     out.push(k.token);
                     empty = 0;

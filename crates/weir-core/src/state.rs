@@ -215,6 +215,9 @@ mod tests {
             assert_eq!(s.as_str().parse::<S>().unwrap(), s);
         }
         assert_eq!(S::from_code(6), None);
-        assert!("dead".parse::<S>().unwrap_err().contains("unknown state `dead`"));
+        assert!("dead"
+            .parse::<S>()
+            .unwrap_err()
+            .contains("unknown state `dead`"));
     }
 }

@@ -1,1 +1,415 @@
-//! placeholder
+//! weir's embedded durable broker: one SQLite file, no server.
+//!
+//! - **Durable by default.** An enqueue or settle returns once its transaction committed with
+//!   `synchronous=FULL` in WAL mode (fsync of the log). [`Synchronous::Normal`] is the opt-in
+//!   relaxed mode: commits survive a crash of the process but not of the machine.
+//! - **Group commit.** One writer thread drains every queued command into one transaction, so
+//!   the cost of an fsync is shared by all the enqueues, leases and settles that arrived while
+//!   the previous one ran.
+//! - **Ready order in memory.** Runnable jobs are ordered in a [`weir_core::ReadyIndex`] held by
+//!   the writer; on disk only unfinished rows are indexed. Other processes that write the same
+//!   file (a `weir enqueue` beside a `weir serve`) are noticed by polling, every
+//!   [`SqliteOptions::poll_interval`].
+//! - **Leases with fencing.** A lease carries its attempt; a settle or heartbeat from an older
+//!   attempt matches no row and is reported [`SettleOutcome::Stale`]. Expired leases are reclaimed
+//!   with the attempt counted.
+//!
+//! The format and its invariants are in docs/embedded-format.md.
+
+mod rows;
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use tokio::sync::{oneshot, Notify};
+use weir_core::{
+    Broker, BrokerError, Clock, Delivery, Enqueued, FetchRequest, Inspect, Job, JobId, JobState,
+    Lease, ListFilter, NewJob, QueueCounts, SettleOutcome, Settlement, SystemClock,
+};
+
+use crate::rows::{job_from_row, JOB_COLUMNS};
+use crate::writer::{Cmd, Writer};
+
+/// How hard a commit is pushed to disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// fsync on every commit: a returned enqueue or settle survives power loss. The default.
+    #[default]
+    Full,
+    /// No fsync on commit (WAL `synchronous=NORMAL`): survives a crash of weir, but the last
+    /// commits may be lost if the machine loses power. Opt-in, for throughput over safety.
+    Normal,
+}
+
+/// Where and how to open the embedded broker.
+#[derive(Clone)]
+pub struct SqliteOptions {
+    path: PathBuf,
+    synchronous: Synchronous,
+    poll_interval: Duration,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for SqliteOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteOptions")
+            .field("path", &self.path)
+            .field("synchronous", &self.synchronous)
+            .field("poll_interval", &self.poll_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteOptions {
+    /// Options for the file at `path` (created if missing), with the defaults below.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        SqliteOptions {
+            path: path.into(),
+            synchronous: Synchronous::Full,
+            poll_interval: Duration::from_millis(100),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Parses `sqlite:PATH` or `sqlite://PATH`, with an optional `?sync=full|normal`.
+    ///
+    /// ```
+    /// use weir_sqlite::{SqliteOptions, Synchronous};
+    /// let o = SqliteOptions::from_url("sqlite:./weir.db?sync=normal").unwrap();
+    /// assert_eq!(o.path().to_str(), Some("./weir.db"));
+    /// assert_eq!(o.synchronous_mode(), Synchronous::Normal);
+    /// assert!(SqliteOptions::from_url("sqlite:").is_err());
+    /// ```
+    pub fn from_url(url: &str) -> Result<Self, String> {
+        let rest = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .ok_or_else(|| format!("`{url}` is not a sqlite URL (expected sqlite:PATH)"))?;
+        let (path, query) = match rest.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (rest, None),
+        };
+        if path.is_empty() {
+            return Err(format!("`{url}` names no file (expected sqlite:PATH)"));
+        }
+        let mut o = SqliteOptions::new(path);
+        for pair in query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .filter(|p| !p.is_empty())
+        {
+            match pair.split_once('=') {
+                Some(("sync", "full")) => o.synchronous = Synchronous::Full,
+                Some(("sync", "normal")) => o.synchronous = Synchronous::Normal,
+                Some(("sync", v)) => {
+                    return Err(format!(
+                        "sqlite URL: sync must be `full` or `normal`, not `{v}`"
+                    ))
+                }
+                _ => return Err(format!("sqlite URL: unknown option `{pair}` (known: sync)")),
+            }
+        }
+        Ok(o)
+    }
+
+    /// Sets the commit durability. By default, [`Synchronous::Full`].
+    pub fn synchronous(mut self, s: Synchronous) -> Self {
+        self.synchronous = s;
+        self
+    }
+
+    /// How often the writer looks for jobs written by other processes and for expired leases.
+    /// By default, 100 ms.
+    pub fn poll_interval(mut self, d: Duration) -> Self {
+        self.poll_interval = d.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The clock job times are read from. By default, the system clock.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The commit durability.
+    pub fn synchronous_mode(&self) -> Synchronous {
+        self.synchronous
+    }
+}
+
+struct Shared {
+    tx: Option<flume::Sender<Cmd>>,
+    notify: Arc<Notify>,
+    opts: SqliteOptions,
+    readers: Mutex<Vec<Connection>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer after its last round; wait so the file is closed
+        // (and orphaned leases given back) when the broker is gone.
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The embedded broker. Cloning is cheap and shares one writer.
+#[derive(Clone)]
+pub struct SqliteBroker {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for SqliteBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteBroker")
+            .field("path", &self.shared.opts.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn open_conn(opts: &SqliteOptions) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        &opts.path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        match opts.synchronous {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        },
+    )?;
+    conn.pragma_update(None, "cache_size", -16_000)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+fn store_err(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(e.to_string())
+}
+
+impl SqliteBroker {
+    /// Opens (or creates) the file at `path` with default options. See [`SqliteBroker::open_with`].
+    pub fn open(path: impl Into<PathBuf>) -> Result<Self, BrokerError> {
+        Self::open_with(SqliteOptions::new(path))
+    }
+
+    /// Opens (or creates) the file, migrates its schema and loads the ready order of its
+    /// unfinished jobs, then starts the writer thread. Blocking: call it before or outside the
+    /// async runtime's hot path (it reads every unfinished row once).
+    pub fn open_with(opts: SqliteOptions) -> Result<Self, BrokerError> {
+        if let Some(dir) = opts.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                BrokerError::Invalid(format!("cannot create directory {}: {e}", dir.display()))
+            })?;
+        }
+        let mut conn = open_conn(&opts).map_err(|e| {
+            BrokerError::Invalid(format!("cannot open {}: {e}", opts.path.display()))
+        })?;
+        schema::migrate(&mut conn)
+            .map_err(|e| BrokerError::Invalid(format!("{}: {e}", opts.path.display())))?;
+        let notify = Arc::new(Notify::new());
+        let writer = Writer::new(conn, opts.clock.clone(), notify.clone(), opts.poll_interval)
+            .map_err(|e| BrokerError::Invalid(format!("{}: {e}", opts.path.display())))?;
+        let (tx, rx) = flume::bounded(8192);
+        let thread = std::thread::Builder::new()
+            .name("weir-sqlite-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| BrokerError::Other(format!("cannot start the writer thread: {e}")))?;
+        Ok(SqliteBroker {
+            shared: Arc::new(Shared {
+                tx: Some(tx),
+                notify,
+                opts,
+                readers: Mutex::new(Vec::new()),
+                thread: Some(thread),
+            }),
+        })
+    }
+
+    /// The options it was opened with.
+    pub fn options(&self) -> &SqliteOptions {
+        &self.shared.opts
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, BrokerError>>) -> Cmd,
+    ) -> Result<T, BrokerError> {
+        let (tx, rx) = oneshot::channel();
+        let sender = self.shared.tx.as_ref().ok_or(BrokerError::Closed)?;
+        sender
+            .send_async(make(tx))
+            .await
+            .map_err(|_| BrokerError::Closed)?;
+        rx.await.map_err(|_| BrokerError::Closed)?
+    }
+
+    /// Runs `f` on a read connection, off the async threads.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, BrokerError> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = shared.readers.lock().pop();
+            let conn = match conn {
+                Some(c) => c,
+                None => open_conn(&shared.opts).map_err(store_err)?,
+            };
+            let r = f(&conn).map_err(store_err);
+            shared.readers.lock().push(conn);
+            r
+        })
+        .await
+        .map_err(|e| BrokerError::Other(format!("read task failed: {e}")))?
+    }
+}
+
+#[async_trait]
+impl Broker for SqliteBroker {
+    async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, BrokerError> {
+        for j in &jobs {
+            if j.kind.is_empty() {
+                return Err(BrokerError::Invalid("job kind must not be empty".into()));
+            }
+            if j.queue.is_empty() {
+                return Err(BrokerError::Invalid("queue name must not be empty".into()));
+            }
+        }
+        self.call(|r| Cmd::Enqueue(jobs, r)).await
+    }
+
+    async fn fetch(&self, req: FetchRequest) -> Result<Vec<Delivery>, BrokerError> {
+        let deadline = tokio::time::Instant::now() + req.wait;
+        loop {
+            let notified = self.shared.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let got = self
+                .call(|reply| Cmd::Fetch {
+                    queues: req.queues.clone(),
+                    max: req.max,
+                    lease: req.lease,
+                    reply,
+                })
+                .await?;
+            if !got.is_empty() || req.max == 0 || tokio::time::Instant::now() >= deadline {
+                return Ok(got);
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    async fn settle(
+        &self,
+        settlements: Vec<(Lease, Settlement)>,
+    ) -> Result<Vec<SettleOutcome>, BrokerError> {
+        self.call(|r| Cmd::Settle(settlements, r)).await
+    }
+
+    async fn heartbeat(
+        &self,
+        leases: &[Lease],
+        extend: Duration,
+    ) -> Result<Vec<bool>, BrokerError> {
+        let leases = leases.to_vec();
+        self.call(|r| Cmd::Heartbeat(leases, extend, r)).await
+    }
+
+    fn inspect(&self) -> Option<&dyn Inspect> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Inspect for SqliteBroker {
+    async fn get(&self, id: JobId) -> Result<Option<Job>, BrokerError> {
+        self.read(move |c| {
+            c.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))?
+                .query_row([id.as_bytes()], job_from_row)
+                .optional()
+                .map(|o| o.map(|(_, j)| j))
+        })
+        .await
+    }
+
+    async fn list(&self, filter: ListFilter) -> Result<Vec<Job>, BrokerError> {
+        let limit = if filter.limit == 0 { 100 } else { filter.limit } as i64;
+        self.read(move |c| {
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs
+                  WHERE (?1 IS NULL OR queue = ?1) AND (?2 IS NULL OR state = ?2)
+                  ORDER BY seq DESC LIMIT ?3"
+            ))?;
+            let rows = st.query_map(
+                params![filter.queue, filter.state.map(|s| s.code()), limit],
+                job_from_row,
+            )?;
+            rows.map(|r| r.map(|(_, j)| j)).collect()
+        })
+        .await
+    }
+
+    async fn counts(&self) -> Result<Vec<QueueCounts>, BrokerError> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT queue, state, COUNT(*) FROM jobs GROUP BY queue, state ORDER BY queue",
+            )?;
+            let mut rows = st.query([])?;
+            let mut out: Vec<QueueCounts> = Vec::new();
+            while let Some(r) = rows.next()? {
+                let queue: String = r.get(0)?;
+                let state = JobState::from_code(r.get(1)?).unwrap_or(JobState::Failed);
+                let n: i64 = r.get(2)?;
+                if out.last().is_none_or(|q| q.queue != queue) {
+                    out.push(QueueCounts {
+                        queue,
+                        ..Default::default()
+                    });
+                }
+                if let Some(q) = out.last_mut() {
+                    q.add(state, n as u64);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn retry(&self, id: JobId) -> Result<Job, BrokerError> {
+        self.call(|r| Cmd::Retry(id, r)).await
+    }
+
+    async fn cancel(&self, id: JobId) -> Result<Job, BrokerError> {
+        self.call(|r| Cmd::Cancel(id, r)).await
+    }
+
+    async fn purge(&self, state: JobState, queue: Option<&str>) -> Result<u64, BrokerError> {
+        let queue = queue.map(str::to_owned);
+        self.call(|r| Cmd::Purge(state, queue, r)).await
+    }
+}

@@ -137,7 +137,11 @@ impl Backoff {
             Jitter::Full => uniform(rng, Duration::ZERO, d),
             Jitter::Equal => uniform(rng, d / 2, d),
             Jitter::Decorrelated => {
-                let prev = if attempt <= 1 { self.base } else { self.raw(attempt - 1) };
+                let prev = if attempt <= 1 {
+                    self.base
+                } else {
+                    self.raw(attempt - 1)
+                };
                 uniform(rng, self.base, (prev * 3).min(self.cap))
             }
         }
@@ -156,7 +160,9 @@ mod tests {
 
     #[test]
     fn exponential_schedule_is_capped() {
-        let b = Backoff::new(secs(1), 2.0, secs(100)).unwrap().jitter(Jitter::None);
+        let b = Backoff::new(secs(1), 2.0, secs(100))
+            .unwrap()
+            .jitter(Jitter::None);
         let mut rng = StdRng::seed_from_u64(1);
         let got: Vec<u64> = (1..=9).map(|n| b.delay(n, &mut rng).as_secs()).collect();
         assert_eq!(got, vec![1, 2, 4, 8, 16, 32, 64, 100, 100]);

@@ -1,1 +1,55 @@
-//! placeholder
+//! Test helpers shared by weir's crates, and the broker conformance suite.
+//!
+//! Every broker runs the same suite: call [`conformance_suite!`] in a test file with a function
+//! that makes a fresh [`Fixture`]:
+//!
+//! ```ignore
+//! async fn fixture() -> weir_testkit::Fixture { /* a new, empty broker on a ManualClock */ }
+//! weir_testkit::conformance_suite!(fixture);
+//! ```
+
+pub mod conformance;
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Duration;
+
+use weir_core::{Broker, ManualClock, Timestamp};
+
+/// A fresh, empty broker under test and the clock it reads.
+pub struct Fixture {
+    /// The broker.
+    pub broker: Arc<dyn Broker>,
+    /// Its clock. Brokers that cannot use an injected clock (a real RabbitMQ) set
+    /// `real_time`, and the suite sleeps instead of advancing it.
+    pub clock: Arc<ManualClock>,
+    /// True if the broker follows wall-clock time rather than `clock`.
+    pub real_time: bool,
+    _guard: Box<dyn Any + Send>,
+}
+
+impl Fixture {
+    /// A fixture; `guard` is kept alive as long as the broker (a temporary directory, say).
+    pub fn new(broker: Arc<dyn Broker>, clock: Arc<ManualClock>, guard: impl Any + Send) -> Self {
+        Fixture {
+            broker,
+            clock,
+            real_time: false,
+            _guard: Box::new(guard),
+        }
+    }
+
+    /// Moves time forward by `d` as the broker sees it.
+    pub async fn advance(&self, d: Duration) {
+        if self.real_time {
+            tokio::time::sleep(d).await;
+        } else {
+            self.clock.advance(d);
+        }
+    }
+}
+
+/// A manual clock standing at the current wall-clock time.
+pub fn manual_clock() -> Arc<ManualClock> {
+    Arc::new(ManualClock::new(Timestamp::now()))
+}

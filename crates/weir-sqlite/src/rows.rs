@@ -1,0 +1,47 @@
+//! Mapping between stored rows and [`Job`].
+
+use std::time::Duration;
+
+use rusqlite::Row;
+use weir_core::{Job, JobId, JobState, Timestamp};
+
+/// The columns [`job_from_row`] reads, in order.
+pub(crate) const JOB_COLUMNS: &str = "seq, id, kind, queue, payload, priority, run_at, attempt, \
+     max_attempts, timeout_ms, unique_key, trace_id, created_at, state, lease_until, last_error, \
+     result, finished_at";
+
+/// Reads a row selected with [`JOB_COLUMNS`]; returns its seq too.
+pub(crate) fn job_from_row(r: &Row<'_>) -> rusqlite::Result<(u64, Job)> {
+    let seq: i64 = r.get(0)?;
+    let id: [u8; 16] = r.get(1)?;
+    let state_code: i64 = r.get(13)?;
+    let state = JobState::from_code(state_code).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            13,
+            rusqlite::types::Type::Integer,
+            format!("unknown state code {state_code}").into(),
+        )
+    })?;
+    let job = Job {
+        id: JobId::from_bytes(id),
+        kind: r.get(2)?,
+        queue: r.get(3)?,
+        payload: r.get(4)?,
+        priority: r.get(5)?,
+        run_at: Timestamp(r.get(6)?),
+        attempt: r.get(7)?,
+        max_attempts: r.get(8)?,
+        timeout: r
+            .get::<_, Option<i64>>(9)?
+            .map(|ms| Duration::from_millis(ms.max(0) as u64)),
+        unique_key: r.get(10)?,
+        trace_id: r.get(11)?,
+        created_at: Timestamp(r.get(12)?),
+        state,
+        lease_until: r.get::<_, Option<i64>>(14)?.map(Timestamp),
+        last_error: r.get(15)?,
+        result: r.get(16)?,
+        finished_at: r.get::<_, Option<i64>>(17)?.map(Timestamp),
+    };
+    Ok((seq as u64, job))
+}

@@ -1,0 +1,72 @@
+//! The on-disk schema and its migrations. See docs/embedded-format.md for the invariants.
+
+use rusqlite::Connection;
+
+/// Each entry moves the schema from version `i` to `i + 1` (stored in `PRAGMA user_version`).
+/// Append only: never edit a released migration.
+const MIGRATIONS: &[&str] = &[
+    // 0 -> 1: jobs, the unfinished-rows index, unique keys, cross-process wakeups.
+    "CREATE TABLE jobs (
+        seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+        id           BLOB    NOT NULL,
+        kind         TEXT    NOT NULL,
+        queue        TEXT    NOT NULL,
+        payload      BLOB    NOT NULL,
+        priority     INTEGER NOT NULL,
+        run_at       INTEGER NOT NULL,
+        attempt      INTEGER NOT NULL,
+        max_attempts INTEGER NOT NULL,
+        timeout_ms   INTEGER,
+        unique_key   TEXT,
+        trace_id     TEXT    NOT NULL,
+        created_at   INTEGER NOT NULL,
+        state        INTEGER NOT NULL,
+        lease_until  INTEGER,
+        last_error   TEXT,
+        result       BLOB,
+        finished_at  INTEGER
+     );
+     CREATE UNIQUE INDEX jobs_id ON jobs(id);
+     CREATE INDEX jobs_unfinished ON jobs(state) WHERE state < 3;
+     CREATE UNIQUE INDEX jobs_unique ON jobs(unique_key) WHERE unique_key IS NOT NULL AND state < 3;
+     CREATE TABLE wakeups (
+        id  INTEGER PRIMARY KEY AUTOINCREMENT,
+        seq INTEGER NOT NULL,
+        at  INTEGER NOT NULL
+     );",
+];
+
+/// The schema version this build writes.
+pub(crate) const VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the file up to [`VERSION`], in one transaction per step. Refuses a file written by a
+/// newer weir.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), String> {
+    let current: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| format!("reading schema version: {e}"))?;
+    if current > VERSION {
+        return Err(format!(
+            "the database has schema version {current}, newer than this weir understands ({VERSION}); upgrade weir"
+        ));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| format!("migration {}: {e}", i + 1))?;
+        // Another process may have migrated while we waited for the lock.
+        let now: i64 = tx
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| format!("migration {}: {e}", i + 1))?;
+        if now > i as i64 {
+            continue;
+        }
+        tx.execute_batch(sql)
+            .map_err(|e| format!("migration {}: {e}", i + 1))?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)
+            .map_err(|e| format!("migration {}: {e}", i + 1))?;
+        tx.commit()
+            .map_err(|e| format!("migration {}: {e}", i + 1))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,732 @@
+//! The single writer: one thread owns the write connection and the in-memory ready order.
+//!
+//! Why one thread and not a connection pool: SQLite admits one writer at a time anyway, and a
+//! thread that drains every queued command into one transaction gets *group commit* for free —
+//! while one commit waits on fsync, the next batch queues up, so the cost of an fsync is shared
+//! by every enqueue, lease and settle that arrived meanwhile. Replies go out only after COMMIT
+//! returns, so a caller that got `Ok` has its write on disk.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::{oneshot, Notify};
+use weir_core::{
+    BrokerError, Clock, Delivery, Enqueued, Job, JobId, JobState, Lease, NewJob, ReadyIndex,
+    SettleOutcome, Settlement, Timestamp,
+};
+
+use crate::rows::{job_from_row, JOB_COLUMNS};
+
+/// How many commands one transaction takes at most.
+const MAX_BATCH: usize = 4096;
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, BrokerError>>;
+
+pub(crate) enum Cmd {
+    Enqueue(Vec<NewJob>, Reply<Vec<Enqueued>>),
+    Fetch {
+        queues: Vec<String>,
+        max: usize,
+        lease: Duration,
+        reply: Reply<Vec<Delivery>>,
+    },
+    Settle(Vec<(Lease, Settlement)>, Reply<Vec<SettleOutcome>>),
+    Heartbeat(Vec<Lease>, Duration, Reply<Vec<bool>>),
+    Retry(JobId, Reply<Job>),
+    Cancel(JobId, Reply<Job>),
+    Purge(JobState, Option<String>, Reply<u64>),
+}
+
+/// A reply computed inside the transaction, sent only once it committed.
+enum Done {
+    Enqueue(Reply<Vec<Enqueued>>, Result<Vec<Enqueued>, BrokerError>),
+    Fetch(Reply<Vec<Delivery>>, Vec<Delivery>),
+    Settle(Reply<Vec<SettleOutcome>>, Vec<SettleOutcome>),
+    Heartbeat(Reply<Vec<bool>>, Vec<bool>),
+    Job(Reply<Job>, Result<Job, BrokerError>),
+    Count(Reply<u64>, Result<u64, BrokerError>),
+}
+
+impl Done {
+    fn fail(self, err: &str) {
+        let e = || BrokerError::Unavailable(err.to_owned());
+        match self {
+            Done::Enqueue(r, _) => drop(r.send(Err(e()))),
+            Done::Fetch(r, _) => drop(r.send(Err(e()))),
+            Done::Settle(r, _) => drop(r.send(Err(e()))),
+            Done::Heartbeat(r, _) => drop(r.send(Err(e()))),
+            Done::Job(r, _) => drop(r.send(Err(e()))),
+            Done::Count(r, _) => drop(r.send(Err(e()))),
+        }
+    }
+}
+
+fn cmd_fail(cmd: Cmd, err: &str) {
+    let e = BrokerError::Unavailable(err.to_owned());
+    match cmd {
+        Cmd::Enqueue(_, r) => drop(r.send(Err(e))),
+        Cmd::Fetch { reply, .. } => drop(reply.send(Err(e))),
+        Cmd::Settle(_, r) => drop(r.send(Err(e))),
+        Cmd::Heartbeat(_, _, r) => drop(r.send(Err(e))),
+        Cmd::Retry(_, r) | Cmd::Cancel(_, r) => drop(r.send(Err(e))),
+        Cmd::Purge(_, _, r) => drop(r.send(Err(e))),
+    }
+}
+
+/// The in-memory ready order, with what the current round added to it.
+struct Runnable {
+    index: ReadyIndex,
+    /// The time of the current round.
+    now: Timestamp,
+    /// Whether this round made jobs runnable (waiting fetchers are woken after commit).
+    woke: bool,
+}
+
+impl Runnable {
+    /// Adds a runnable (or delayed) job.
+    fn add(&mut self, seq: u64, queue: &str, priority: i32, run_at: Timestamp) {
+        self.woke |= run_at <= self.now;
+        self.index.insert(queue, priority, run_at, seq, self.now);
+    }
+}
+
+pub(crate) struct Writer {
+    conn: Connection,
+    clock: Arc<dyn Clock>,
+    notify: Arc<Notify>,
+    runnable: Runnable,
+    /// Highest job seq this process knows of; newer rows were written by another process.
+    max_seen: i64,
+    /// Highest wakeup id seen.
+    max_wakeup: i64,
+    poll_interval: Duration,
+    last_poll: Instant,
+    /// Leases whose fetch was abandoned by its caller; given back in the next round.
+    orphans: Vec<Lease>,
+    /// When expired leases were last looked for (clock time, so tests can move it).
+    last_reap: Timestamp,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        conn: Connection,
+        clock: Arc<dyn Clock>,
+        notify: Arc<Notify>,
+        poll_interval: Duration,
+    ) -> rusqlite::Result<Self> {
+        let mut w = Writer {
+            conn,
+            clock,
+            notify,
+            runnable: Runnable {
+                index: ReadyIndex::new(),
+                now: Timestamp(0),
+                woke: false,
+            },
+            max_seen: 0,
+            max_wakeup: 0,
+            poll_interval,
+            last_poll: Instant::now(),
+            orphans: Vec::new(),
+            last_reap: Timestamp(0),
+        };
+        w.reload()?;
+        Ok(w)
+    }
+
+    /// Rebuilds the ready index from the unfinished rows on disk (at start, and after a failed
+    /// transaction, whose index changes were never applied).
+    fn reload(&mut self) -> rusqlite::Result<()> {
+        self.runnable.index.clear();
+        let now = self.clock.now();
+        let mut st = self.conn.prepare(
+            "SELECT seq, queue, priority, run_at FROM jobs WHERE state IN (0, 2) AND state < 3",
+        )?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let queue: String = r.get(1)?;
+            self.runnable.index.insert(
+                &queue,
+                r.get(2)?,
+                Timestamp(r.get(3)?),
+                r.get::<_, i64>(0)? as u64,
+                now,
+            );
+        }
+        drop(rows);
+        drop(st);
+        self.max_seen = self
+            .conn
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM jobs", [], |r| r.get(0))?;
+        self.max_wakeup =
+            self.conn
+                .query_row("SELECT COALESCE(MAX(id), 0) FROM wakeups", [], |r| r.get(0))?;
+        Ok(())
+    }
+
+    pub(crate) fn run(mut self, rx: flume::Receiver<Cmd>) {
+        loop {
+            let wait = self.next_wake();
+            let first = if wait.is_zero() {
+                rx.try_recv().ok()
+            } else {
+                match rx.recv_timeout(wait) {
+                    Ok(c) => Some(c),
+                    Err(flume::RecvTimeoutError::Timeout) => None,
+                    Err(flume::RecvTimeoutError::Disconnected) => break,
+                }
+            };
+            let mut batch: Vec<Cmd> = first.into_iter().collect();
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(c) => batch.push(c),
+                    Err(_) => break,
+                }
+            }
+            self.round(batch);
+        }
+        // Give back leases nobody will settle, so they run at once elsewhere.
+        if !self.orphans.is_empty() {
+            self.round(Vec::new());
+        }
+    }
+
+    fn next_wake(&self) -> Duration {
+        if !self.orphans.is_empty() {
+            return Duration::ZERO;
+        }
+        let mut wait = self.poll_interval.saturating_sub(self.last_poll.elapsed());
+        if let Some(due) = self.runnable.index.next_due() {
+            let now = self.clock.now();
+            wait = wait.min(due.since(now).max(Duration::from_millis(1)));
+        }
+        wait.max(Duration::from_millis(1))
+    }
+
+    /// One transaction: external changes, expired leases, then every queued command.
+    fn round(&mut self, batch: Vec<Cmd>) {
+        let now = self.clock.now();
+        self.runnable.now = now;
+        self.runnable.woke = false;
+        let reap = now.since(self.last_reap) >= Duration::from_secs(1);
+        if batch.is_empty() && self.orphans.is_empty() {
+            // Idle: a read-only look for other processes' writes and expired leases.
+            if let Err(e) = self.idle_poll(now, reap) {
+                tracing::warn!(error = %e, "sqlite broker: poll failed");
+            }
+            self.finish_round(now);
+            return;
+        }
+        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+            let msg = format!("cannot start a write transaction: {e}");
+            tracing::warn!("sqlite broker: {msg}");
+            for c in batch {
+                cmd_fail(c, &msg);
+            }
+            return;
+        }
+        let mut done = Vec::with_capacity(batch.len());
+        let mut result = self.poll_external();
+        if result.is_ok() && reap {
+            result = self.reap(now);
+        }
+        if result.is_ok() {
+            result = self.release_orphans(now);
+        }
+        let mut rest = batch.into_iter();
+        if result.is_ok() {
+            for cmd in rest.by_ref() {
+                match self.apply(cmd, now) {
+                    Ok(d) => done.push(d),
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+        }
+        if result.is_ok() {
+            result = self.conn.execute_batch("COMMIT");
+        }
+        match result {
+            Ok(()) => {
+                if reap {
+                    self.last_reap = now;
+                }
+                self.last_poll = Instant::now();
+                self.commit_index(now);
+                for d in done {
+                    self.send(d);
+                }
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                let msg = e.to_string();
+                tracing::warn!(error = %msg, "sqlite broker: transaction rolled back");
+                // Fetched leases were never committed; their entries are rebuilt by reload.
+                if let Err(e) = self.reload() {
+                    tracing::error!(error = %e, "sqlite broker: reloading the ready index failed");
+                }
+                // Commands report their own mistakes as values (`Ok(Err(..))`), so an error
+                // here is the store's (I/O, disk full, lock timeout): every command of the
+                // batch is told, as a transient error, and nothing of it was written.
+                let msg = format!("transaction rolled back: {msg}");
+                for d in done {
+                    d.fail(&msg);
+                }
+                for c in rest {
+                    cmd_fail(c, &msg);
+                }
+            }
+        }
+    }
+
+    fn finish_round(&mut self, now: Timestamp) {
+        self.commit_index(now);
+    }
+
+    /// Wakes waiting fetchers if the round made jobs runnable. Index entries were added as the
+    /// round went; a rolled-back round rebuilds the index from disk instead.
+    fn commit_index(&mut self, now: Timestamp) {
+        if self.runnable.index.promote(now) || self.runnable.woke {
+            self.notify.notify_waiters();
+        }
+        self.runnable.woke = false;
+    }
+
+    fn send(&mut self, d: Done) {
+        match d {
+            Done::Enqueue(r, v) => drop(r.send(v)),
+            Done::Fetch(r, v) => {
+                if let Err(Ok(lost)) = r.send(Ok(v)) {
+                    // The caller stopped waiting: give the leases back next round.
+                    self.orphans.extend(lost.into_iter().map(|d| d.lease));
+                }
+            }
+            Done::Settle(r, v) => drop(r.send(Ok(v))),
+            Done::Heartbeat(r, v) => drop(r.send(Ok(v))),
+            Done::Job(r, v) => drop(r.send(v)),
+            Done::Count(r, v) => drop(r.send(v)),
+        }
+    }
+
+    fn idle_poll(&mut self, now: Timestamp, reap: bool) -> rusqlite::Result<()> {
+        self.poll_external()?;
+        self.last_poll = Instant::now();
+        if reap {
+            self.last_reap = now;
+            let expired: Option<i64> = self
+                .conn
+                .query_row(
+                    "SELECT seq FROM jobs WHERE state = 1 AND lease_until < ?1 LIMIT 1",
+                    [now.0],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if expired.is_some() {
+                self.conn.execute_batch("BEGIN IMMEDIATE")?;
+                let r = self
+                    .reap(now)
+                    .and_then(|_| self.conn.execute_batch("COMMIT"));
+                if let Err(e) = r {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    self.reload()?;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Learns of jobs other processes enqueued or made runnable again.
+    fn poll_external(&mut self) -> rusqlite::Result<()> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT seq, queue, priority, run_at, state FROM jobs WHERE seq > ?1 ORDER BY seq",
+        )?;
+        let mut rows = st.query([self.max_seen])?;
+        while let Some(r) = rows.next()? {
+            let seq: i64 = r.get(0)?;
+            self.max_seen = self.max_seen.max(seq);
+            let state: i64 = r.get(4)?;
+            if state == 0 || state == 2 {
+                let queue: String = r.get(1)?;
+                self.runnable
+                    .add(seq as u64, &queue, r.get(2)?, Timestamp(r.get(3)?));
+            }
+        }
+        drop(rows);
+        let mut st = self.conn.prepare_cached(
+            "SELECT w.id, j.seq, j.queue, j.priority, j.run_at, j.state
+               FROM wakeups w LEFT JOIN jobs j ON j.seq = w.seq
+              WHERE w.id > ?1 ORDER BY w.id",
+        )?;
+        let mut rows = st.query([self.max_wakeup])?;
+        while let Some(r) = rows.next()? {
+            self.max_wakeup = self.max_wakeup.max(r.get(0)?);
+            let state: Option<i64> = r.get(5)?;
+            if matches!(state, Some(0 | 2)) {
+                self.runnable.add(
+                    r.get::<_, i64>(1)? as u64,
+                    &r.get::<_, String>(2)?,
+                    r.get(3)?,
+                    Timestamp(r.get(4)?),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Expired leases: runnable again, or Failed once the attempts are spent (so a job that
+    /// keeps killing its worker ends in the dead-letter set).
+    fn reap(&mut self, now: Timestamp) -> rusqlite::Result<()> {
+        let mut st = self.conn.prepare_cached(
+            "UPDATE jobs SET
+                 state = CASE WHEN attempt >= max_attempts THEN 4 ELSE 0 END,
+                 finished_at = CASE WHEN attempt >= max_attempts THEN ?1 END,
+                 run_at = ?1,
+                 lease_until = NULL,
+                 last_error = 'lease expired during attempt ' || attempt || ' (worker lost)'
+                     || CASE WHEN attempt >= max_attempts
+                             THEN '; attempts exhausted (' || max_attempts || ')' ELSE '' END
+               WHERE state = 1 AND lease_until < ?1
+           RETURNING seq, queue, priority, state",
+        )?;
+        let mut rows = st.query([now.0])?;
+        let mut n = 0;
+        while let Some(r) = rows.next()? {
+            n += 1;
+            if r.get::<_, i64>(3)? == 0 {
+                self.runnable.add(
+                    r.get::<_, i64>(0)? as u64,
+                    &r.get::<_, String>(1)?,
+                    r.get(2)?,
+                    now,
+                );
+            }
+        }
+        if n > 0 {
+            tracing::info!(count = n, "sqlite broker: reclaimed expired leases");
+        }
+        drop(rows);
+        self.conn
+            .prepare_cached("DELETE FROM wakeups WHERE at < ?1")?
+            .execute([now.0 - 3_600_000])?;
+        Ok(())
+    }
+
+    fn release_orphans(&mut self, now: Timestamp) -> rusqlite::Result<()> {
+        let orphans = std::mem::take(&mut self.orphans);
+        for l in orphans {
+            self.settle_one(&l, Settlement::Release, now)?;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, cmd: Cmd, now: Timestamp) -> rusqlite::Result<Done> {
+        Ok(match cmd {
+            Cmd::Enqueue(jobs, reply) => {
+                let r = self.enqueue(jobs, now)?;
+                Done::Enqueue(reply, r)
+            }
+            Cmd::Fetch {
+                queues,
+                max,
+                lease,
+                reply,
+            } => {
+                if reply.is_closed() {
+                    Done::Fetch(reply, Vec::new())
+                } else {
+                    let v = self.lease(&queues, max, lease, now)?;
+                    Done::Fetch(reply, v)
+                }
+            }
+            Cmd::Settle(items, reply) => {
+                let mut out = Vec::with_capacity(items.len());
+                for (lease, s) in items {
+                    out.push(self.settle_one(&lease, s, now)?);
+                }
+                Done::Settle(reply, out)
+            }
+            Cmd::Heartbeat(leases, extend, reply) => {
+                let until = now.add(extend).0;
+                let mut st = self.conn.prepare_cached(
+                    "UPDATE jobs SET lease_until = ?3 WHERE seq = ?1 AND attempt = ?2 AND state = 1",
+                )?;
+                let mut out = Vec::with_capacity(leases.len());
+                for l in &leases {
+                    out.push(st.execute(params![l.token as i64, l.attempt, until])? == 1);
+                }
+                Done::Heartbeat(reply, out)
+            }
+            Cmd::Retry(id, reply) => {
+                let r = self.manual_retry(id, now)?;
+                Done::Job(reply, r)
+            }
+            Cmd::Cancel(id, reply) => {
+                let r = self.cancel(id, now)?;
+                Done::Job(reply, r)
+            }
+            Cmd::Purge(state, queue, reply) => {
+                let r = if !state.is_finished() {
+                    Err(BrokerError::Invalid(format!(
+                        "purge takes a finished state (succeeded, failed, cancelled), not {state}"
+                    )))
+                } else {
+                    let n = self
+                        .conn
+                        .prepare_cached(
+                            "DELETE FROM jobs WHERE state = ?1 AND (?2 IS NULL OR queue = ?2)",
+                        )?
+                        .execute(params![state.code(), queue])?;
+                    Ok(n as u64)
+                };
+                Done::Count(reply, r)
+            }
+        })
+    }
+
+    fn enqueue(
+        &mut self,
+        jobs: Vec<NewJob>,
+        now: Timestamp,
+    ) -> rusqlite::Result<Result<Vec<Enqueued>, BrokerError>> {
+        let mut out = Vec::with_capacity(jobs.len());
+        for new in jobs {
+            if let Some(key) = &new.unique_key {
+                let existing: Option<[u8; 16]> = self
+                    .conn
+                    .prepare_cached("SELECT id FROM jobs WHERE unique_key = ?1 AND state < 3")?
+                    .query_row([key], |r| r.get(0))
+                    .optional()?;
+                if let Some(id) = existing {
+                    out.push(Enqueued {
+                        id: JobId::from_bytes(id),
+                        duplicate: true,
+                    });
+                    continue;
+                }
+            }
+            let job = new.into_job(now);
+            let mut st = self.conn.prepare_cached(
+                "INSERT INTO jobs (id, kind, queue, payload, priority, run_at, attempt,
+                                   max_attempts, timeout_ms, unique_key, trace_id, created_at, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10, ?11, 0)",
+            )?;
+            let inserted = st.execute(params![
+                job.id.as_bytes(),
+                job.kind,
+                job.queue,
+                job.payload,
+                job.priority,
+                job.run_at.0,
+                job.max_attempts,
+                job.timeout.map(|d| d.as_millis() as i64),
+                job.unique_key,
+                job.trace_id,
+                job.created_at.0,
+            ]);
+            match inserted {
+                Ok(_) => {}
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    // Only the id can clash here (unique keys were checked above); the
+                    // statement changed nothing, so the transaction goes on.
+                    return Ok(Err(BrokerError::Invalid(format!(
+                        "job id {} already exists",
+                        job.id
+                    ))));
+                }
+                Err(e) => return Err(e),
+            }
+            let seq = self.conn.last_insert_rowid();
+            self.max_seen = self.max_seen.max(seq);
+            self.runnable
+                .add(seq as u64, &job.queue, job.priority, job.run_at);
+            out.push(Enqueued {
+                id: job.id,
+                duplicate: false,
+            });
+        }
+        Ok(Ok(out))
+    }
+
+    fn lease(
+        &mut self,
+        queues: &[String],
+        max: usize,
+        lease: Duration,
+        now: Timestamp,
+    ) -> rusqlite::Result<Vec<Delivery>> {
+        let until = now.add(lease).0;
+        let mut out = Vec::with_capacity(max);
+        let sql = format!(
+            "UPDATE jobs SET state = 1, attempt = attempt + 1, lease_until = ?2
+              WHERE seq = ?1 AND state IN (0, 2) AND run_at <= ?3
+          RETURNING {JOB_COLUMNS}"
+        );
+        let mut st = self.conn.prepare_cached(&sql)?;
+        while out.len() < max {
+            let tokens = self.runnable.index.take(queues, max - out.len(), now);
+            if tokens.is_empty() {
+                break;
+            }
+            for t in tokens {
+                // The index holds hints; the row's own state and run_at decide.
+                let row = st
+                    .query_row(params![t as i64, until, now.0], job_from_row)
+                    .optional()?;
+                if let Some((seq, job)) = row {
+                    out.push(Delivery {
+                        lease: Lease {
+                            id: job.id,
+                            token: seq,
+                            attempt: job.attempt,
+                        },
+                        job,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn settle_one(
+        &mut self,
+        lease: &Lease,
+        s: Settlement,
+        now: Timestamp,
+    ) -> rusqlite::Result<SettleOutcome> {
+        let seq = lease.token as i64;
+        let n = match s {
+            Settlement::Succeeded { result } => self
+                .conn
+                .prepare_cached(
+                    "UPDATE jobs SET state = 3, lease_until = NULL, finished_at = ?3, result = ?4
+                      WHERE seq = ?1 AND attempt = ?2 AND state = 1",
+                )?
+                .execute(params![seq, lease.attempt, now.0, result])?,
+            Settlement::Failed { error } => self
+                .conn
+                .prepare_cached(
+                    "UPDATE jobs SET state = 4, lease_until = NULL, finished_at = ?3, last_error = ?4
+                      WHERE seq = ?1 AND attempt = ?2 AND state = 1",
+                )?
+                .execute(params![seq, lease.attempt, now.0, error])?,
+            Settlement::Retry { run_at, error } => {
+                self.requeue(
+                    "UPDATE jobs SET state = 2, lease_until = NULL, run_at = ?3, last_error = ?4
+                      WHERE seq = ?1 AND attempt = ?2 AND state = 1 RETURNING queue, priority",
+                    params![seq, lease.attempt, run_at.0, error],
+                    seq,
+                    run_at,
+                )?
+            }
+            Settlement::Release => self.requeue(
+                "UPDATE jobs SET state = 0, lease_until = NULL, run_at = ?3,
+                                 attempt = MAX(attempt - 1, 0)
+                  WHERE seq = ?1 AND attempt = ?2 AND state = 1 RETURNING queue, priority",
+                params![seq, lease.attempt, now.0],
+                seq,
+                now,
+            )?,
+        };
+        Ok(if n == 1 {
+            SettleOutcome::Applied
+        } else {
+            SettleOutcome::Stale
+        })
+    }
+
+    fn requeue(
+        &mut self,
+        sql: &str,
+        p: impl rusqlite::Params,
+        seq: i64,
+        run_at: Timestamp,
+    ) -> rusqlite::Result<usize> {
+        let row: Option<(String, i32)> = self
+            .conn
+            .prepare_cached(sql)?
+            .query_row(p, |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        Ok(match row {
+            Some((queue, priority)) => {
+                self.runnable.add(seq as u64, &queue, priority, run_at);
+                1
+            }
+            None => 0,
+        })
+    }
+
+    fn find(&self, id: JobId) -> rusqlite::Result<Option<(u64, Job)>> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1");
+        self.conn
+            .prepare_cached(&sql)?
+            .query_row([id.as_bytes()], job_from_row)
+            .optional()
+    }
+
+    fn manual_retry(
+        &mut self,
+        id: JobId,
+        now: Timestamp,
+    ) -> rusqlite::Result<Result<Job, BrokerError>> {
+        let Some((seq, job)) = self.find(id)? else {
+            return Ok(Err(BrokerError::NotFound(id)));
+        };
+        if let Err(e) = weir_core::transition(job.state, weir_core::Event::ManualRetry) {
+            return Ok(Err(BrokerError::WrongState {
+                id,
+                state: job.state,
+                what: e.to_string(),
+            }));
+        }
+        if let Some(key) = &job.unique_key {
+            let holder: Option<[u8; 16]> = self
+                .conn
+                .prepare_cached("SELECT id FROM jobs WHERE unique_key = ?1 AND state < 3")?
+                .query_row([key], |r| r.get(0))
+                .optional()?;
+            if let Some(h) = holder {
+                return Ok(Err(BrokerError::Invalid(format!(
+                    "unique key `{key}` is held by unfinished job {}",
+                    JobId::from_bytes(h)
+                ))));
+            }
+        }
+        self.conn
+            .prepare_cached(
+                "UPDATE jobs SET state = 0, attempt = 0, run_at = ?2, finished_at = NULL
+                  WHERE seq = ?1 AND state = 4",
+            )?
+            .execute(params![seq as i64, now.0])?;
+        self.conn
+            .prepare_cached("INSERT INTO wakeups (seq, at) VALUES (?1, ?2)")?
+            .execute(params![seq as i64, now.0])?;
+        self.runnable.add(seq, &job.queue, job.priority, now);
+        Ok(Ok(self.find(id)?.map(|(_, j)| j).unwrap_or(job)))
+    }
+
+    fn cancel(&mut self, id: JobId, now: Timestamp) -> rusqlite::Result<Result<Job, BrokerError>> {
+        let Some((seq, job)) = self.find(id)? else {
+            return Ok(Err(BrokerError::NotFound(id)));
+        };
+        if let Err(e) = weir_core::transition(job.state, weir_core::Event::Cancel) {
+            return Ok(Err(BrokerError::WrongState {
+                id,
+                state: job.state,
+                what: e.to_string(),
+            }));
+        }
+        self.conn
+            .prepare_cached(
+                "UPDATE jobs SET state = 5, lease_until = NULL, finished_at = ?2
+                  WHERE seq = ?1 AND state < 3",
+            )?
+            .execute(params![seq as i64, now.0])?;
+        Ok(Ok(self.find(id)?.map(|(_, j)| j).unwrap_or(job)))
+    }
+}
