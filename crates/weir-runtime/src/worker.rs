@@ -1,0 +1,573 @@
+//! The worker: dispatchers, executor, settler and heartbeat loop, and their shutdown.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use weir_core::{
+    Broker, BrokerError, Clock, Delivery, FetchRequest, Job, Lease, SettleOutcome, Settlement,
+    SystemClock, TaskContext, TaskError, Timestamp,
+};
+
+use crate::registry::Registry;
+use crate::retry::settlement_for;
+
+/// Hooks called as jobs start and settle: for progress displays, benchmarks and tests. Keep
+/// them cheap; they run on the worker's hot path.
+pub trait Observer: Send + Sync + 'static {
+    /// A job's handler is about to run.
+    fn started(&self, _job: &Job, _at: Timestamp) {}
+    /// An attempt's outcome was recorded (or fenced off) by the broker.
+    fn settled(&self, _lease: &Lease, _settlement: &Settlement, _outcome: SettleOutcome) {}
+}
+
+struct NoObserver;
+impl Observer for NoObserver {}
+
+/// One queue a worker serves and how many jobs of it run at once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueSpec {
+    /// The queue name.
+    pub name: String,
+    /// How many of its jobs run at once (its pool size).
+    pub concurrency: usize,
+}
+
+impl QueueSpec {
+    /// Serve `name` with `concurrency` slots (at least 1).
+    pub fn new(name: impl Into<String>, concurrency: usize) -> Self {
+        QueueSpec {
+            name: name.into(),
+            concurrency: concurrency.max(1),
+        }
+    }
+}
+
+/// The worker could not be built or could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerError {
+    /// A setting is out of range.
+    #[error("invalid worker setting: {0}")]
+    Invalid(String),
+}
+
+/// What a worker did, returned when it stops.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkerReport {
+    /// Attempts started.
+    pub started: u64,
+    /// Attempts recorded as Succeeded.
+    pub succeeded: u64,
+    /// Attempts recorded as Retry.
+    pub retried: u64,
+    /// Attempts recorded as Failed.
+    pub failed: u64,
+    /// Settles fenced off because the lease was lost.
+    pub stale: u64,
+    /// Leases given back at shutdown.
+    pub released: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    started: AtomicU64,
+    succeeded: AtomicU64,
+    retried: AtomicU64,
+    failed: AtomicU64,
+    stale: AtomicU64,
+    released: AtomicU64,
+}
+
+/// Builds a [`Worker`]. See each setter for its default.
+pub struct WorkerBuilder {
+    broker: Arc<dyn Broker>,
+    registry: Registry,
+    queues: Vec<QueueSpec>,
+    lease: Duration,
+    fetch_batch: usize,
+    shutdown_grace: Duration,
+    observer: Arc<dyn Observer>,
+    clock: Arc<dyn Clock>,
+}
+
+impl WorkerBuilder {
+    /// Serves `queue` with `concurrency` slots. May be called for several queues; each gets
+    /// its own pool and dispatcher, so a busy queue cannot starve the others. By default, the
+    /// queue `default` with 16 slots.
+    pub fn queue(mut self, queue: impl Into<String>, concurrency: usize) -> Self {
+        self.queues.push(QueueSpec::new(queue, concurrency));
+        self
+    }
+
+    /// How long a lease lasts without renewal; heartbeats renew it every third of this. A
+    /// worker that dies loses its jobs to other workers after at most this long. By default,
+    /// 30 s.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// The most jobs one fetch may lease (bounded by the free slots). By default, 256.
+    pub fn fetch_batch(mut self, n: usize) -> Self {
+        self.fetch_batch = n;
+        self
+    }
+
+    /// How long running jobs may finish after shutdown begins before they are cancelled and
+    /// their leases given back. By default, 30 s.
+    pub fn shutdown_grace(mut self, d: Duration) -> Self {
+        self.shutdown_grace = d;
+        self
+    }
+
+    /// Hooks called as jobs start and settle. By default, none.
+    pub fn observer(mut self, o: Arc<dyn Observer>) -> Self {
+        self.observer = o;
+        self
+    }
+
+    /// The clock retry times are computed from. By default, the system clock.
+    pub fn clock(mut self, c: Arc<dyn Clock>) -> Self {
+        self.clock = c;
+        self
+    }
+
+    /// Validates the settings.
+    pub fn build(mut self) -> Result<Worker, WorkerError> {
+        if self.lease < Duration::from_millis(300) {
+            return Err(WorkerError::Invalid(format!(
+                "lease must be at least 300ms, got {:?}",
+                self.lease
+            )));
+        }
+        if self.fetch_batch == 0 {
+            return Err(WorkerError::Invalid(
+                "fetch batch must be at least 1".into(),
+            ));
+        }
+        if self.queues.is_empty() {
+            self.queues
+                .push(QueueSpec::new(weir_core::DEFAULT_QUEUE, 16));
+        }
+        let mut names: Vec<&str> = self.queues.iter().map(|q| q.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(WorkerError::Invalid(format!(
+                "queue `{}` listed twice",
+                w[0]
+            )));
+        }
+        if names.iter().any(|n| n.is_empty()) {
+            return Err(WorkerError::Invalid("queue names must not be empty".into()));
+        }
+        Ok(Worker { b: self })
+    }
+}
+
+/// Runs jobs from a broker until told to stop.
+///
+/// ```no_run
+/// # async fn demo(broker: std::sync::Arc<dyn weir_core::Broker>) {
+/// use weir_runtime::{Registry, Worker};
+/// let mut registry = Registry::new();
+/// registry.register_fn("hello", |name: String, _cx| async move {
+///     Ok::<_, weir_core::TaskError>(format!("hello, {name}"))
+/// });
+/// let worker = Worker::builder(broker, registry).queue("default", 8).build().unwrap();
+/// let report = worker.run(async { let _ = tokio::signal::ctrl_c().await; }).await;
+/// # }
+/// ```
+pub struct Worker {
+    b: WorkerBuilder,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("queues", &self.b.queues)
+            .field("lease", &self.b.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What every executor shares.
+struct Exec {
+    broker: Arc<dyn Broker>,
+    registry: Registry,
+    observer: Arc<dyn Observer>,
+    clock: Arc<dyn Clock>,
+    /// Leases this worker holds, with the token that stops their attempt. An entry lives
+    /// from the start of the attempt until its settle is durable (so heartbeats cover the
+    /// time a settle waits for its commit).
+    inflight: Mutex<HashMap<u64, (Lease, CancellationToken)>>,
+    /// Fired when the grace period is over: running attempts should stop.
+    hard_stop: CancellationToken,
+    counters: Counters,
+}
+
+impl Worker {
+    /// Starts building a worker that runs `registry`'s handlers on jobs from `broker`.
+    pub fn builder(broker: Arc<dyn Broker>, registry: Registry) -> WorkerBuilder {
+        WorkerBuilder {
+            broker,
+            registry,
+            queues: Vec::new(),
+            lease: Duration::from_secs(30),
+            fetch_batch: 256,
+            shutdown_grace: Duration::from_secs(30),
+            observer: Arc::new(NoObserver),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The queues it serves.
+    pub fn queues(&self) -> &[QueueSpec] {
+        &self.b.queues
+    }
+
+    /// Runs until `shutdown` completes, then drains: no more fetching; running jobs get the
+    /// grace period to finish; the rest are cancelled and their leases given back. Every task
+    /// it spawned has ended when this returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> WorkerReport {
+        let b = self.b;
+        let (settle_tx, settle_rx) = mpsc::channel(16 * 1024);
+        let exec = Arc::new(Exec {
+            broker: b.broker.clone(),
+            registry: b.registry,
+            observer: b.observer,
+            clock: b.clock,
+            inflight: Mutex::new(HashMap::new()),
+            hard_stop: CancellationToken::new(),
+            counters: Counters::default(),
+        });
+        let stop_fetch = CancellationToken::new();
+        let settler = tokio::spawn(settler(exec.clone(), settle_rx));
+        let hb_stop = CancellationToken::new();
+        let heartbeat = tokio::spawn(heartbeat(exec.clone(), b.lease, hb_stop.clone()));
+        let mut dispatchers = JoinSet::new();
+        for q in &b.queues {
+            dispatchers.spawn(dispatch(
+                Dispatch {
+                    exec: exec.clone(),
+                    settle_tx: settle_tx.clone(),
+                    queue: q.clone(),
+                    lease: b.lease,
+                    fetch_batch: b.fetch_batch,
+                    grace: b.shutdown_grace,
+                },
+                stop_fetch.clone(),
+            ));
+        }
+        tracing::info!(queues = ?b.queues, "worker started");
+        shutdown.await;
+        tracing::info!(grace = ?b.shutdown_grace, "worker shutting down: no more fetching");
+        stop_fetch.cancel();
+        while let Some(r) = dispatchers.join_next().await {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "a dispatcher failed");
+            }
+        }
+        // Every executor has ended: closing our sender lets the settler finish what it has.
+        drop(settle_tx);
+        if let Err(e) = settler.await {
+            tracing::error!(error = %e, "the settler failed");
+        }
+        // What is still held was cancelled before its outcome was known: give it back.
+        let leftovers: Vec<Lease> = exec.inflight.lock().values().map(|(l, _)| *l).collect();
+        if !leftovers.is_empty() {
+            let n = leftovers.len();
+            let items = leftovers
+                .into_iter()
+                .map(|l| (l, Settlement::Release))
+                .collect();
+            match exec.broker.settle(items).await {
+                Ok(out) => {
+                    let applied = out.iter().filter(|o| **o == SettleOutcome::Applied).count();
+                    exec.counters
+                        .released
+                        .fetch_add(applied as u64, Ordering::Relaxed);
+                    tracing::info!(released = applied, of = n, "gave unfinished leases back");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not give leases back; they will expire")
+                }
+            }
+        }
+        hb_stop.cancel();
+        let _ = heartbeat.await;
+        tracing::info!("worker stopped");
+        report(&exec.counters)
+    }
+}
+
+struct Dispatch {
+    exec: Arc<Exec>,
+    settle_tx: mpsc::Sender<(Lease, Settlement)>,
+    queue: QueueSpec,
+    lease: Duration,
+    fetch_batch: usize,
+    grace: Duration,
+}
+
+/// One queue's loop: reserve slots, then fetch that many, then run them.
+async fn dispatch(d: Dispatch, stop: CancellationToken) {
+    let pool = Arc::new(Semaphore::new(d.queue.concurrency));
+    let mut running = JoinSet::new();
+    let mut failures = 0u32;
+    let queues = vec![d.queue.name.clone()];
+    loop {
+        while running.try_join_next().is_some() {}
+        // Reserve first: nothing is fetched that cannot run now.
+        let mut permit = tokio::select! {
+            _ = stop.cancelled() => break,
+            p = pool.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let extra = pool.available_permits().min(d.fetch_batch - 1);
+        if extra > 0 {
+            if let Ok(p) = pool.clone().try_acquire_many_owned(extra as u32) {
+                permit.merge(p);
+            }
+        }
+        let req = FetchRequest {
+            queues: queues.clone(),
+            max: permit.num_permits(),
+            lease: d.lease,
+            wait: Duration::from_secs(1),
+        };
+        // Cancel safe: a fetch dropped here leases nothing (the broker gives back what it took).
+        let fetched = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = d.exec.broker.fetch(req) => r,
+        };
+        match fetched {
+            Ok(deliveries) => {
+                failures = 0;
+                for delivery in deliveries {
+                    let Some(slot) = permit.split(1) else { break };
+                    running.spawn(execute(d.exec.clone(), d.settle_tx.clone(), delivery, slot));
+                }
+            }
+            Err(e) => {
+                // A store error never ends a worker: log it, back off, go on.
+                failures = failures.saturating_add(1);
+                let pause = backoff_pause(failures);
+                tracing::warn!(queue = %d.queue.name, error = %e, retry_in = ?pause, "fetch failed");
+                drop(permit);
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    }
+    // Drain: running jobs get the grace period, then are cancelled and abandoned; their
+    // leases stay in `inflight` and are given back by `Worker::run`.
+    let deadline = tokio::time::Instant::now() + d.grace;
+    let drained = tokio::time::timeout_at(deadline, async {
+        while running.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            queue = %d.queue.name,
+            running = running.len(),
+            "grace period over: cancelling running jobs"
+        );
+        d.exec.hard_stop.cancel();
+        running.abort_all();
+        while running.join_next().await.is_some() {}
+    }
+}
+
+/// 100 ms doubling to 5 s: how long a dispatcher waits after consecutive store errors.
+fn backoff_pause(failures: u32) -> Duration {
+    let ms = 100u64.saturating_mul(1 << failures.min(6).saturating_sub(1));
+    Duration::from_millis(ms.min(5_000))
+}
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+/// Runs one attempt and hands its settlement to the settler. The pool slot is freed as soon as
+/// the handler is done; the lease is held until the settle is durable.
+async fn execute(
+    exec: Arc<Exec>,
+    settle_tx: mpsc::Sender<(Lease, Settlement)>,
+    d: Delivery,
+    slot: OwnedSemaphorePermit,
+) {
+    let Delivery { mut job, lease } = d;
+    let token = exec.hard_stop.child_token();
+    exec.inflight
+        .lock()
+        .insert(lease.token, (lease, token.clone()));
+    exec.counters.started.fetch_add(1, Ordering::Relaxed);
+    exec.observer.started(&job, exec.clock.now());
+    let kind = exec.registry.get(&job.kind);
+    let result: Result<Option<Vec<u8>>, TaskError> = match kind {
+        None => Err(TaskError::permanent(format!(
+            "unknown task kind `{}`: no handler is registered for it on this worker (known: {})",
+            job.kind,
+            exec.registry.kinds().join(", ")
+        ))),
+        Some(kind) => {
+            let cx = TaskContext::new(
+                job.id,
+                job.kind.as_str(),
+                job.queue.as_str(),
+                job.attempt,
+                job.max_attempts,
+                job.trace_id.as_str(),
+                token.clone(),
+            );
+            let payload = std::mem::take(&mut job.payload);
+            let fut = AssertUnwindSafe((kind.handler)(payload, cx)).catch_unwind();
+            let caught = match job.timeout.or(kind.timeout) {
+                None => Some(fut.await),
+                Some(t) => match tokio::time::timeout(t, fut).await {
+                    Ok(r) => Some(r),
+                    Err(_) => {
+                        token.cancel();
+                        None
+                    }
+                },
+            };
+            match caught {
+                Some(Ok(r)) => r,
+                Some(Err(panic)) => Err(TaskError::retryable(format!(
+                    "handler panicked: {}",
+                    panic_message(panic)
+                ))),
+                None => Err(TaskError::retryable(format!(
+                    "timed out after {:?}",
+                    job.timeout.or(kind.timeout).unwrap_or_default()
+                ))),
+            }
+        }
+    };
+    drop(slot);
+    if let Err(e) = &result {
+        tracing::debug!(job = %job.id, kind = %job.kind, attempt = job.attempt, error = %e, "attempt failed");
+    }
+    let backoff = kind.map(|k| k.backoff).unwrap_or_default();
+    let settlement = settlement_for(
+        result,
+        job.attempt,
+        job.max_attempts,
+        &backoff,
+        exec.clock.now(),
+        &mut rand::rng(),
+    );
+    if settle_tx.send((lease, settlement)).await.is_err() {
+        tracing::error!(job = %job.id, "settler gone; the lease will expire and the job run again");
+    }
+}
+
+/// Settles outcomes in batches; each batch is one broker call (one commit on the embedded
+/// broker). Transient errors are retried, so an outcome is not lost to a brief outage.
+async fn settler(exec: Arc<Exec>, mut rx: mpsc::Receiver<(Lease, Settlement)>) {
+    let mut buf = Vec::with_capacity(1024);
+    while rx.recv_many(&mut buf, 1024).await > 0 {
+        let batch = std::mem::take(&mut buf);
+        let mut failures = 0;
+        let outcomes = loop {
+            match exec.broker.settle(batch.clone()).await {
+                Ok(o) => break Some(o),
+                Err(e) if e.is_transient() && failures < 20 => {
+                    failures += 1;
+                    let pause = backoff_pause(failures);
+                    tracing::warn!(error = %e, retry_in = ?pause, "settle failed");
+                    tokio::time::sleep(pause).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, jobs = batch.len(), "settle failed for good; these leases will expire and their jobs run again");
+                    break None;
+                }
+            }
+        };
+        let mut map = exec.inflight.lock();
+        for (i, (lease, settlement)) in batch.iter().enumerate() {
+            map.remove(&lease.token);
+            let Some(out) = outcomes.as_ref().and_then(|o| o.get(i)).copied() else {
+                continue;
+            };
+            let c = &exec.counters;
+            match (out, settlement) {
+                (SettleOutcome::Stale, _) => {
+                    c.stale.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(job = %lease.id, attempt = lease.attempt, "lease lost before settle; outcome discarded");
+                }
+                (_, Settlement::Succeeded { .. }) => {
+                    drop(c.succeeded.fetch_add(1, Ordering::Relaxed))
+                }
+                (_, Settlement::Retry { .. }) => drop(c.retried.fetch_add(1, Ordering::Relaxed)),
+                (_, Settlement::Failed { .. }) => drop(c.failed.fetch_add(1, Ordering::Relaxed)),
+                (_, Settlement::Release) => drop(c.released.fetch_add(1, Ordering::Relaxed)),
+            }
+            exec.observer.settled(lease, settlement, out);
+        }
+    }
+}
+
+/// Renews every held lease each third of the lease time; a lease the broker no longer
+/// honours (expired and reclaimed, or the job cancelled) has its attempt cancelled.
+async fn heartbeat(exec: Arc<Exec>, lease: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(lease / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let held: Vec<Lease> = exec.inflight.lock().values().map(|(l, _)| *l).collect();
+        if held.is_empty() {
+            continue;
+        }
+        match exec.broker.heartbeat(&held, lease).await {
+            Ok(alive) => {
+                let map = exec.inflight.lock();
+                for (l, ok) in held.iter().zip(alive) {
+                    if !ok {
+                        if let Some((_, token)) = map.get(&l.token) {
+                            tracing::warn!(job = %l.id, attempt = l.attempt, "lease lost: cancelling the attempt");
+                            token.cancel();
+                        }
+                    }
+                }
+            }
+            Err(e) => report_heartbeat_error(&e),
+        }
+    }
+}
+
+fn report_heartbeat_error(e: &BrokerError) {
+    tracing::warn!(error = %e, "heartbeat failed; leases may expire if this goes on");
+}
+
+fn report(c: &Counters) -> WorkerReport {
+    WorkerReport {
+        started: c.started.load(Ordering::Relaxed),
+        succeeded: c.succeeded.load(Ordering::Relaxed),
+        retried: c.retried.load(Ordering::Relaxed),
+        failed: c.failed.load(Ordering::Relaxed),
+        stale: c.stale.load(Ordering::Relaxed),
+        released: c.released.load(Ordering::Relaxed),
+    }
+}

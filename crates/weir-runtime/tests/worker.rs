@@ -1,0 +1,343 @@
+//! The worker against a real SQLite file: outcomes, failures, limits and shutdown.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use weir_core::{Broker, Inspect, Job, JobId, JobState, NewJob, TaskContext, TaskError};
+use weir_runtime::{Registry, Worker, WorkerReport};
+use weir_sqlite::SqliteBroker;
+use weir_sync::{Backoff, Jitter};
+
+struct Env {
+    broker: Arc<SqliteBroker>,
+    _dir: tempfile::TempDir,
+}
+
+fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Arc::new(SqliteBroker::open(dir.path().join("w.db")).unwrap());
+    Env { broker, _dir: dir }
+}
+
+fn fast_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(10), 2.0, Duration::from_millis(50))
+        .unwrap()
+        .jitter(Jitter::None)
+}
+
+struct Running {
+    stop: oneshot::Sender<()>,
+    handle: tokio::task::JoinHandle<WorkerReport>,
+}
+
+impl Running {
+    async fn stop(self) -> WorkerReport {
+        let _ = self.stop.send(());
+        self.handle.await.unwrap()
+    }
+}
+
+fn start(
+    broker: Arc<SqliteBroker>,
+    registry: Registry,
+    configure: impl FnOnce(weir_runtime::WorkerBuilder) -> weir_runtime::WorkerBuilder,
+) -> Running {
+    let b: Arc<dyn Broker> = broker;
+    let worker = configure(Worker::builder(b, registry)).build().unwrap();
+    let (stop, rx) = oneshot::channel();
+    let handle = tokio::spawn(worker.run(async {
+        let _ = rx.await;
+    }));
+    Running { stop, handle }
+}
+
+async fn wait_finished(i: &dyn Inspect, id: JobId) -> Job {
+    for _ in 0..500 {
+        let j = i.get(id).await.unwrap().unwrap();
+        if j.state.is_finished() {
+            return j;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("job {id} did not finish: {:?}", i.get(id).await.unwrap());
+}
+
+fn registry() -> Registry {
+    let mut r = Registry::new();
+    r.default_backoff(fast_backoff());
+    r.register_fn("double", |n: u64, _cx: TaskContext| async move {
+        Ok::<_, TaskError>(n * 2)
+    });
+    r.register_fn("flaky", |times: u32, cx: TaskContext| async move {
+        if cx.attempt() <= times {
+            Err(TaskError::retryable(format!(
+                "flaky attempt {}",
+                cx.attempt()
+            )))
+        } else {
+            Ok(cx.attempt())
+        }
+    });
+    r.register_fn(
+        "boom",
+        |_: serde_json::Value, _cx: TaskContext| async move {
+            if true {
+                panic!("boom");
+            }
+            Ok::<(), TaskError>(())
+        },
+    );
+    r.register_fn("bad", |_: serde_json::Value, _cx: TaskContext| async move {
+        Err::<(), _>(TaskError::permanent("bad input: missing field"))
+    });
+    r.register_fn("sleep", |ms: u64, cx: TaskContext| async move {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(ms)) => Ok(()),
+            _ = cx.cancellation().cancelled() => Err(TaskError::retryable("cancelled")),
+        }
+    });
+    r
+}
+
+async fn enqueue(
+    b: &SqliteBroker,
+    kind: &str,
+    payload: &str,
+    f: impl FnOnce(NewJob) -> NewJob,
+) -> JobId {
+    b.enqueue(f(NewJob::new(kind, payload.as_bytes().to_vec())))
+        .await
+        .unwrap()
+        .id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_are_recorded() {
+    let e = env();
+    let b = &*e.broker;
+    let ok = enqueue(b, "double", "21", |j| j).await;
+    let flaky = enqueue(b, "flaky", "2", |j| j.max_attempts(5)).await;
+    let exhausted = enqueue(b, "flaky", "9", |j| j.max_attempts(2)).await;
+    let bad = enqueue(b, "bad", "{}", |j| j).await;
+    let w = start(e.broker.clone(), registry(), |w| w.queue("default", 4));
+    let i = b as &dyn Inspect;
+    let j = wait_finished(i, ok).await;
+    assert_eq!(
+        (j.state, j.result.as_deref()),
+        (JobState::Succeeded, Some(&b"42"[..]))
+    );
+    let j = wait_finished(i, flaky).await;
+    assert_eq!((j.state, j.attempt), (JobState::Succeeded, 3));
+    assert_eq!(j.last_error.as_deref(), Some("flaky attempt 2"));
+    let j = wait_finished(i, exhausted).await;
+    assert_eq!((j.state, j.attempt), (JobState::Failed, 2));
+    assert_eq!(
+        j.last_error.as_deref(),
+        Some("flaky attempt 2 (attempt 2 of 2: attempts exhausted)")
+    );
+    let j = wait_finished(i, bad).await;
+    assert_eq!(
+        (j.state, j.attempt),
+        (JobState::Failed, 1),
+        "permanent errors are not retried"
+    );
+    let r = w.stop().await;
+    assert_eq!(r.succeeded, 2);
+    assert_eq!(r.failed, 2);
+    assert_eq!(r.retried, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panics_malformed_payloads_and_unknown_kinds_fail_cleanly() {
+    let e = env();
+    let b = &*e.broker;
+    let boom = enqueue(b, "boom", "{}", |j| j.max_attempts(2)).await;
+    let malformed = enqueue(b, "double", r#"{"not":"a number"}"#, |j| j).await;
+    let unknown = enqueue(b, "nope", "{}", |j| j).await;
+    let after = enqueue(b, "double", "1", |j| j).await;
+    let w = start(e.broker.clone(), registry(), |w| w);
+    let i = b as &dyn Inspect;
+    let j = wait_finished(i, boom).await;
+    assert_eq!(
+        (j.state, j.attempt),
+        (JobState::Failed, 2),
+        "a panic is retryable"
+    );
+    assert!(j.last_error.unwrap().starts_with("handler panicked: boom"));
+    let j = wait_finished(i, malformed).await;
+    assert_eq!((j.state, j.attempt), (JobState::Failed, 1));
+    let err = j.last_error.unwrap();
+    assert!(
+        err.starts_with("payload for kind `double` does not decode:"),
+        "{err}"
+    );
+    let j = wait_finished(i, unknown).await;
+    assert_eq!(j.state, JobState::Failed);
+    let err = j.last_error.unwrap();
+    assert!(err.contains("unknown task kind `nope`"), "{err}");
+    // The worker lived through all of it.
+    assert_eq!(wait_finished(i, after).await.state, JobState::Succeeded);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_are_retryable_failures() {
+    let e = env();
+    let b = &*e.broker;
+    let id = enqueue(b, "sleep", "10000", |j| {
+        j.timeout(Duration::from_millis(50)).max_attempts(2)
+    })
+    .await;
+    let w = start(e.broker.clone(), registry(), |w| w);
+    let j = wait_finished(b, id).await;
+    assert_eq!((j.state, j.attempt), (JobState::Failed, 2));
+    assert!(j.last_error.unwrap().starts_with("timed out after 50ms"));
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_bounds_running_and_leased_jobs() {
+    let e = env();
+    let b = &*e.broker;
+    let now = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let mut r = registry();
+    {
+        let (now, peak) = (now.clone(), peak.clone());
+        r.register_fn("track", move |_: serde_json::Value, _cx: TaskContext| {
+            let (now, peak) = (now.clone(), peak.clone());
+            async move {
+                let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(n, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                Ok::<_, TaskError>(())
+            }
+        });
+    }
+    let jobs = (0..50)
+        .map(|_| NewJob::new("track", b"{}".to_vec()))
+        .collect();
+    let ids: Vec<JobId> = b
+        .enqueue_many(jobs)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    let w = start(e.broker.clone(), r, |w| w.queue("default", 3));
+    let mut max_leased = 0;
+    for id in &ids {
+        loop {
+            let c = b.counts().await.unwrap();
+            max_leased = max_leased.max(c.iter().map(|q| q.running).sum::<u64>());
+            if b.get(*id).await.unwrap().unwrap().state.is_finished() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    w.stop().await;
+    assert!(
+        peak.load(Ordering::SeqCst) <= 3,
+        "peak {}",
+        peak.load(Ordering::SeqCst)
+    );
+    assert_eq!(peak.load(Ordering::SeqCst), 3, "the pool was used");
+    // Leased = running + settling; never more than the pool plus the settles in flight.
+    assert!(max_leased <= 6, "leased {max_leased} with 3 slots");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_running_jobs_finish() {
+    let e = env();
+    let b = &*e.broker;
+    let ids: Vec<JobId> =
+        futures::future::join_all((0..8).map(|_| enqueue(b, "sleep", "200", |j| j))).await;
+    let w = start(e.broker.clone(), registry(), |w| {
+        w.queue("default", 8)
+            .shutdown_grace(Duration::from_secs(10))
+    });
+    // Wait until all eight are running, then stop.
+    loop {
+        let c = b.counts().await.unwrap();
+        if c.iter().map(|q| q.running).sum::<u64>() == 8 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let r = w.stop().await;
+    assert_eq!((r.succeeded, r.released), (8, 0));
+    for id in ids {
+        assert_eq!(b.get(id).await.unwrap().unwrap().state, JobState::Succeeded);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_past_grace_releases_leases() {
+    let e = env();
+    let b = &*e.broker;
+    let ids: Vec<JobId> =
+        futures::future::join_all((0..4).map(|_| enqueue(b, "sleep", "60000", |j| j))).await;
+    let w = start(e.broker.clone(), registry(), |w| {
+        w.queue("default", 4)
+            .shutdown_grace(Duration::from_millis(100))
+    });
+    loop {
+        let c = b.counts().await.unwrap();
+        if c.iter().map(|q| q.running).sum::<u64>() == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let r = w.stop().await;
+    assert_eq!(r.released, 4, "{r:?}");
+    for id in ids {
+        let j = b.get(id).await.unwrap().unwrap();
+        assert_eq!(
+            (j.state, j.attempt),
+            (JobState::Pending, 0),
+            "given back, attempt not spent"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_running_job_fires_its_token() {
+    let e = env();
+    let b = &*e.broker;
+    let mut r = registry();
+    let (tx, rx) = oneshot::channel::<()>();
+    let tx = Arc::new(parking_lot::Mutex::new(Some(tx)));
+    r.register_fn(
+        "wait_cancel",
+        move |_: serde_json::Value, cx: TaskContext| {
+            let tx = tx.clone();
+            async move {
+                cx.cancellation().cancelled().await;
+                if let Some(tx) = tx.lock().take() {
+                    let _ = tx.send(());
+                }
+                Err::<(), _>(TaskError::retryable("stopped"))
+            }
+        },
+    );
+    let id = enqueue(b, "wait_cancel", "{}", |j| j).await;
+    let w = start(e.broker.clone(), r, |w| w.lease(Duration::from_millis(300)));
+    loop {
+        if b.get(id).await.unwrap().unwrap().state == JobState::Running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    b.cancel(id).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), rx)
+        .await
+        .expect("token fired")
+        .unwrap();
+    let r = w.stop().await;
+    assert_eq!(r.stale, 1);
+    assert_eq!(b.get(id).await.unwrap().unwrap().state, JobState::Cancelled);
+}
