@@ -514,11 +514,17 @@ async fn settler(exec: Arc<Exec>, mut rx: mpsc::Receiver<(Lease, Settlement)>) {
                     tracing::warn!(job = %lease.id, attempt = lease.attempt, "lease lost before settle; outcome discarded");
                 }
                 (_, Settlement::Succeeded { .. }) => {
-                    drop(c.succeeded.fetch_add(1, Ordering::Relaxed))
+                    c.succeeded.fetch_add(1, Ordering::Relaxed);
                 }
-                (_, Settlement::Retry { .. }) => drop(c.retried.fetch_add(1, Ordering::Relaxed)),
-                (_, Settlement::Failed { .. }) => drop(c.failed.fetch_add(1, Ordering::Relaxed)),
-                (_, Settlement::Release) => drop(c.released.fetch_add(1, Ordering::Relaxed)),
+                (_, Settlement::Retry { .. }) => {
+                    c.retried.fetch_add(1, Ordering::Relaxed);
+                }
+                (_, Settlement::Failed { .. }) => {
+                    c.failed.fetch_add(1, Ordering::Relaxed);
+                }
+                (_, Settlement::Release) => {
+                    c.released.fetch_add(1, Ordering::Relaxed);
+                }
             }
             exec.observer.settled(lease, settlement, out);
         }

@@ -1,1 +1,88 @@
-//! placeholder
+//! # weir
+//!
+//! High-concurrency task processing for Rust: define tasks, enqueue them durably, run them in a
+//! worker pool with retries (exponential backoff with jitter), leases and heartbeats, and
+//! operate it all with the `weir` binary.
+//!
+//! ```no_run
+//! use serde::{Deserialize, Serialize};
+//! use weir::{Client, Registry, Task, TaskContext, TaskError, Worker};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Greet { name: String }
+//!
+//! impl Task for Greet {
+//!     const KIND: &'static str = "greet";
+//!     type Output = String;
+//!     async fn run(self, _cx: TaskContext) -> Result<String, TaskError> {
+//!         Ok(format!("hello, {}", self.name))
+//!     }
+//! }
+//!
+//! # async fn run() -> anyhow::Result<()> {
+//! let broker = weir::open_broker("sqlite:./weir.db")?;
+//! Client::new(broker.clone()).enqueue(&Greet { name: "ada".into() }).await?;
+//! let mut registry = Registry::new();
+//! registry.register::<Greet>();
+//! let worker = Worker::builder(broker, registry).queue("default", 8).build()?;
+//! worker.run(async { let _ = tokio::signal::ctrl_c().await; }).await;
+//! # Ok(()) }
+//! ```
+//!
+//! The crates behind the facade: `weir-core` (task model, broker traits), `weir-sync`
+//! (backoff), `weir-runtime` (worker), `weir-sqlite` (the embedded durable broker).
+
+pub mod builtins;
+pub mod config;
+
+use std::sync::Arc;
+
+pub use weir_core::{
+    transition, Broker, BrokerError, Clock, Delivery, Enqueued, ErrorKind, Event, FetchRequest,
+    IllegalTransition, Inspect, Job, JobId, JobState, Lease, ListFilter, ManualClock, MemoryBroker,
+    NewJob, QueueCounts, SettleOutcome, Settlement, SystemClock, Task, TaskContext, TaskError,
+    Timestamp, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE,
+};
+pub use weir_runtime::{
+    settlement_for, Client, EnqueueError, Handler, KindOptions, Observer, QueueSpec, Registry,
+    Worker, WorkerBuilder, WorkerError, WorkerReport,
+};
+pub use weir_sqlite::{SqliteBroker, SqliteOptions, Synchronous};
+pub use weir_sync::{Backoff, BackoffError, Jitter};
+
+/// The broker URL used when none is given: an embedded file in the working directory.
+pub const DEFAULT_BROKER_URL: &str = "sqlite:./weir.db";
+
+/// Opens the broker a URL names:
+///
+/// - `sqlite:PATH[?sync=full|normal]`: the embedded durable broker (the default);
+/// - `memory:`: an in-process broker, gone when the process ends (tests, benchmarks).
+///
+/// Opening the embedded broker does blocking file I/O.
+pub fn open_broker(url: &str) -> Result<Arc<dyn Broker>, BrokerError> {
+    if url.starts_with("sqlite:") {
+        let opts = SqliteOptions::from_url(url).map_err(BrokerError::Invalid)?;
+        return Ok(Arc::new(SqliteBroker::open_with(opts)?));
+    }
+    if url == "memory:" || url == "memory://" {
+        return Ok(Arc::new(MemoryBroker::new()));
+    }
+    let scheme = url.split_once(':').map_or(url, |(s, _)| s);
+    Err(BrokerError::Invalid(format!(
+        "unsupported broker URL `{url}`: scheme `{scheme}` is not one of sqlite:, memory:"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls() {
+        assert!(open_broker("memory:").is_ok());
+        let e = open_broker("redis://x").err().unwrap().to_string();
+        assert!(e.contains("scheme `redis`"), "{e}");
+        let e = open_broker("sqlite:").err().unwrap().to_string();
+        assert!(e.contains("names no file"), "{e}");
+    }
+}

@@ -1,0 +1,207 @@
+//! `weir bench`: end-to-end no-op throughput (enqueue → run → durable settle) and
+//! enqueue → start latency, on a fresh queue.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use clap::Args as ClapArgs;
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use serde::Deserialize;
+use tokio::sync::Notify;
+use weir::{
+    Broker, Lease, MemoryBroker, NewJob, Observer, Registry, SettleOutcome, Settlement,
+    SqliteBroker, SqliteOptions, Synchronous, TaskContext, TaskError, Worker,
+};
+
+use super::Args;
+
+#[derive(ClapArgs, Debug)]
+pub(crate) struct BenchArgs {
+    /// How many tasks.
+    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
+    tasks: u64,
+    /// Jobs run at once.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    workers: u32,
+    /// Most jobs leased per fetch.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    fetch_batch: u32,
+    /// Enqueue at this many tasks per second instead of as fast as possible (for latency).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Embedded queue file. By default, a fresh temporary file.
+    #[arg(long)]
+    path: Option<PathBuf>,
+    /// Commit durability: full (fsync every commit, the default) or normal.
+    #[arg(long, default_value = "full", value_parser = ["full", "normal"])]
+    sync: String,
+    /// Use the in-memory broker (measures the runtime alone).
+    #[arg(long)]
+    memory: bool,
+    /// Print the result as one JSON object on the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Deserialize)]
+struct Stamp {
+    t: u64,
+}
+
+fn clock() -> &'static Instant {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now)
+}
+
+fn micros() -> u64 {
+    clock().elapsed().as_micros() as u64
+}
+
+struct Done {
+    settled: AtomicU64,
+    target: u64,
+    notify: Notify,
+}
+
+impl Observer for Done {
+    fn settled(&self, _l: &Lease, s: &Settlement, out: SettleOutcome) {
+        if out == SettleOutcome::Applied
+            && matches!(s, Settlement::Succeeded { .. })
+            && self.settled.fetch_add(1, Ordering::Relaxed) + 1 == self.target
+        {
+            self.notify.notify_one();
+        }
+    }
+}
+
+pub(crate) async fn run(_args: &Args, a: &BenchArgs) -> anyhow::Result<ExitCode> {
+    let _dir;
+    let (broker, target): (Arc<dyn Broker>, String) = if a.memory {
+        (Arc::new(MemoryBroker::new()), "memory".into())
+    } else {
+        let path = match &a.path {
+            Some(p) => p.clone(),
+            None => {
+                let d = tempfile::tempdir()?;
+                let p = d.path().join("bench.db");
+                _dir = d;
+                p
+            }
+        };
+        let sync = if a.sync == "normal" {
+            Synchronous::Normal
+        } else {
+            Synchronous::Full
+        };
+        let b = SqliteBroker::open_with(SqliteOptions::new(&path).synchronous(sync))?;
+        (
+            Arc::new(b),
+            format!("sqlite (sync={}) at {}", a.sync, path.display()),
+        )
+    };
+    let latency = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
+    let mut registry = Registry::new();
+    {
+        let latency = latency.clone();
+        registry.register_fn("bench", move |s: Stamp, _cx: TaskContext| {
+            let _ = latency.lock().record(micros().saturating_sub(s.t));
+            async { Ok::<_, TaskError>(()) }
+        });
+    }
+    let done = Arc::new(Done {
+        settled: AtomicU64::new(0),
+        target: a.tasks,
+        notify: Notify::new(),
+    });
+    let worker = Worker::builder(broker.clone(), registry)
+        .queue("bench", a.workers as usize)
+        .fetch_batch(a.fetch_batch as usize)
+        .observer(done.clone())
+        .build()?;
+    let stop = Arc::new(Notify::new());
+    let _ = micros();
+    let running = tokio::spawn({
+        let stop = stop.clone();
+        worker.run(async move { stop.notified().await })
+    });
+    let mode = match a.rate {
+        Some(r) => format!("{r} tasks/s offered"),
+        None => "as fast as possible".to_owned(),
+    };
+    if !a.json {
+        println!(
+            "weir bench: {} no-op tasks, {} workers, {target}, enqueued {mode}",
+            a.tasks, a.workers
+        );
+    }
+    let t0 = Instant::now();
+    let producer = tokio::spawn({
+        let broker = broker.clone();
+        let (n, rate) = (a.tasks, a.rate);
+        async move {
+            let mut sent = 0u64;
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let started = Instant::now();
+            while sent < n {
+                let k = match rate {
+                    None => 1000.min(n - sent),
+                    Some(r) => {
+                        tick.tick().await;
+                        let due = (started.elapsed().as_secs_f64() * r as f64) as u64;
+                        due.min(n).saturating_sub(sent)
+                    }
+                };
+                if k == 0 {
+                    continue;
+                }
+                let t = micros();
+                let jobs = (0..k)
+                    .map(|_| NewJob::new("bench", format!(r#"{{"t":{t}}}"#)).queue("bench"))
+                    .collect();
+                broker.enqueue_many(jobs).await?;
+                sent += k;
+            }
+            anyhow::Ok(())
+        }
+    });
+    producer.await??;
+    if done.settled.load(Ordering::Relaxed) < a.tasks {
+        done.notify.notified().await;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    stop.notify_one();
+    running.await?;
+    let h = latency.lock();
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let rate = a.tasks as f64 / secs;
+    if !a.json {
+        println!("  throughput  {rate:.0} tasks/s ({secs:.3} s)");
+        println!(
+            "  latency     p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms  (enqueue -> start)",
+            ms(0.5),
+            ms(0.99),
+            h.max() as f64 / 1000.0
+        );
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "tasks": a.tasks,
+            "seconds": secs,
+            "tasks_per_sec": rate,
+            "p50_ms": ms(0.5),
+            "p99_ms": ms(0.99),
+            "max_ms": h.max() as f64 / 1000.0,
+            "workers": a.workers,
+            "rate": a.rate,
+            "broker": if a.memory { "memory" } else { "sqlite" },
+            "sync": a.sync,
+        })
+    );
+    Ok(ExitCode::SUCCESS)
+}

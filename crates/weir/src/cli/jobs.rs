@@ -1,0 +1,188 @@
+//! status, inspect, list, retry, cancel, purge.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args as ClapArgs;
+use weir::{Job, JobId, JobState, ListFilter};
+
+use super::Args;
+
+#[derive(ClapArgs, Debug)]
+pub(crate) struct StatusArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(ClapArgs, Debug)]
+pub(crate) struct InspectArgs {
+    /// The job id.
+    id: JobId,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(ClapArgs, Debug)]
+pub(crate) struct IdArg {
+    /// The job id.
+    id: JobId,
+}
+
+#[derive(ClapArgs, Debug)]
+pub(crate) struct ListArgs {
+    /// Only jobs in this state.
+    #[arg(long)]
+    state: Option<JobState>,
+    /// Only jobs of this queue.
+    #[arg(long)]
+    queue: Option<String>,
+    /// At most this many.
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    /// Print JSON lines.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(ClapArgs, Debug)]
+pub(crate) struct PurgeArgs {
+    /// The state to delete: succeeded, failed or cancelled.
+    #[arg(long)]
+    state: JobState,
+    /// Only this queue.
+    #[arg(long)]
+    queue: Option<String>,
+}
+
+pub(crate) async fn status(args: &Args, a: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let broker = args.open()?;
+    let i = broker.inspect().context("this broker cannot count jobs")?;
+    let counts = i.counts().await?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string(&serde_json::json!({ "queues": counts }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<20} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "QUEUE", "PENDING", "RUNNING", "RETRYABLE", "SUCCEEDED", "FAILED", "CANCELLED"
+    );
+    for q in &counts {
+        println!(
+            "{:<20} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            q.queue, q.pending, q.running, q.retryable, q.succeeded, q.failed, q.cancelled
+        );
+    }
+    if counts.is_empty() {
+        println!("(no jobs)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_job(j: &Job) {
+    println!("id           {}", j.id);
+    println!("kind         {}", j.kind);
+    println!("queue        {}", j.queue);
+    println!("state        {}", j.state);
+    println!("attempt      {} of {}", j.attempt, j.max_attempts);
+    println!("priority     {}", j.priority);
+    println!("created_at   {}", j.created_at);
+    println!("run_at       {}", j.run_at);
+    if let Some(t) = j.lease_until {
+        println!("lease_until  {t}");
+    }
+    if let Some(t) = j.finished_at {
+        println!("finished_at  {t}");
+    }
+    if let Some(t) = j.timeout {
+        println!("timeout      {}", humantime::format_duration(t));
+    }
+    if let Some(k) = &j.unique_key {
+        println!("unique_key   {k}");
+    }
+    println!("trace_id     {}", j.trace_id);
+    println!("payload      {}", j.payload_str());
+    if let Some(e) = &j.last_error {
+        println!("last_error   {e}");
+    }
+    if let Some(r) = &j.result {
+        println!("result       {}", String::from_utf8_lossy(r));
+    }
+}
+
+pub(crate) async fn inspect(args: &Args, a: &InspectArgs) -> anyhow::Result<ExitCode> {
+    let broker = args.open()?;
+    let i = broker
+        .inspect()
+        .context("this broker cannot look up jobs by id")?;
+    let Some(j) = i.get(a.id).await? else {
+        anyhow::bail!("no job with id {}", a.id);
+    };
+    if a.json {
+        println!("{}", serde_json::to_string(&j)?);
+    } else {
+        print_job(&j);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn list(args: &Args, a: &ListArgs) -> anyhow::Result<ExitCode> {
+    let broker = args.open()?;
+    let i = broker.inspect().context("this broker cannot list jobs")?;
+    let jobs = i
+        .list(ListFilter {
+            queue: a.queue.clone(),
+            state: a.state,
+            limit: a.limit,
+        })
+        .await?;
+    for j in &jobs {
+        if a.json {
+            println!("{}", serde_json::to_string(j)?);
+        } else {
+            println!(
+                "{}  {:<10} {:<12} {:<10} attempt {}/{}  {}",
+                j.id,
+                j.state,
+                j.kind,
+                j.queue,
+                j.attempt,
+                j.max_attempts,
+                j.last_error.as_deref().unwrap_or("")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn retry(args: &Args, a: &IdArg) -> anyhow::Result<ExitCode> {
+    let broker = args.open()?;
+    let i = broker
+        .inspect()
+        .context("this broker cannot retry jobs by id")?;
+    let j = i.retry(a.id).await?;
+    println!("{} is {} again", j.id, j.state);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn cancel(args: &Args, a: &IdArg) -> anyhow::Result<ExitCode> {
+    let broker = args.open()?;
+    let i = broker
+        .inspect()
+        .context("this broker cannot cancel jobs by id")?;
+    let j = i.cancel(a.id).await?;
+    println!("{} is {}", j.id, j.state);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn purge(args: &Args, a: &PurgeArgs) -> anyhow::Result<ExitCode> {
+    let broker = args.open()?;
+    let i = broker.inspect().context("this broker cannot purge jobs")?;
+    let n = i.purge(a.state, a.queue.as_deref()).await?;
+    println!("purged {n} {} jobs", a.state);
+    Ok(ExitCode::SUCCESS)
+}

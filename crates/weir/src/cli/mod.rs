@@ -1,0 +1,137 @@
+//! Command-line parsing (stage one: raw arguments, by clap) and dispatch to the commands, which
+//! validate further (stage two) and call the library.
+
+mod bench;
+mod demo;
+mod enqueue;
+mod jobs;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use weir::config::Config;
+use weir::Broker;
+
+/// weir: durable, high-concurrency task processing.
+#[derive(Parser, Debug)]
+#[command(name = "weir", version, about, propagate_version = true)]
+pub(crate) struct Args {
+    /// The broker: `sqlite:PATH[?sync=full|normal]` (embedded, the default) or `memory:`.
+    #[arg(long, global = true, env = "WEIR_BROKER", default_value = weir::DEFAULT_BROKER_URL)]
+    broker: String,
+    /// The configuration file. By default, ./weir.toml if it exists.
+    #[arg(long, global = true, env = "WEIR_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log filter, e.g. `info` or `weir=debug` (RUST_LOG syntax). By default, `info` for
+    /// serve and `warn` for other commands.
+    #[arg(long, global = true, env = "WEIR_LOG")]
+    log: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run workers until SIGINT or SIGTERM (a second signal exits at once).
+    Serve(serve::ServeArgs),
+    /// Enqueue one job, or many from a JSON-lines file.
+    Enqueue(enqueue::EnqueueArgs),
+    /// Job counts by queue and state.
+    Status(jobs::StatusArgs),
+    /// Show one job.
+    Inspect(jobs::InspectArgs),
+    /// List jobs, newest first (e.g. the dead-letter set: --state failed).
+    List(jobs::ListArgs),
+    /// Run a failed job again.
+    Retry(jobs::IdArg),
+    /// Cancel a pending, retryable or running job.
+    Cancel(jobs::IdArg),
+    /// Delete finished jobs in one state.
+    Purge(jobs::PurgeArgs),
+    /// Run a mixed workload on a fresh embedded queue, with live progress and a summary.
+    Demo(demo::DemoArgs),
+    /// Measure end-to-end throughput and enqueue-to-start latency.
+    Bench(bench::BenchArgs),
+}
+
+/// Parses a duration such as `10s`, `250ms` or `1h 30m`.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration ({e}); e.g. 10s, 250ms, 1h"))
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+impl Args {
+    fn load_config(&self) -> anyhow::Result<Config> {
+        match &self.config {
+            Some(p) => Ok(Config::load(p)?),
+            None => {
+                let p = PathBuf::from("weir.toml");
+                if p.exists() {
+                    Ok(Config::load(&p)?)
+                } else {
+                    Ok(Config::default())
+                }
+            }
+        }
+    }
+
+    fn open(&self) -> anyhow::Result<Arc<dyn Broker>> {
+        weir::open_broker(&self.broker).with_context(|| format!("opening broker {}", self.broker))
+    }
+}
+
+pub(crate) fn main() -> ExitCode {
+    let args = Args::parse();
+    let default_log = match args.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    init_logging(args.log.as_deref().unwrap_or(default_log));
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(run(args));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match &args.command {
+        Command::Serve(a) => serve::run(&args, a).await,
+        Command::Enqueue(a) => enqueue::run(&args, a).await,
+        Command::Status(a) => jobs::status(&args, a).await,
+        Command::Inspect(a) => jobs::inspect(&args, a).await,
+        Command::List(a) => jobs::list(&args, a).await,
+        Command::Retry(a) => jobs::retry(&args, a).await,
+        Command::Cancel(a) => jobs::cancel(&args, a).await,
+        Command::Purge(a) => jobs::purge(&args, a).await,
+        Command::Demo(a) => demo::run(&args, a).await,
+        Command::Bench(a) => bench::run(&args, a).await,
+    }
+}
