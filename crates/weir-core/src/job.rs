@@ -180,7 +180,7 @@ impl NewJob {
     pub fn due_at(&self, now: Timestamp) -> Timestamp {
         match (self.run_at, self.delay) {
             (Some(at), _) => at,
-            (None, Some(d)) => now.add(d),
+            (None, Some(d)) => now.plus(d),
             (None, None) => now,
         }
     }

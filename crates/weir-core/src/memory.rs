@@ -157,7 +157,7 @@ impl MemoryBroker {
                     continue;
                 };
                 job.attempt += 1;
-                job.lease_until = Some(now.add(req.lease));
+                job.lease_until = Some(now.plus(req.lease));
                 let delivery = Delivery {
                     lease: Lease {
                         id: job.id,
@@ -304,7 +304,7 @@ impl Broker for MemoryBroker {
                 Some(j)
                     if j.id == l.id && j.state == JobState::Running && j.attempt == l.attempt =>
                 {
-                    j.lease_until = Some(now.add(extend));
+                    j.lease_until = Some(now.plus(extend));
                     true
                 }
                 _ => false,
@@ -332,7 +332,7 @@ impl Inspect for MemoryBroker {
             .filter(|j| filter.queue.as_ref().is_none_or(|q| *q == j.queue))
             .filter(|j| filter.state.is_none_or(|s| s == j.state))
             .collect();
-        jobs.sort_by(|a, b| b.id.cmp(&a.id));
+        jobs.sort_by_key(|j| std::cmp::Reverse(j.id));
         let limit = if filter.limit == 0 { 100 } else { filter.limit };
         Ok(jobs.into_iter().take(limit).cloned().collect())
     }

@@ -34,7 +34,7 @@ pub fn settlement_for<R: Rng + ?Sized>(
                 .retry_after()
                 .unwrap_or_else(|| backoff.delay(attempt, rng));
             Settlement::Retry {
-                run_at: now.add(delay),
+                run_at: now.plus(delay),
                 error: e.message().to_owned(),
             }
         }

@@ -44,7 +44,7 @@ enum Done {
     Fetch(Reply<Vec<Delivery>>, Vec<Delivery>),
     Settle(Reply<Vec<SettleOutcome>>, Vec<SettleOutcome>),
     Heartbeat(Reply<Vec<bool>>, Vec<bool>),
-    Job(Reply<Job>, Result<Job, BrokerError>),
+    Job(Reply<Job>, Box<Result<Job, BrokerError>>),
     Count(Reply<u64>, Result<u64, BrokerError>),
 }
 
@@ -306,7 +306,7 @@ impl Writer {
             }
             Done::Settle(r, v) => drop(r.send(Ok(v))),
             Done::Heartbeat(r, v) => drop(r.send(Ok(v))),
-            Done::Job(r, v) => drop(r.send(v)),
+            Done::Job(r, v) => drop(r.send(*v)),
             Done::Count(r, v) => drop(r.send(v)),
         }
     }
@@ -450,7 +450,7 @@ impl Writer {
                 Done::Settle(reply, out)
             }
             Cmd::Heartbeat(leases, extend, reply) => {
-                let until = now.add(extend).0;
+                let until = now.plus(extend).0;
                 let mut st = self.conn.prepare_cached(
                     "UPDATE jobs SET lease_until = ?3 WHERE seq = ?1 AND attempt = ?2 AND state = 1",
                 )?;
@@ -462,11 +462,11 @@ impl Writer {
             }
             Cmd::Retry(id, reply) => {
                 let r = self.manual_retry(id, now)?;
-                Done::Job(reply, r)
+                Done::Job(reply, Box::new(r))
             }
             Cmd::Cancel(id, reply) => {
                 let r = self.cancel(id, now)?;
-                Done::Job(reply, r)
+                Done::Job(reply, Box::new(r))
             }
             Cmd::Purge(state, queue, reply) => {
                 let r = if !state.is_finished() {
@@ -560,7 +560,7 @@ impl Writer {
         lease: Duration,
         now: Timestamp,
     ) -> rusqlite::Result<Vec<Delivery>> {
-        let until = now.add(lease).0;
+        let until = now.plus(lease).0;
         let mut out = Vec::with_capacity(max);
         let sql = format!(
             "UPDATE jobs SET state = 1, attempt = attempt + 1, lease_until = ?2

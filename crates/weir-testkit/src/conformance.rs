@@ -296,7 +296,7 @@ pub async fn retry_scheduling(f: Fixture) {
     let b = &*f.broker;
     let id = b.enqueue(job("retry")).await.unwrap().id;
     let d = fetch(b, "retry", 1).await.pop().unwrap();
-    let run_at = f.clock.now().add(Duration::from_secs(30));
+    let run_at = f.clock.now().plus(Duration::from_secs(30));
     let s = Settlement::Retry {
         run_at,
         error: "upstream 503".into(),

@@ -130,7 +130,7 @@ async fn run_shell(
     p: Shell,
     cx: TaskContext,
 ) -> Result<serde_json::Value, TaskError> {
-    if !allow.iter().any(|a| *a == p.cmd) {
+    if !allow.contains(&p.cmd) {
         return Err(TaskError::permanent(format!(
             "shell command `{}` is not allowed: add it to [shell] allow in weir.toml",
             p.cmd

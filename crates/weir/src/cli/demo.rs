@@ -223,7 +223,7 @@ pub(crate) async fn run(_args: &Args, a: &DemoArgs) -> anyhow::Result<ExitCode> 
     if !reasons.is_empty() {
         println!("\nDead-lettered tasks by reason:");
         let mut by_count: Vec<_> = reasons.into_iter().collect();
-        by_count.sort_by(|a, b| b.1 .0.cmp(&a.1 .0));
+        by_count.sort_by_key(|e| std::cmp::Reverse(e.1 .0));
         for (reason, (n, example)) in by_count {
             println!("  {n:>6}  {reason}\n          e.g. weir --broker {url} inspect {example}");
         }

@@ -1,0 +1,128 @@
+//! The `weir` binary's commands, run as a user would.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn weir(db: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_weir"))
+        .arg("--broker")
+        .arg(format!("sqlite:{}", db.display()))
+        .args(args)
+        .output()
+        .expect("weir runs")
+}
+
+fn weir_stdin(db: &Path, args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .arg("--broker")
+        .arg(format!("sqlite:{}", db.display()))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn status(db: &Path) -> serde_json::Value {
+    let out = weir(db, &["status", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn enqueue_inspect_cancel_retry_purge() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("cli.db");
+    let out = weir(&db, &["enqueue", "sleep", "--payload", r#"{"ms":5}"#, "--queue", "q", "--delay", "1h", "--priority", "-3", "--unique", "k1", "--max-attempts", "4"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_owned();
+    let again = weir(&db, &["enqueue", "sleep", "--payload", r#"{"ms":5}"#, "--queue", "q", "--unique", "k1"]);
+    assert_eq!(text(&again.stdout).trim(), id, "unique key returns the same id");
+
+    let out = weir(&db, &["inspect", &id, "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["state"], "pending");
+    assert_eq!(j["priority"], -3);
+    assert_eq!(j["max_attempts"], 4);
+    assert_eq!(j["payload"]["ms"], 5);
+    assert_eq!(status(&db)["queues"][0]["pending"], 1);
+
+    let out = weir(&db, &["cancel", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("cancelled"));
+    let out = weir(&db, &["retry", &id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("is cancelled"), "{}", text(&out.stderr));
+    let out = weir(&db, &["purge", "--state", "cancelled"]);
+    assert!(text(&out.stdout).contains("purged 1 cancelled jobs"));
+    let out = weir(&db, &["inspect", &id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no job with id"));
+}
+
+#[test]
+fn bad_input_is_named_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bad.db");
+    let out = weir(&db, &["enqueue", "noop", "--payload", "{not json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("--payload is not valid JSON"), "{}", text(&out.stderr));
+
+    let out = weir(&db, &["enqueue", "noop", "--delay", "soon"]);
+    assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
+    assert!(text(&out.stderr).contains("`soon` is not a duration"), "{}", text(&out.stderr));
+    let out = weir(&db, &["inspect", "not-an-id"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("invalid job id"), "{}", text(&out.stderr));
+    let out = weir(&db, &["bogus"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["--broker", "kafka://x", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("scheme `kafka`"), "{}", text(&out.stderr));
+
+    let batch = "{\"kind\":\"noop\"}\n{\"kind\":\"sleep\",\"payload\":{\"ms\":1},\"delay\":\"2s\"}\n{\"kind\":\"noop\",\"prio\":1}\n";
+    let out = weir_stdin(&db, &["enqueue", "--batch", "-"], batch);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("stdin:3:") && err.contains("unknown field `prio`"), "{err}");
+    assert_eq!(status(&db)["queues"].as_array().unwrap().len(), 0, "a bad batch enqueues nothing");
+
+    let good = "{\"kind\":\"noop\"}\n\n{\"kind\":\"sleep\",\"payload\":{\"ms\":1},\"queue\":\"other\",\"delay\":250}\n";
+    let out = weir_stdin(&db, &["enqueue", "--batch", "-"], good);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("enqueued 2 jobs"));
+
+    let cfg = dir.path().join("weir.toml");
+    std::fs::write(&cfg, "[shell]\nallow = [\"echo\"]\nalow = 2\n").unwrap();
+    let out = weir(&db, &["--config", cfg.to_str().unwrap(), "serve"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("weir.toml:3:1: unknown field `alow`"), "{err}");
+}
+
+#[test]
+fn bench_prints_json_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("b.db");
+    let out = weir(&db, &["bench", "--tasks", "2000", "--workers", "64", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let last = stdout.lines().last().unwrap();
+    let v: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert_eq!(v["tasks"], 2000);
+    for k in ["seconds", "tasks_per_sec", "p50_ms", "p99_ms"] {
+        assert!(v[k].as_f64().unwrap() > 0.0, "{k} in {last}");
+    }
+}
