@@ -23,7 +23,12 @@ fn weir_stdin(db: &Path, args: &[&str], input: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
     child.wait_with_output().unwrap()
 }
 
@@ -41,11 +46,45 @@ fn status(db: &Path) -> serde_json::Value {
 fn enqueue_inspect_cancel_retry_purge() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("cli.db");
-    let out = weir(&db, &["enqueue", "sleep", "--payload", r#"{"ms":5}"#, "--queue", "q", "--delay", "1h", "--priority", "-3", "--unique", "k1", "--max-attempts", "4"]);
+    let out = weir(
+        &db,
+        &[
+            "enqueue",
+            "sleep",
+            "--payload",
+            r#"{"ms":5}"#,
+            "--queue",
+            "q",
+            "--delay",
+            "1h",
+            "--priority",
+            "-3",
+            "--unique",
+            "k1",
+            "--max-attempts",
+            "4",
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let id = text(&out.stdout).trim().to_owned();
-    let again = weir(&db, &["enqueue", "sleep", "--payload", r#"{"ms":5}"#, "--queue", "q", "--unique", "k1"]);
-    assert_eq!(text(&again.stdout).trim(), id, "unique key returns the same id");
+    let again = weir(
+        &db,
+        &[
+            "enqueue",
+            "sleep",
+            "--payload",
+            r#"{"ms":5}"#,
+            "--queue",
+            "q",
+            "--unique",
+            "k1",
+        ],
+    );
+    assert_eq!(
+        text(&again.stdout).trim(),
+        id,
+        "unique key returns the same id"
+    );
 
     let out = weir(&db, &["inspect", &id, "--json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -61,7 +100,11 @@ fn enqueue_inspect_cancel_retry_purge() {
     assert!(text(&out.stdout).contains("cancelled"));
     let out = weir(&db, &["retry", &id]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("is cancelled"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("is cancelled"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = weir(&db, &["purge", "--state", "cancelled"]);
     assert!(text(&out.stdout).contains("purged 1 cancelled jobs"));
     let out = weir(&db, &["inspect", &id]);
@@ -75,14 +118,26 @@ fn bad_input_is_named_and_loses_nothing() {
     let db = dir.path().join("bad.db");
     let out = weir(&db, &["enqueue", "noop", "--payload", "{not json"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("--payload is not valid JSON"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--payload is not valid JSON"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let out = weir(&db, &["enqueue", "noop", "--delay", "soon"]);
     assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
-    assert!(text(&out.stderr).contains("`soon` is not a duration"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("`soon` is not a duration"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = weir(&db, &["inspect", "not-an-id"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("invalid job id"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("invalid job id"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = weir(&db, &["bogus"]);
     assert_eq!(out.status.code(), Some(2));
     let out = Command::new(env!("CARGO_BIN_EXE_weir"))
@@ -90,14 +145,25 @@ fn bad_input_is_named_and_loses_nothing() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("scheme `kafka`"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("scheme `kafka`"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let batch = "{\"kind\":\"noop\"}\n{\"kind\":\"sleep\",\"payload\":{\"ms\":1},\"delay\":\"2s\"}\n{\"kind\":\"noop\",\"prio\":1}\n";
     let out = weir_stdin(&db, &["enqueue", "--batch", "-"], batch);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(err.contains("stdin:3:") && err.contains("unknown field `prio`"), "{err}");
-    assert_eq!(status(&db)["queues"].as_array().unwrap().len(), 0, "a bad batch enqueues nothing");
+    assert!(
+        err.contains("stdin:3:") && err.contains("unknown field `prio`"),
+        "{err}"
+    );
+    assert_eq!(
+        status(&db)["queues"].as_array().unwrap().len(),
+        0,
+        "a bad batch enqueues nothing"
+    );
 
     let good = "{\"kind\":\"noop\"}\n\n{\"kind\":\"sleep\",\"payload\":{\"ms\":1},\"queue\":\"other\",\"delay\":250}\n";
     let out = weir_stdin(&db, &["enqueue", "--batch", "-"], good);
@@ -116,7 +182,10 @@ fn bad_input_is_named_and_loses_nothing() {
 fn bench_prints_json_last() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("b.db");
-    let out = weir(&db, &["bench", "--tasks", "2000", "--workers", "64", "--json"]);
+    let out = weir(
+        &db,
+        &["bench", "--tasks", "2000", "--workers", "64", "--json"],
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     let last = stdout.lines().last().unwrap();

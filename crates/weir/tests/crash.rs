@@ -33,7 +33,10 @@ async fn wait_until(b: &SqliteBroker, what: &str, f: impl Fn(&QueueCounts) -> bo
         if f(&c) {
             return c;
         }
-        assert!(start.elapsed() < Duration::from_secs(120), "timed out waiting for {what}: {c:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "timed out waiting for {what}: {c:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -45,7 +48,9 @@ async fn sigkill_mid_run_loses_nothing() {
     let db = dir.path().join("crash.db");
     let b = SqliteBroker::open(&db).unwrap();
     for _ in 0..N / 1000 {
-        let jobs = (0..1000).map(|_| NewJob::new("sleep", r#"{"ms":5}"#)).collect();
+        let jobs = (0..1000)
+            .map(|_| NewJob::new("sleep", r#"{"ms":5}"#))
+            .collect();
         b.enqueue_many(jobs).await.unwrap();
     }
     let mut child = serve(&db, &["--workers", "64", "--lease", "2s"]);
@@ -53,14 +58,24 @@ async fn sigkill_mid_run_loses_nothing() {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let at_kill = counts(&b).await;
-    assert!(at_kill.running > 0, "the kill hit running work: {at_kill:?}");
-    assert!(at_kill.succeeded < N as u64, "the kill came before the end: {at_kill:?}");
+    assert!(
+        at_kill.running > 0,
+        "the kill hit running work: {at_kill:?}"
+    );
+    assert!(
+        at_kill.succeeded < N as u64,
+        "the kill came before the end: {at_kill:?}"
+    );
 
     let mut child = serve(&db, &["--workers", "64", "--lease", "2s"]);
     let end = wait_until(&b, "all done", |c| c.succeeded == N as u64).await;
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_eq!((end.pending, end.running, end.retryable, end.failed), (0, 0, 0, 0), "{end:?}");
+    assert_eq!(
+        (end.pending, end.running, end.retryable, end.failed),
+        (0, 0, 0, 0),
+        "{end:?}"
+    );
     let jobs = b
         .list(ListFilter {
             limit: N * 2,
@@ -83,7 +98,9 @@ async fn sigterm_drains_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("term.db");
     let b = SqliteBroker::open(&db).unwrap();
-    let jobs = (0..40).map(|_| NewJob::new("sleep", r#"{"ms":300}"#)).collect();
+    let jobs = (0..40)
+        .map(|_| NewJob::new("sleep", r#"{"ms":300}"#))
+        .collect();
     b.enqueue_many(jobs).await.unwrap();
     let mut child = serve(&db, &["--workers", "8", "--grace", "10s"]);
     wait_until(&b, "work running", |c| c.running == 8).await;
@@ -96,6 +113,9 @@ async fn sigterm_drains_and_exits_cleanly() {
     assert!(exit.success(), "weir serve exits 0 after SIGTERM: {exit:?}");
     let c = counts(&b).await;
     assert_eq!(c.running, 0, "nothing left leased: {c:?}");
-    assert!(c.succeeded >= 8, "running jobs finished within the grace period: {c:?}");
+    assert!(
+        c.succeeded >= 8,
+        "running jobs finished within the grace period: {c:?}"
+    );
     assert_eq!(c.succeeded + c.pending, 40, "{c:?}");
 }
