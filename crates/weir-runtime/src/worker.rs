@@ -209,8 +209,6 @@ struct Exec {
     /// from the start of the attempt until its settle is durable (so heartbeats cover the
     /// time a settle waits for its commit).
     inflight: Mutex<HashMap<u64, (Lease, CancellationToken)>>,
-    /// Fired when the grace period is over: running attempts should stop.
-    hard_stop: CancellationToken,
     counters: Counters,
 }
 
@@ -246,7 +244,6 @@ impl Worker {
             observer: b.observer,
             clock: b.clock,
             inflight: Mutex::new(HashMap::new()),
-            hard_stop: CancellationToken::new(),
             counters: Counters::default(),
         });
         let stop_fetch = CancellationToken::new();
@@ -382,7 +379,9 @@ async fn dispatch(d: Dispatch, stop: CancellationToken) {
             running = running.len(),
             "grace period over: cancelling running jobs"
         );
-        d.exec.hard_stop.cancel();
+        for (_, token) in d.exec.inflight.lock().values() {
+            token.cancel();
+        }
         running.abort_all();
         while running.join_next().await.is_some() {}
     }
@@ -413,7 +412,9 @@ async fn execute(
     slot: OwnedSemaphorePermit,
 ) {
     let Delivery { mut job, lease } = d;
-    let token = exec.hard_stop.child_token();
+    // A token of its own (not a child of a shared one): creating and dropping children of one
+    // parent contends on the parent's lock at every job. Shutdown cancels the held tokens.
+    let token = CancellationToken::new();
     exec.inflight
         .lock()
         .insert(lease.token, (lease, token.clone()));

@@ -16,6 +16,7 @@
 //!
 //! The format and its invariants are in docs/embedded-format.md.
 
+mod ops;
 mod rows;
 mod schema;
 mod writer;

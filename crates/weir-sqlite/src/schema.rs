@@ -5,9 +5,9 @@ use rusqlite::Connection;
 /// Each entry moves the schema from version `i` to `i + 1` (stored in `PRAGMA user_version`).
 /// Append only: never edit a released migration.
 const MIGRATIONS: &[&str] = &[
-    // 0 -> 1: jobs, the unfinished-rows index, unique keys, cross-process wakeups.
+    // 0 -> 1: jobs, the unfinished-rows index, held unique keys, cross-process wakeups.
     "CREATE TABLE jobs (
-        seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+        seq          INTEGER PRIMARY KEY,
         id           BLOB    NOT NULL,
         kind         TEXT    NOT NULL,
         queue        TEXT    NOT NULL,
@@ -28,7 +28,14 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE UNIQUE INDEX jobs_id ON jobs(id);
      CREATE INDEX jobs_unfinished ON jobs(state) WHERE state < 3;
-     CREATE UNIQUE INDEX jobs_unique ON jobs(unique_key) WHERE unique_key IS NOT NULL AND state < 3;
+     CREATE TABLE unique_keys (
+        key TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+     ) WITHOUT ROWID;
      CREATE TABLE wakeups (
         id  INTEGER PRIMARY KEY AUTOINCREMENT,
         seq INTEGER NOT NULL,

@@ -6,6 +6,7 @@
 //! by every enqueue, lease and settle that arrived meanwhile. Replies go out only after COMMIT
 //! returns, so a caller that got `Ok` has its write on disk.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,8 +16,6 @@ use weir_core::{
     BrokerError, Clock, Delivery, Enqueued, Job, JobId, JobState, Lease, NewJob, ReadyIndex,
     SettleOutcome, Settlement, Timestamp,
 };
-
-use crate::rows::{job_from_row, JOB_COLUMNS};
 
 /// How many commands one transaction takes at most.
 const MAX_BATCH: usize = 4096;
@@ -75,8 +74,8 @@ fn cmd_fail(cmd: Cmd, err: &str) {
 }
 
 /// The in-memory ready order, with what the current round added to it.
-struct Runnable {
-    index: ReadyIndex,
+pub(crate) struct Runnable {
+    pub(crate) index: ReadyIndex,
     /// The time of the current round.
     now: Timestamp,
     /// Whether this round made jobs runnable (waiting fetchers are woken after commit).
@@ -85,19 +84,21 @@ struct Runnable {
 
 impl Runnable {
     /// Adds a runnable (or delayed) job.
-    fn add(&mut self, seq: u64, queue: &str, priority: i32, run_at: Timestamp) {
+    pub(crate) fn add(&mut self, seq: u64, queue: &str, priority: i32, run_at: Timestamp) {
         self.woke |= run_at <= self.now;
         self.index.insert(queue, priority, run_at, seq, self.now);
     }
 }
 
 pub(crate) struct Writer {
-    conn: Connection,
+    pub(crate) conn: Connection,
     clock: Arc<dyn Clock>,
     notify: Arc<Notify>,
-    runnable: Runnable,
+    pub(crate) runnable: Runnable,
     /// Highest job seq this process knows of; newer rows were written by another process.
-    max_seen: i64,
+    pub(crate) max_seen: i64,
+    /// Unfinished jobs that hold a unique key (their settles release it).
+    pub(crate) keyed: HashSet<u64>,
     /// Highest wakeup id seen.
     max_wakeup: i64,
     poll_interval: Duration,
@@ -126,6 +127,7 @@ impl Writer {
             },
             max_seen: 0,
             max_wakeup: 0,
+            keyed: HashSet::new(),
             poll_interval,
             last_poll: Instant::now(),
             orphans: Vec::new(),
@@ -156,6 +158,11 @@ impl Writer {
         }
         drop(rows);
         drop(st);
+        self.keyed = self
+            .conn
+            .prepare("SELECT seq FROM unique_keys")?
+            .query_map([], |r| r.get::<_, i64>(0).map(|s| s as u64))?
+            .collect::<rusqlite::Result<_>>()?;
         self.max_seen = self
             .conn
             .query_row("SELECT COALESCE(MAX(seq), 0) FROM jobs", [], |r| r.get(0))?;
@@ -342,7 +349,8 @@ impl Writer {
     /// Learns of jobs other processes enqueued or made runnable again.
     fn poll_external(&mut self) -> rusqlite::Result<()> {
         let mut st = self.conn.prepare_cached(
-            "SELECT seq, queue, priority, run_at, state FROM jobs WHERE seq > ?1 ORDER BY seq",
+            "SELECT seq, queue, priority, run_at, state, unique_key IS NOT NULL
+               FROM jobs WHERE seq > ?1 ORDER BY seq",
         )?;
         let mut rows = st.query([self.max_seen])?;
         while let Some(r) = rows.next()? {
@@ -354,10 +362,13 @@ impl Writer {
                 self.runnable
                     .add(seq as u64, &queue, r.get(2)?, Timestamp(r.get(3)?));
             }
+            if state < 3 && r.get::<_, bool>(5)? {
+                self.keyed.insert(seq as u64);
+            }
         }
         drop(rows);
         let mut st = self.conn.prepare_cached(
-            "SELECT w.id, j.seq, j.queue, j.priority, j.run_at, j.state
+            "SELECT w.id, j.seq, j.queue, j.priority, j.run_at, j.state, j.unique_key IS NOT NULL
                FROM wakeups w LEFT JOIN jobs j ON j.seq = w.seq
               WHERE w.id > ?1 ORDER BY w.id",
         )?;
@@ -366,52 +377,15 @@ impl Writer {
             self.max_wakeup = self.max_wakeup.max(r.get(0)?);
             let state: Option<i64> = r.get(5)?;
             if matches!(state, Some(0 | 2)) {
-                self.runnable.add(
-                    r.get::<_, i64>(1)? as u64,
-                    &r.get::<_, String>(2)?,
-                    r.get(3)?,
-                    Timestamp(r.get(4)?),
-                );
+                let seq = r.get::<_, i64>(1)? as u64;
+                let queue: String = r.get(2)?;
+                self.runnable
+                    .add(seq, &queue, r.get(3)?, Timestamp(r.get(4)?));
+                if r.get::<_, bool>(6)? {
+                    self.keyed.insert(seq);
+                }
             }
         }
-        Ok(())
-    }
-
-    /// Expired leases: runnable again, or Failed once the attempts are spent (so a job that
-    /// keeps killing its worker ends in the dead-letter set).
-    fn reap(&mut self, now: Timestamp) -> rusqlite::Result<()> {
-        let mut st = self.conn.prepare_cached(
-            "UPDATE jobs SET
-                 state = CASE WHEN attempt >= max_attempts THEN 4 ELSE 0 END,
-                 finished_at = CASE WHEN attempt >= max_attempts THEN ?1 END,
-                 run_at = ?1,
-                 lease_until = NULL,
-                 last_error = 'lease expired during attempt ' || attempt || ' (worker lost)'
-                     || CASE WHEN attempt >= max_attempts
-                             THEN '; attempts exhausted (' || max_attempts || ')' ELSE '' END
-               WHERE state = 1 AND lease_until < ?1
-           RETURNING seq, queue, priority, state",
-        )?;
-        let mut rows = st.query([now.0])?;
-        let mut n = 0;
-        while let Some(r) = rows.next()? {
-            n += 1;
-            if r.get::<_, i64>(3)? == 0 {
-                self.runnable.add(
-                    r.get::<_, i64>(0)? as u64,
-                    &r.get::<_, String>(1)?,
-                    r.get(2)?,
-                    now,
-                );
-            }
-        }
-        if n > 0 {
-            tracing::info!(count = n, "sqlite broker: reclaimed expired leases");
-        }
-        drop(rows);
-        self.conn
-            .prepare_cached("DELETE FROM wakeups WHERE at < ?1")?
-            .execute([now.0 - 3_600_000])?;
         Ok(())
     }
 
@@ -443,10 +417,7 @@ impl Writer {
                 }
             }
             Cmd::Settle(items, reply) => {
-                let mut out = Vec::with_capacity(items.len());
-                for (lease, s) in items {
-                    out.push(self.settle_one(&lease, s, now)?);
-                }
+                let out = self.settle(items, now)?;
                 Done::Settle(reply, out)
             }
             Cmd::Heartbeat(leases, extend, reply) => {
@@ -474,6 +445,15 @@ impl Writer {
                         "purge takes a finished state (succeeded, failed, cancelled), not {state}"
                     )))
                 } else {
+                    // Row numbers must never be reused (other processes find new jobs by
+                    // `seq > last_seen`): remember the highest before deleting.
+                    self.conn
+                        .prepare_cached(
+                            "INSERT INTO meta (key, value)
+                             SELECT 'seq_floor', COALESCE(MAX(seq), 0) FROM jobs WHERE true
+                             ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
+                        )?
+                        .execute([])?;
                     let n = self
                         .conn
                         .prepare_cached(
@@ -485,248 +465,5 @@ impl Writer {
                 Done::Count(reply, r)
             }
         })
-    }
-
-    fn enqueue(
-        &mut self,
-        jobs: Vec<NewJob>,
-        now: Timestamp,
-    ) -> rusqlite::Result<Result<Vec<Enqueued>, BrokerError>> {
-        let mut out = Vec::with_capacity(jobs.len());
-        for new in jobs {
-            if let Some(key) = &new.unique_key {
-                let existing: Option<[u8; 16]> = self
-                    .conn
-                    .prepare_cached("SELECT id FROM jobs WHERE unique_key = ?1 AND state < 3")?
-                    .query_row([key], |r| r.get(0))
-                    .optional()?;
-                if let Some(id) = existing {
-                    out.push(Enqueued {
-                        id: JobId::from_bytes(id),
-                        duplicate: true,
-                    });
-                    continue;
-                }
-            }
-            let job = new.into_job(now);
-            let mut st = self.conn.prepare_cached(
-                "INSERT INTO jobs (id, kind, queue, payload, priority, run_at, attempt,
-                                   max_attempts, timeout_ms, unique_key, trace_id, created_at, state)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10, ?11, 0)",
-            )?;
-            let inserted = st.execute(params![
-                job.id.as_bytes(),
-                job.kind,
-                job.queue,
-                job.payload,
-                job.priority,
-                job.run_at.0,
-                job.max_attempts,
-                job.timeout.map(|d| d.as_millis() as i64),
-                job.unique_key,
-                job.trace_id,
-                job.created_at.0,
-            ]);
-            match inserted {
-                Ok(_) => {}
-                Err(rusqlite::Error::SqliteFailure(e, _))
-                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-                {
-                    // Only the id can clash here (unique keys were checked above); the
-                    // statement changed nothing, so the transaction goes on.
-                    return Ok(Err(BrokerError::Invalid(format!(
-                        "job id {} already exists",
-                        job.id
-                    ))));
-                }
-                Err(e) => return Err(e),
-            }
-            let seq = self.conn.last_insert_rowid();
-            self.max_seen = self.max_seen.max(seq);
-            self.runnable
-                .add(seq as u64, &job.queue, job.priority, job.run_at);
-            out.push(Enqueued {
-                id: job.id,
-                duplicate: false,
-            });
-        }
-        Ok(Ok(out))
-    }
-
-    fn lease(
-        &mut self,
-        queues: &[String],
-        max: usize,
-        lease: Duration,
-        now: Timestamp,
-    ) -> rusqlite::Result<Vec<Delivery>> {
-        let until = now.plus(lease).0;
-        let mut out = Vec::with_capacity(max);
-        let sql = format!(
-            "UPDATE jobs SET state = 1, attempt = attempt + 1, lease_until = ?2
-              WHERE seq = ?1 AND state IN (0, 2) AND run_at <= ?3
-          RETURNING {JOB_COLUMNS}"
-        );
-        let mut st = self.conn.prepare_cached(&sql)?;
-        while out.len() < max {
-            let tokens = self.runnable.index.take(queues, max - out.len(), now);
-            if tokens.is_empty() {
-                break;
-            }
-            for t in tokens {
-                // The index holds hints; the row's own state and run_at decide.
-                let row = st
-                    .query_row(params![t as i64, until, now.0], job_from_row)
-                    .optional()?;
-                if let Some((seq, job)) = row {
-                    out.push(Delivery {
-                        lease: Lease {
-                            id: job.id,
-                            token: seq,
-                            attempt: job.attempt,
-                        },
-                        job,
-                    });
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    fn settle_one(
-        &mut self,
-        lease: &Lease,
-        s: Settlement,
-        now: Timestamp,
-    ) -> rusqlite::Result<SettleOutcome> {
-        let seq = lease.token as i64;
-        let n = match s {
-            Settlement::Succeeded { result } => self
-                .conn
-                .prepare_cached(
-                    "UPDATE jobs SET state = 3, lease_until = NULL, finished_at = ?3, result = ?4
-                      WHERE seq = ?1 AND attempt = ?2 AND state = 1",
-                )?
-                .execute(params![seq, lease.attempt, now.0, result])?,
-            Settlement::Failed { error } => self
-                .conn
-                .prepare_cached(
-                    "UPDATE jobs SET state = 4, lease_until = NULL, finished_at = ?3, last_error = ?4
-                      WHERE seq = ?1 AND attempt = ?2 AND state = 1",
-                )?
-                .execute(params![seq, lease.attempt, now.0, error])?,
-            Settlement::Retry { run_at, error } => {
-                self.requeue(
-                    "UPDATE jobs SET state = 2, lease_until = NULL, run_at = ?3, last_error = ?4
-                      WHERE seq = ?1 AND attempt = ?2 AND state = 1 RETURNING queue, priority",
-                    params![seq, lease.attempt, run_at.0, error],
-                    seq,
-                    run_at,
-                )?
-            }
-            Settlement::Release => self.requeue(
-                "UPDATE jobs SET state = 0, lease_until = NULL, run_at = ?3,
-                                 attempt = MAX(attempt - 1, 0)
-                  WHERE seq = ?1 AND attempt = ?2 AND state = 1 RETURNING queue, priority",
-                params![seq, lease.attempt, now.0],
-                seq,
-                now,
-            )?,
-        };
-        Ok(if n == 1 {
-            SettleOutcome::Applied
-        } else {
-            SettleOutcome::Stale
-        })
-    }
-
-    fn requeue(
-        &mut self,
-        sql: &str,
-        p: impl rusqlite::Params,
-        seq: i64,
-        run_at: Timestamp,
-    ) -> rusqlite::Result<usize> {
-        let row: Option<(String, i32)> = self
-            .conn
-            .prepare_cached(sql)?
-            .query_row(p, |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        Ok(match row {
-            Some((queue, priority)) => {
-                self.runnable.add(seq as u64, &queue, priority, run_at);
-                1
-            }
-            None => 0,
-        })
-    }
-
-    fn find(&self, id: JobId) -> rusqlite::Result<Option<(u64, Job)>> {
-        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1");
-        self.conn
-            .prepare_cached(&sql)?
-            .query_row([id.as_bytes()], job_from_row)
-            .optional()
-    }
-
-    fn manual_retry(
-        &mut self,
-        id: JobId,
-        now: Timestamp,
-    ) -> rusqlite::Result<Result<Job, BrokerError>> {
-        let Some((seq, job)) = self.find(id)? else {
-            return Ok(Err(BrokerError::NotFound(id)));
-        };
-        if let Err(e) = weir_core::transition(job.state, weir_core::Event::ManualRetry) {
-            return Ok(Err(BrokerError::WrongState {
-                id,
-                state: job.state,
-                what: e.to_string(),
-            }));
-        }
-        if let Some(key) = &job.unique_key {
-            let holder: Option<[u8; 16]> = self
-                .conn
-                .prepare_cached("SELECT id FROM jobs WHERE unique_key = ?1 AND state < 3")?
-                .query_row([key], |r| r.get(0))
-                .optional()?;
-            if let Some(h) = holder {
-                return Ok(Err(BrokerError::Invalid(format!(
-                    "unique key `{key}` is held by unfinished job {}",
-                    JobId::from_bytes(h)
-                ))));
-            }
-        }
-        self.conn
-            .prepare_cached(
-                "UPDATE jobs SET state = 0, attempt = 0, run_at = ?2, finished_at = NULL
-                  WHERE seq = ?1 AND state = 4",
-            )?
-            .execute(params![seq as i64, now.0])?;
-        self.conn
-            .prepare_cached("INSERT INTO wakeups (seq, at) VALUES (?1, ?2)")?
-            .execute(params![seq as i64, now.0])?;
-        self.runnable.add(seq, &job.queue, job.priority, now);
-        Ok(Ok(self.find(id)?.map(|(_, j)| j).unwrap_or(job)))
-    }
-
-    fn cancel(&mut self, id: JobId, now: Timestamp) -> rusqlite::Result<Result<Job, BrokerError>> {
-        let Some((seq, job)) = self.find(id)? else {
-            return Ok(Err(BrokerError::NotFound(id)));
-        };
-        if let Err(e) = weir_core::transition(job.state, weir_core::Event::Cancel) {
-            return Ok(Err(BrokerError::WrongState {
-                id,
-                state: job.state,
-                what: e.to_string(),
-            }));
-        }
-        self.conn
-            .prepare_cached(
-                "UPDATE jobs SET state = 5, lease_until = NULL, finished_at = ?2
-                  WHERE seq = ?1 AND state < 3",
-            )?
-            .execute(params![seq as i64, now.0])?;
-        Ok(Ok(self.find(id)?.map(|(_, j)| j).unwrap_or(job)))
     }
 }
