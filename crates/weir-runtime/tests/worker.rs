@@ -341,3 +341,34 @@ async fn cancelling_a_running_job_fires_its_token() {
     assert_eq!(r.stale, 1);
     assert_eq!(b.get(id).await.unwrap().unwrap().state, JobState::Cancelled);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_errors_do_not_end_the_worker() {
+    let e = env();
+    let faulty = Arc::new(weir_testkit::FaultyBroker::new(e.broker.clone()));
+    faulty.fail_fetches(3);
+    faulty.fail_settles(2);
+    faulty.fail_heartbeats(2);
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(enqueue(&e.broker, "double", &i.to_string(), |j| j).await);
+    }
+    let b: Arc<dyn Broker> = faulty.clone();
+    let worker = Worker::builder(b, registry())
+        .lease(Duration::from_millis(600))
+        .build()
+        .unwrap();
+    let (stop, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(worker.run(async {
+        let _ = rx.await;
+    }));
+    for id in ids {
+        assert_eq!(
+            wait_finished(&*e.broker, id).await.state,
+            JobState::Succeeded
+        );
+    }
+    let _ = stop.send(());
+    let r = handle.await.unwrap();
+    assert_eq!(r.succeeded, 20, "{r:?}");
+}

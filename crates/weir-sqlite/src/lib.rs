@@ -16,6 +16,7 @@
 //!
 //! The format and its invariants are in docs/embedded-format.md.
 
+mod checkpoint;
 mod ops;
 mod rows;
 mod schema;
@@ -29,14 +30,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 use weir_core::{
     Broker, BrokerError, Clock, Delivery, Enqueued, FetchRequest, Inspect, Job, JobId, JobState,
     Lease, ListFilter, NewJob, QueueCounts, SettleOutcome, Settlement, SystemClock,
 };
 
 use crate::rows::{job_from_row, JOB_COLUMNS};
-use crate::writer::{Cmd, Writer};
+use crate::writer::{Cmd, Fetch, Writer};
 
 /// How hard a commit is pushed to disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -152,7 +153,9 @@ impl SqliteOptions {
 
 struct Shared {
     tx: Option<flume::Sender<Cmd>>,
-    notify: Arc<Notify>,
+    /// Dropped to stop the checkpoint thread.
+    checkpoint_stop: Option<flume::Sender<()>>,
+    checkpointer: Option<JoinHandle<()>>,
     opts: SqliteOptions,
     readers: Mutex<Vec<Connection>>,
     thread: Option<JoinHandle<()>>,
@@ -164,6 +167,10 @@ impl Drop for Shared {
         // (and orphaned leases given back) when the broker is gone.
         self.tx.take();
         if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.checkpoint_stop.take();
+        if let Some(t) = self.checkpointer.take() {
             let _ = t.join();
         }
     }
@@ -229,9 +236,19 @@ impl SqliteBroker {
         })?;
         schema::migrate(&mut conn)
             .map_err(|e| BrokerError::Invalid(format!("{}: {e}", opts.path.display())))?;
-        let notify = Arc::new(Notify::new());
-        let writer = Writer::new(conn, opts.clock.clone(), notify.clone(), opts.poll_interval)
+        // Checkpoints run on their own thread (see `checkpoint`), not inside a commit.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(|e| BrokerError::Invalid(format!("{}: {e}", opts.path.display())))?;
+        let writer = Writer::new(conn, opts.clock.clone(), opts.poll_interval)
+            .map_err(|e| BrokerError::Invalid(format!("{}: {e}", opts.path.display())))?;
+        let ckpt_conn = open_conn(&opts).map_err(|e| {
+            BrokerError::Invalid(format!("cannot open {}: {e}", opts.path.display()))
+        })?;
+        let (checkpoint_stop, stop_rx) = flume::bounded(1);
+        let checkpointer = std::thread::Builder::new()
+            .name("weir-sqlite-checkpoint".into())
+            .spawn(move || checkpoint::run(ckpt_conn, stop_rx))
+            .map_err(|e| BrokerError::Other(format!("cannot start the checkpoint thread: {e}")))?;
         let (tx, rx) = flume::bounded(8192);
         let thread = std::thread::Builder::new()
             .name("weir-sqlite-writer".into())
@@ -240,7 +257,8 @@ impl SqliteBroker {
         Ok(SqliteBroker {
             shared: Arc::new(Shared {
                 tx: Some(tx),
-                notify,
+                checkpoint_stop: Some(checkpoint_stop),
+                checkpointer: Some(checkpointer),
                 opts,
                 readers: Mutex::new(Vec::new()),
                 thread: Some(thread),
@@ -302,27 +320,18 @@ impl Broker for SqliteBroker {
     }
 
     async fn fetch(&self, req: FetchRequest) -> Result<Vec<Delivery>, BrokerError> {
-        let deadline = tokio::time::Instant::now() + req.wait;
-        loop {
-            let notified = self.shared.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let got = self
-                .call(|reply| Cmd::Fetch {
-                    queues: req.queues.clone(),
-                    max: req.max,
-                    lease: req.lease,
-                    reply,
-                })
-                .await?;
-            if !got.is_empty() || req.max == 0 || tokio::time::Instant::now() >= deadline {
-                return Ok(got);
-            }
-            tokio::select! {
-                _ = notified => {}
-                _ = tokio::time::sleep_until(deadline) => {}
-            }
-        }
+        // The writer parks the request until jobs are runnable or the wait runs out.
+        let deadline = std::time::Instant::now() + req.wait;
+        self.call(|reply| {
+            Cmd::Fetch(Fetch {
+                queues: req.queues,
+                max: req.max,
+                lease: req.lease,
+                deadline,
+                reply,
+            })
+        })
+        .await
     }
 
     async fn settle(

@@ -5,13 +5,17 @@
 //! while one commit waits on fsync, the next batch queues up, so the cost of an fsync is shared
 //! by every enqueue, lease and settle that arrived meanwhile. Replies go out only after COMMIT
 //! returns, so a caller that got `Ok` has its write on disk.
+//!
+//! A fetch that finds nothing *parks* here until jobs become runnable or its wait runs out.
+//! Parked fetches are served at the end of every round, inside its transaction, so a job
+//! enqueued in a round is leased in the same commit: one fsync between enqueue and start.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 use weir_core::{
     BrokerError, Clock, Delivery, Enqueued, Job, JobId, JobState, Lease, NewJob, ReadyIndex,
     SettleOutcome, Settlement, Timestamp,
@@ -24,17 +28,21 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, BrokerError>>;
 
 pub(crate) enum Cmd {
     Enqueue(Vec<NewJob>, Reply<Vec<Enqueued>>),
-    Fetch {
-        queues: Vec<String>,
-        max: usize,
-        lease: Duration,
-        reply: Reply<Vec<Delivery>>,
-    },
+    Fetch(Fetch),
     Settle(Vec<(Lease, Settlement)>, Reply<Vec<SettleOutcome>>),
     Heartbeat(Vec<Lease>, Duration, Reply<Vec<bool>>),
     Retry(JobId, Reply<Job>),
     Cancel(JobId, Reply<Job>),
     Purge(JobState, Option<String>, Reply<u64>),
+}
+
+pub(crate) struct Fetch {
+    pub(crate) queues: Vec<String>,
+    pub(crate) max: usize,
+    pub(crate) lease: Duration,
+    /// Until when it may stay parked.
+    pub(crate) deadline: Instant,
+    pub(crate) reply: Reply<Vec<Delivery>>,
 }
 
 /// A reply computed inside the transaction, sent only once it committed.
@@ -65,7 +73,7 @@ fn cmd_fail(cmd: Cmd, err: &str) {
     let e = BrokerError::Unavailable(err.to_owned());
     match cmd {
         Cmd::Enqueue(_, r) => drop(r.send(Err(e))),
-        Cmd::Fetch { reply, .. } => drop(reply.send(Err(e))),
+        Cmd::Fetch(f) => drop(f.reply.send(Err(e))),
         Cmd::Settle(_, r) => drop(r.send(Err(e))),
         Cmd::Heartbeat(_, _, r) => drop(r.send(Err(e))),
         Cmd::Retry(_, r) | Cmd::Cancel(_, r) => drop(r.send(Err(e))),
@@ -73,27 +81,31 @@ fn cmd_fail(cmd: Cmd, err: &str) {
     }
 }
 
-/// The in-memory ready order, with what the current round added to it.
+/// The in-memory ready order, at the time of the current round.
 pub(crate) struct Runnable {
     pub(crate) index: ReadyIndex,
     /// The time of the current round.
     now: Timestamp,
-    /// Whether this round made jobs runnable (waiting fetchers are woken after commit).
-    woke: bool,
 }
 
 impl Runnable {
     /// Adds a runnable (or delayed) job.
     pub(crate) fn add(&mut self, seq: u64, queue: &str, priority: i32, run_at: Timestamp) {
-        self.woke |= run_at <= self.now;
         self.index.insert(queue, priority, run_at, seq, self.now);
+    }
+
+    /// True if any of `queues` has a runnable entry (possibly a stale one).
+    fn has_ready(&mut self, queues: &[String]) -> bool {
+        self.index.promote(self.now);
+        queues.iter().any(|q| self.index.ready_len(q) > 0)
     }
 }
 
 pub(crate) struct Writer {
     pub(crate) conn: Connection,
     clock: Arc<dyn Clock>,
-    notify: Arc<Notify>,
+    /// Fetches waiting for jobs, oldest first.
+    parked: Vec<Fetch>,
     pub(crate) runnable: Runnable,
     /// Highest job seq this process knows of; newer rows were written by another process.
     pub(crate) max_seen: i64,
@@ -113,17 +125,15 @@ impl Writer {
     pub(crate) fn new(
         conn: Connection,
         clock: Arc<dyn Clock>,
-        notify: Arc<Notify>,
         poll_interval: Duration,
     ) -> rusqlite::Result<Self> {
         let mut w = Writer {
             conn,
             clock,
-            notify,
+            parked: Vec::new(),
             runnable: Runnable {
                 index: ReadyIndex::new(),
                 now: Timestamp(0),
-                woke: false,
             },
             max_seen: 0,
             max_wakeup: 0,
@@ -194,6 +204,9 @@ impl Writer {
             self.round(batch);
         }
         // Give back leases nobody will settle, so they run at once elsewhere.
+        for f in self.parked.drain(..) {
+            let _ = f.reply.send(Err(BrokerError::Closed));
+        }
         if !self.orphans.is_empty() {
             self.round(Vec::new());
         }
@@ -204,6 +217,9 @@ impl Writer {
             return Duration::ZERO;
         }
         let mut wait = self.poll_interval.saturating_sub(self.last_poll.elapsed());
+        if let Some(deadline) = self.parked.iter().map(|f| f.deadline).min() {
+            wait = wait.min(deadline.saturating_duration_since(Instant::now()));
+        }
         if let Some(due) = self.runnable.index.next_due() {
             let now = self.clock.now();
             wait = wait.min(due.since(now).max(Duration::from_millis(1)));
@@ -211,19 +227,42 @@ impl Writer {
         wait.max(Duration::from_millis(1))
     }
 
-    /// One transaction: external changes, expired leases, then every queued command.
+    /// Whether a parked fetch could be served now.
+    fn servable(&mut self) -> bool {
+        let Writer {
+            parked, runnable, ..
+        } = self;
+        parked.iter().any(|f| runnable.has_ready(&f.queues))
+    }
+
+    /// Answers parked fetches whose wait ran out (or whose caller left) with nothing.
+    fn expire_parked(&mut self) {
+        let now = Instant::now();
+        let (gone, kept): (Vec<Fetch>, Vec<Fetch>) = std::mem::take(&mut self.parked)
+            .into_iter()
+            .partition(|f| f.deadline <= now || f.reply.is_closed());
+        self.parked = kept;
+        for f in gone {
+            let _ = f.reply.send(Ok(Vec::new()));
+        }
+    }
+
+    /// One transaction: external changes, expired leases, then every queued command, then the
+    /// parked fetches.
     fn round(&mut self, batch: Vec<Cmd>) {
         let now = self.clock.now();
         self.runnable.now = now;
-        self.runnable.woke = false;
         let reap = now.since(self.last_reap) >= Duration::from_secs(1);
         if batch.is_empty() && self.orphans.is_empty() {
-            // Idle: a read-only look for other processes' writes and expired leases.
+            // Idle: a read-only look for other processes' writes and expired leases; a write
+            // only if that made a parked fetch servable.
             if let Err(e) = self.idle_poll(now, reap) {
                 tracing::warn!(error = %e, "sqlite broker: poll failed");
             }
-            self.finish_round(now);
-            return;
+            if !self.servable() {
+                self.expire_parked();
+                return;
+            }
         }
         if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
             let msg = format!("cannot start a write transaction: {e}");
@@ -231,6 +270,7 @@ impl Writer {
             for c in batch {
                 cmd_fail(c, &msg);
             }
+            self.expire_parked();
             return;
         }
         let mut done = Vec::with_capacity(batch.len());
@@ -245,13 +285,17 @@ impl Writer {
         if result.is_ok() {
             for cmd in rest.by_ref() {
                 match self.apply(cmd, now) {
-                    Ok(d) => done.push(d),
+                    Ok(Some(d)) => done.push(d),
+                    Ok(None) => {}
                     Err(e) => {
                         result = Err(e);
                         break;
                     }
                 }
             }
+        }
+        if result.is_ok() {
+            result = self.serve_parked(now, &mut done);
         }
         if result.is_ok() {
             result = self.conn.execute_batch("COMMIT");
@@ -262,7 +306,6 @@ impl Writer {
                     self.last_reap = now;
                 }
                 self.last_poll = Instant::now();
-                self.commit_index(now);
                 for d in done {
                     self.send(d);
                 }
@@ -271,7 +314,7 @@ impl Writer {
                 let _ = self.conn.execute_batch("ROLLBACK");
                 let msg = e.to_string();
                 tracing::warn!(error = %msg, "sqlite broker: transaction rolled back");
-                // Fetched leases were never committed; their entries are rebuilt by reload.
+                // Leases of this round were never committed; their entries are rebuilt here.
                 if let Err(e) = self.reload() {
                     tracing::error!(error = %e, "sqlite broker: reloading the ready index failed");
                 }
@@ -287,19 +330,35 @@ impl Writer {
                 }
             }
         }
+        self.expire_parked();
     }
 
-    fn finish_round(&mut self, now: Timestamp) {
-        self.commit_index(now);
-    }
-
-    /// Wakes waiting fetchers if the round made jobs runnable. Index entries were added as the
-    /// round went; a rolled-back round rebuilds the index from disk instead.
-    fn commit_index(&mut self, now: Timestamp) {
-        if self.runnable.index.promote(now) || self.runnable.woke {
-            self.notify.notify_waiters();
+    /// Leases for parked fetches, oldest first, while jobs are runnable.
+    fn serve_parked(&mut self, now: Timestamp, done: &mut Vec<Done>) -> rusqlite::Result<()> {
+        if self.parked.is_empty() {
+            return Ok(());
         }
-        self.runnable.woke = false;
+        let mut waiting = Vec::with_capacity(self.parked.len());
+        for f in std::mem::take(&mut self.parked) {
+            if f.reply.is_closed() {
+                continue;
+            }
+            if !self.runnable.has_ready(&f.queues) {
+                waiting.push(f);
+                continue;
+            }
+            match self.lease(&f.queues, f.max, f.lease, now) {
+                Ok(got) if got.is_empty() => waiting.push(f),
+                Ok(got) => done.push(Done::Fetch(f.reply, got)),
+                Err(e) => {
+                    waiting.push(f);
+                    self.parked = waiting;
+                    return Err(e);
+                }
+            }
+        }
+        self.parked = waiting;
+        Ok(())
     }
 
     fn send(&mut self, d: Done) {
@@ -319,6 +378,7 @@ impl Writer {
     }
 
     fn idle_poll(&mut self, now: Timestamp, reap: bool) -> rusqlite::Result<()> {
+        self.runnable.index.promote(now);
         self.poll_external()?;
         self.last_poll = Instant::now();
         if reap {
@@ -397,24 +457,23 @@ impl Writer {
         Ok(())
     }
 
-    fn apply(&mut self, cmd: Cmd, now: Timestamp) -> rusqlite::Result<Done> {
-        Ok(match cmd {
+    /// Applies one command; `None` when it was parked (a fetch that found nothing).
+    fn apply(&mut self, cmd: Cmd, now: Timestamp) -> rusqlite::Result<Option<Done>> {
+        Ok(Some(match cmd {
             Cmd::Enqueue(jobs, reply) => {
                 let r = self.enqueue(jobs, now)?;
                 Done::Enqueue(reply, r)
             }
-            Cmd::Fetch {
-                queues,
-                max,
-                lease,
-                reply,
-            } => {
-                if reply.is_closed() {
-                    Done::Fetch(reply, Vec::new())
-                } else {
-                    let v = self.lease(&queues, max, lease, now)?;
-                    Done::Fetch(reply, v)
+            Cmd::Fetch(f) => {
+                if f.reply.is_closed() {
+                    return Ok(None);
                 }
+                let got = self.lease(&f.queues, f.max, f.lease, now)?;
+                if got.is_empty() && f.deadline > Instant::now() && f.max > 0 {
+                    self.parked.push(f);
+                    return Ok(None);
+                }
+                Done::Fetch(f.reply, got)
             }
             Cmd::Settle(items, reply) => {
                 let out = self.settle(items, now)?;
@@ -464,6 +523,63 @@ impl Writer {
                 };
                 Done::Count(reply, r)
             }
-        })
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_core::SystemClock;
+
+    fn writer(dir: &tempfile::TempDir) -> Writer {
+        let mut conn = Connection::open(dir.path().join("w.db")).unwrap();
+        crate::schema::migrate(&mut conn).unwrap();
+        Writer::new(conn, Arc::new(SystemClock), Duration::from_millis(100)).unwrap()
+    }
+
+    fn state_attempt(w: &Writer) -> (i64, i64) {
+        w.conn
+            .query_row("SELECT state, attempt FROM jobs", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap()
+    }
+
+    /// The writer leased jobs for a fetch whose caller then went away: the leases are given
+    /// back in the next round, attempt unspent.
+    #[test]
+    fn leases_of_an_abandoned_fetch_are_given_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(&dir);
+        let (tx, _rx) = oneshot::channel();
+        w.round(vec![Cmd::Enqueue(vec![NewJob::new("k", "{}")], tx)]);
+        let (tx, rx) = oneshot::channel();
+        let fetch = Fetch {
+            queues: vec!["default".into()],
+            max: 1,
+            lease: Duration::from_secs(30),
+            deadline: Instant::now(),
+            reply: tx,
+        };
+        let now = w.clock.now();
+        w.runnable.now = now;
+        w.conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let done = w
+            .apply(Cmd::Fetch(fetch), now)
+            .unwrap()
+            .expect("leased at once");
+        w.conn.execute_batch("COMMIT").unwrap();
+        assert_eq!(state_attempt(&w), (1, 1));
+        drop(rx);
+        w.send(done);
+        assert_eq!(w.orphans.len(), 1);
+        w.round(Vec::new());
+        assert!(w.orphans.is_empty());
+        assert_eq!(
+            state_attempt(&w),
+            (0, 0),
+            "pending again, attempt not spent"
+        );
     }
 }

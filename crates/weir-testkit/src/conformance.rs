@@ -182,6 +182,36 @@ pub async fn fetch_waits_for_new_jobs(f: Fixture) {
     assert_eq!(got[0].job.id, id);
 }
 
+/// A waiting fetch is answered when a delayed job comes due.
+pub async fn waiting_fetch_gets_delayed_job(f: Fixture) {
+    let b = f.broker.clone();
+    let id = b
+        .enqueue(job("due").delay(Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .id;
+    let waiter = tokio::spawn({
+        let b = b.clone();
+        async move {
+            b.fetch(FetchRequest {
+                wait: Duration::from_secs(10),
+                ..req("due", 1)
+            })
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiter.is_finished(), "not before its time");
+    f.advance(Duration::from_secs(61)).await;
+    let got = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the waiting fetch got the job once due")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].job.id, id);
+}
+
 /// An expired lease is reclaimed with its attempt counted; the old holder is fenced off.
 pub async fn lease_expiry_and_fencing(f: Fixture) {
     let b = &*f.broker;
@@ -519,6 +549,7 @@ macro_rules! conformance_suite {
                 ordering_by_priority_then_run_at,
                 delayed_jobs_wait,
                 fetch_waits_for_new_jobs,
+                waiting_fetch_gets_delayed_job,
                 lease_expiry_and_fencing,
                 lease_expiry_exhausts_attempts,
                 heartbeat_extends_lease,

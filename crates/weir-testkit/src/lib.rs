@@ -9,6 +9,9 @@
 //! ```
 
 pub mod conformance;
+mod faulty;
+
+pub use faulty::FaultyBroker;
 
 use std::any::Any;
 use std::sync::Arc;

@@ -1,0 +1,193 @@
+//! What is particular to the embedded broker: several processes on one file, durability across
+//! reopening, and fetches abandoned by their callers.
+
+use std::time::Duration;
+
+use futures::FutureExt;
+use weir_core::{Broker, FetchRequest, Inspect, JobState, NewJob, Settlement};
+use weir_sqlite::{SqliteBroker, SqliteOptions};
+
+fn req(queue: &str, wait: Duration) -> FetchRequest {
+    FetchRequest {
+        queues: vec![queue.into()],
+        max: 10,
+        lease: Duration::from_secs(30),
+        wait,
+    }
+}
+
+fn open(path: &std::path::Path) -> SqliteBroker {
+    SqliteBroker::open_with(SqliteOptions::new(path).poll_interval(Duration::from_millis(20)))
+        .unwrap()
+}
+
+/// Each handle has its own writer and ready order, as two processes would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_process_enqueues_and_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.db");
+    let server = open(&path);
+    let cli = open(&path);
+    // Enqueued elsewhere: the waiting server learns of it by polling.
+    let id = cli
+        .enqueue(NewJob::new("k", "{}").queue("x"))
+        .await
+        .unwrap()
+        .id;
+    let got = server
+        .fetch(req("x", Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].job.id, id);
+    let s = Settlement::Failed {
+        error: "bad".into(),
+    };
+    server.settle(vec![(got[0].lease, s)]).await.unwrap();
+    // Retried elsewhere: the server learns of it through the wakeups table.
+    assert_eq!(cli.retry(id).await.unwrap().state, JobState::Pending);
+    let again = server
+        .fetch(req("x", Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1, "a job retried by another process runs");
+    assert_eq!(again[0].lease.attempt, 1);
+    // Both handles lease from one file without double delivery.
+    for _ in 0..20 {
+        cli.enqueue(NewJob::new("k", "{}").queue("y"))
+            .await
+            .unwrap();
+    }
+    let (a, b) = tokio::join!(
+        server.fetch(req("y", Duration::from_millis(300))),
+        cli.fetch(req("y", Duration::from_millis(300)))
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut ids: Vec<_> = a.iter().chain(b.iter()).map(|d| d.job.id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), a.len() + b.len(), "no job leased by both");
+}
+
+/// Purging the newest rows never lets a row number be reused, which would hide new jobs from
+/// other processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_does_not_hide_new_jobs_from_other_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("purge.db");
+    let server = open(&path);
+    let cli = open(&path);
+    for _ in 0..3 {
+        server.enqueue(NewJob::new("k", "{}")).await.unwrap();
+    }
+    let got = server.fetch(req("default", Duration::ZERO)).await.unwrap();
+    let s = got
+        .iter()
+        .map(|d| (d.lease, Settlement::Succeeded { result: None }))
+        .collect();
+    server.settle(s).await.unwrap();
+    // Let the server see every row, then delete them all from the other handle.
+    server
+        .fetch(req("default", Duration::from_millis(50)))
+        .await
+        .unwrap();
+    assert_eq!(cli.purge(JobState::Succeeded, None).await.unwrap(), 3);
+    let id = cli.enqueue(NewJob::new("k", "{}")).await.unwrap().id;
+    let got = server
+        .fetch(req("default", Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1, "the new job is seen");
+    assert_eq!(got[0].job.id, id);
+}
+
+/// What was acknowledged survives a close; leases held at a crash run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reopen.db");
+    let (pending, leased) = {
+        let b = open(&path);
+        let pending = b
+            .enqueue(NewJob::new("k", r#"{"n":1}"#).priority(3))
+            .await
+            .unwrap()
+            .id;
+        let leased = b.enqueue(NewJob::new("k", "{}")).await.unwrap().id;
+        let got = b
+            .fetch(FetchRequest {
+                max: 1,
+                lease: Duration::from_millis(300),
+                ..req("default", Duration::ZERO)
+            })
+            .await
+            .unwrap();
+        assert_eq!(got[0].job.id, pending, "priority first");
+        (leased, pending)
+    };
+    let b = open(&path);
+    assert_eq!(
+        b.get(leased).await.unwrap().unwrap().state,
+        JobState::Running
+    );
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        for d in b
+            .fetch(req("default", Duration::from_millis(50)))
+            .await
+            .unwrap()
+        {
+            seen.push((d.job.id, d.lease.attempt));
+        }
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    seen.sort();
+    let mut want = vec![(pending, 1), (leased, 2)];
+    want.sort();
+    assert_eq!(seen, want, "the pending job and the reclaimed one both run");
+}
+
+/// A fetch dropped by its caller (a cancelled future) leaves the jobs runnable. (The case where
+/// the writer had already leased them is a unit test in `writer.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_fetch_leaves_jobs_available() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(&dir.path().join("orphan.db"));
+    let id = b.enqueue(NewJob::new("k", "{}")).await.unwrap().id;
+    // Poll once, so the request reaches the writer, then drop it.
+    let fut = b.fetch(req("default", Duration::from_secs(5)));
+    assert!(
+        fut.now_or_never().is_none(),
+        "a fetch waits for the writer's commit"
+    );
+    let got = b
+        .fetch(req("default", Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (got[0].job.id, got[0].lease.attempt),
+        (id, 1),
+        "given back unspent"
+    );
+}
+
+#[tokio::test]
+async fn refuses_a_newer_schema_and_bad_urls() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new.db");
+    drop(open(&path));
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.pragma_update(None, "user_version", 99).unwrap();
+    drop(c);
+    let e = SqliteBroker::open(&path).unwrap_err().to_string();
+    assert!(e.contains("schema version 99"), "{e}");
+    assert!(SqliteOptions::from_url("sqlite:x.db?sync=maybe")
+        .unwrap_err()
+        .contains("sync must be"));
+    assert!(SqliteOptions::from_url("sqlite:x.db?mode=rw")
+        .unwrap_err()
+        .contains("unknown option"));
+}
