@@ -1,0 +1,178 @@
+//! The built-in `shell` and `http` kinds against real processes and a real HTTP server.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use weir::config::Config;
+use weir::{Broker, Inspect, Job, JobId, NewJob, Registry, SqliteBroker, Worker};
+
+/// Answers by path: /ok 200 with JSON, /busy 503 with Retry-After, /limited 429, else 404.
+async fn http_server() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let n = sock.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let path = req.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                let (status, extra, body) = match path.as_str() {
+                    "/ok" => ("200 OK", "", r#"{"x":1}"#),
+                    "/busy" => ("503 Service Unavailable", "Retry-After: 1\r\n", "later"),
+                    "/limited" => ("429 Too Many Requests", "", "slow down"),
+                    _ => ("404 Not Found", "", "no such thing"),
+                };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+async fn run_jobs(config: Config, jobs: Vec<NewJob>) -> Vec<Job> {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Arc::new(SqliteBroker::open(dir.path().join("b.db")).unwrap());
+    let ids: Vec<JobId> = broker
+        .enqueue_many(jobs)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    let mut registry = Registry::new();
+    weir::builtins::register(&mut registry, &config).unwrap();
+    let worker = Worker::builder(broker.clone(), registry).build().unwrap();
+    let watch = broker.clone();
+    let wanted = ids.clone();
+    worker
+        .run(async move {
+            for _ in 0..1000 {
+                let mut all = true;
+                for id in &wanted {
+                    let j = watch.get(*id).await.unwrap().unwrap();
+                    all &= j.state.is_finished() || j.state == weir::JobState::Retryable;
+                }
+                if all {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+    let mut out = Vec::new();
+    for id in ids {
+        out.push(broker.get(id).await.unwrap().unwrap());
+    }
+    out
+}
+
+fn err(j: &Job) -> &str {
+    j.last_error.as_deref().unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_outcomes_are_classified() {
+    let base = http_server().await;
+    let job = |path: &str, max: u32| {
+        NewJob::new(
+            "http",
+            format!(r#"{{"url":"{base}{path}","body":{{"a":1}}}}"#),
+        )
+        .max_attempts(max)
+    };
+    let jobs = vec![
+        job("/ok", 3),
+        job("/missing", 3),
+        job("/busy", 1),
+        job("/limited", 3),
+        NewJob::new("http", r#"{"url":"http://127.0.0.1:9/","method":"GET"}"#).max_attempts(1),
+        NewJob::new("http", r#"{"url":"not a url"}"#),
+    ];
+    let got = run_jobs(Config::default(), jobs).await;
+    use weir::JobState::*;
+    assert_eq!(got[0].state, Succeeded, "{}", err(&got[0]));
+    let result: serde_json::Value =
+        serde_json::from_slice(got[0].result.as_ref().unwrap()).unwrap();
+    assert_eq!(result["status"], 200);
+    assert_eq!(result["body"]["x"], 1);
+    assert_eq!(
+        (got[1].state, got[1].attempt),
+        (Failed, 1),
+        "4xx is permanent"
+    );
+    assert!(err(&got[1]).contains("404"), "{}", err(&got[1]));
+    assert_eq!(got[2].state, Failed);
+    assert!(
+        err(&got[2]).contains("503") && err(&got[2]).contains("attempts exhausted"),
+        "{}",
+        err(&got[2])
+    );
+    assert_eq!(got[3].state, Retryable, "429 is retried: {}", err(&got[3]));
+    assert_eq!(got[4].state, Failed);
+    assert!(
+        err(&got[4]).contains("failed") && err(&got[4]).contains("attempts exhausted"),
+        "connection errors are retryable: {}",
+        err(&got[4])
+    );
+    assert_eq!((got[5].state, got[5].attempt), (Failed, 1));
+    assert!(err(&got[5]).contains("is not a URL"), "{}", err(&got[5]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_runs_only_allowed_commands() {
+    let mut config = Config::default();
+    config.shell.allow = vec!["echo".into(), "sh".into()];
+    let jobs = vec![
+        NewJob::new("shell", r#"{"cmd":"echo","args":["hello","weir"]}"#),
+        NewJob::new(
+            "shell",
+            r#"{"cmd":"sh","args":["-c","echo busy >&2; exit 75"]}"#,
+        )
+        .max_attempts(1),
+        NewJob::new(
+            "shell",
+            r#"{"cmd":"sh","args":["-c","echo broken >&2; exit 3"]}"#,
+        ),
+        NewJob::new("shell", r#"{"cmd":"rm","args":["-rf","/tmp/nothing"]}"#),
+        NewJob::new("shell", r#"{"command":"echo"}"#),
+    ];
+    let got = run_jobs(config, jobs).await;
+    use weir::JobState::*;
+    assert_eq!(got[0].state, Succeeded, "{}", err(&got[0]));
+    let out: serde_json::Value = serde_json::from_slice(got[0].result.as_ref().unwrap()).unwrap();
+    assert_eq!(out["stdout"], "hello weir");
+    assert_eq!(got[1].state, Failed);
+    assert!(
+        err(&got[1]).contains("exited 75 (retry): busy")
+            && err(&got[1]).contains("attempts exhausted"),
+        "{}",
+        err(&got[1])
+    );
+    assert_eq!((got[2].state, got[2].attempt), (Failed, 1));
+    assert!(
+        err(&got[2]).contains("exited 3: broken"),
+        "{}",
+        err(&got[2])
+    );
+    assert_eq!((got[3].state, got[3].attempt), (Failed, 1));
+    assert!(
+        err(&got[3]).contains("`rm` is not allowed"),
+        "{}",
+        err(&got[3])
+    );
+    assert!(
+        err(&got[4]).contains("payload for kind `shell` does not decode"),
+        "{}",
+        err(&got[4])
+    );
+}
