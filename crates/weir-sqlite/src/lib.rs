@@ -208,6 +208,7 @@ fn open_conn(opts: &SqliteOptions) -> rusqlite::Result<Connection> {
         },
     )?;
     conn.pragma_update(None, "cache_size", -16_000)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
