@@ -135,8 +135,9 @@ impl MemoryBroker {
     }
 
     fn take(&self, req: &FetchRequest) -> Vec<Delivery> {
-        let now = self.clock.now();
         let mut g = self.inner.lock();
+        // Read under the lock, so no enqueue stamped later than `now` is already indexed.
+        let now = self.clock.now();
         g.reap(now);
         let mut out = Vec::new();
         while out.len() < req.max {
@@ -149,8 +150,13 @@ impl MemoryBroker {
                     continue;
                 };
                 // The index holds hints: confirm the job is still runnable now.
-                if !matches!(job.state, JobState::Pending | JobState::Retryable) || job.run_at > now
-                {
+                if !matches!(job.state, JobState::Pending | JobState::Retryable) {
+                    continue;
+                }
+                if job.run_at > now {
+                    // Not due by this clock (it stepped back): keep it, as a delayed entry.
+                    let (queue, priority, run_at) = (job.queue.clone(), job.priority, job.run_at);
+                    g.index.insert(&queue, priority, run_at, token, now);
                     continue;
                 }
                 let Ok(job) = g.apply(token, Event::Lease, now) else {

@@ -11,14 +11,14 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 use weir_core::{
     transition, BrokerError, Delivery, Enqueued, Event, Job, JobId, Lease, NewJob, SettleOutcome,
     Settlement, Timestamp,
 };
 
 use crate::rows::{delivery_from_row, job_from_row, JOB_COLUMNS, RUN_COLUMNS};
-use crate::writer::Writer;
+use crate::writer::{Runnable, Writer};
 
 /// `[a,b,c]`, for `json_each`.
 fn json_ints(xs: impl Iterator<Item = u64>) -> String {
@@ -31,6 +31,34 @@ fn json_ints(xs: impl Iterator<Item = u64>) -> String {
     }
     s.push(']');
     s
+}
+
+/// Entries popped but not leased are stale (the job moved on), or not due by this round's
+/// clock (which can step back). The second kind go back into the index, as delayed
+/// entries, so no runnable job is ever dropped from it.
+fn reindex_unleased(
+    conn: &Connection,
+    runnable: &mut Runnable,
+    tokens: &[u64],
+    leased: &[Delivery],
+) -> rusqlite::Result<()> {
+    let leased: std::collections::HashSet<u64> = leased.iter().map(|d| d.lease.token).collect();
+    let missing = json_ints(tokens.iter().copied().filter(|t| !leased.contains(t)));
+    let mut st = conn.prepare_cached(
+        "SELECT seq, queue, priority, run_at FROM jobs
+          WHERE seq IN (SELECT value FROM json_each(?1)) AND state IN (0, 2)",
+    )?;
+    let mut rows = st.query([missing])?;
+    while let Some(r) = rows.next()? {
+        let queue: String = r.get(1)?;
+        runnable.add(
+            r.get::<_, i64>(0)? as u64,
+            &queue,
+            r.get(2)?,
+            Timestamp(r.get(3)?),
+        );
+    }
+    Ok(())
 }
 
 impl Writer {
@@ -173,6 +201,10 @@ impl Writer {
             let mut rows = st.query(params![json_ints(tokens.iter().copied()), until, now.0])?;
             while let Some(r) = rows.next()? {
                 out.push(delivery_from_row(r)?);
+            }
+            drop(rows);
+            if out.len() - first < tokens.len() {
+                reindex_unleased(&self.conn, &mut self.runnable, &tokens, &out[first..])?;
             }
             // Keep the index's order (priority, then run_at) within the batch.
             let pos: HashMap<u64, usize> =

@@ -212,6 +212,35 @@ pub async fn waiting_fetch_gets_delayed_job(f: Fixture) {
     assert_eq!(got[0].job.id, id);
 }
 
+/// A wall clock that steps back (NTP) delays jobs but never loses them. Regression: an index
+/// entry popped while its job was not due by the current clock used to be dropped, and the job
+/// stayed pending forever.
+pub async fn clock_stepping_back_loses_no_job(f: Fixture) {
+    if f.real_time {
+        eprintln!("skipped clock_stepping_back_loses_no_job: the broker follows the wall clock");
+        return;
+    }
+    let b = &*f.broker;
+    let start = f.clock.now();
+    let id = b.enqueue(job("skew")).await.unwrap().id;
+    f.clock.set(weir_core::Timestamp(start.0 - 5_000));
+    assert!(
+        fetch(b, "skew", 1).await.is_empty(),
+        "not due by the stepped-back clock"
+    );
+    f.clock.set(start);
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        got = fetch(b, "skew", 1).await;
+        if !got.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(got.len(), 1, "the job was kept");
+    assert_eq!(got[0].job.id, id);
+}
+
 /// An expired lease is reclaimed with its attempt counted; the old holder is fenced off.
 pub async fn lease_expiry_and_fencing(f: Fixture) {
     let b = &*f.broker;
@@ -550,6 +579,7 @@ macro_rules! conformance_suite {
                 delayed_jobs_wait,
                 fetch_waits_for_new_jobs,
                 waiting_fetch_gets_delayed_job,
+                clock_stepping_back_loses_no_job,
                 lease_expiry_and_fencing,
                 lease_expiry_exhausts_attempts,
                 heartbeat_extends_lease,

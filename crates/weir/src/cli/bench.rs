@@ -170,8 +170,23 @@ pub(crate) async fn run(_args: &Args, a: &BenchArgs) -> anyhow::Result<ExitCode>
         }
     });
     producer.await??;
-    if done.settled.load(Ordering::Relaxed) < a.tasks {
-        done.notify.notified().await;
+    // Wait for the last settle; a run that stops making progress is reported, not waited on.
+    let mut last = (done.settled.load(Ordering::Relaxed), Instant::now());
+    while done.settled.load(Ordering::Relaxed) < a.tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(1), done.notify.notified()).await;
+        let now = done.settled.load(Ordering::Relaxed);
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(10) {
+            let counts = match broker.inspect() {
+                Some(i) => format!("{:?}", i.counts().await?),
+                None => "unknown".into(),
+            };
+            anyhow::bail!(
+                "bench stalled: {now} of {} tasks settled, none in the last 10 s; broker counts: {counts}",
+                a.tasks
+            );
+        }
     }
     let secs = t0.elapsed().as_secs_f64();
     stop.notify_one();
