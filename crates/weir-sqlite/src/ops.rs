@@ -271,32 +271,18 @@ impl Writer {
     ) -> rusqlite::Result<SettleOutcome> {
         let seq = lease.token as i64;
         let applied = match s {
-            Settlement::Succeeded { result } => {
-                let key: Option<Option<String>> = self
-                    .conn
-                    .prepare_cached(
-                        "UPDATE jobs SET state = 3, lease_until = NULL, finished_at = ?3, result = ?4
-                          WHERE seq = ?1 AND attempt = ?2 AND state = 1 RETURNING unique_key",
-                    )?
-                    .query_row(params![seq, lease.attempt, now.0, result], |r| r.get(0))
-                    .optional()?;
-                key.map(|k| self.release_key(k, lease.token))
-                    .transpose()?
-                    .is_some()
-            }
-            Settlement::Failed { error } => {
-                let key: Option<Option<String>> = self
-                    .conn
-                    .prepare_cached(
-                        "UPDATE jobs SET state = 4, lease_until = NULL, finished_at = ?3, last_error = ?4
-                          WHERE seq = ?1 AND attempt = ?2 AND state = 1 RETURNING unique_key",
-                    )?
-                    .query_row(params![seq, lease.attempt, now.0, error], |r| r.get(0))
-                    .optional()?;
-                key.map(|k| self.release_key(k, lease.token))
-                    .transpose()?
-                    .is_some()
-            }
+            Settlement::Succeeded { result } => self.finish(
+                "UPDATE jobs SET state = 3, lease_until = NULL, finished_at = ?3, result = ?4
+                  WHERE seq = ?1 AND attempt = ?2 AND state = 1 RETURNING unique_key",
+                params![seq, lease.attempt, now.0, result],
+                lease.token,
+            )?,
+            Settlement::Failed { error } => self.finish(
+                "UPDATE jobs SET state = 4, lease_until = NULL, finished_at = ?3, last_error = ?4
+                  WHERE seq = ?1 AND attempt = ?2 AND state = 1 RETURNING unique_key",
+                params![seq, lease.attempt, now.0, error],
+                lease.token,
+            )?,
             Settlement::Retry { run_at, error } => self.requeue(
                 "UPDATE jobs SET state = 2, lease_until = NULL, run_at = ?3, last_error = ?4
                   WHERE seq = ?1 AND attempt = ?2 AND state = 1 RETURNING queue, priority",
@@ -318,6 +304,28 @@ impl Writer {
         } else {
             SettleOutcome::Stale
         })
+    }
+
+    /// Runs a settle that finishes the job (`sql` returns its `unique_key`) and frees the key.
+    /// False if the lease was stale.
+    fn finish(
+        &mut self,
+        sql: &str,
+        p: impl rusqlite::Params,
+        token: u64,
+    ) -> rusqlite::Result<bool> {
+        let key: Option<Option<String>> = self
+            .conn
+            .prepare_cached(sql)?
+            .query_row(p, |r| r.get(0))
+            .optional()?;
+        match key {
+            Some(key) => {
+                self.release_key(key, token)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     fn requeue(
