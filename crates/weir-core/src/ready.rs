@@ -220,4 +220,86 @@ mod tests {
         assert_eq!(got.iter().filter(|t| **t >= 10).count(), 2, "{got:?}");
         assert_eq!(ix.take(&qs(&["a", "b", "missing"]), 10, now).len(), 2);
     }
+
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Insert { queue: u8, priority: i8, run_at: u8 },
+            Take { queues: Vec<u8>, max: u8 },
+            Tick(u8),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                3 => (0u8..3, -2i8..3, 0u8..40).prop_map(|(queue, priority, run_at)| Op::Insert { queue, priority, run_at }),
+                2 => (proptest::collection::vec(0u8..4, 1..4), 1u8..6).prop_map(|(queues, max)| Op::Take { queues, max }),
+                1 => (0u8..10).prop_map(Op::Tick),
+            ]
+        }
+
+        proptest! {
+            /// Checked against a plain list: every take returns, per queue, the best due entries
+            /// in order (priority, then run_at, then token), nothing twice, and nothing is lost.
+            #[test]
+            fn matches_a_sorted_list(ops in proptest::collection::vec(op(), 1..200)) {
+                let mut ix = ReadyIndex::new();
+                // (queue, priority, run_at, token)
+                let mut model: Vec<(String, i32, i64, u64)> = Vec::new();
+                let mut now = 0i64;
+                let mut next = 0u64;
+                for op in ops {
+                    match op {
+                        Op::Insert { queue, priority, run_at } => {
+                            next += 1;
+                            let q = format!("q{queue}");
+                            ix.insert(&q, priority.into(), Timestamp(i64::from(run_at)), next, Timestamp(now));
+                            model.push((q, priority.into(), i64::from(run_at), next));
+                        }
+                        Op::Tick(d) => now += i64::from(d),
+                        Op::Take { queues, max } => {
+                            let names: Vec<String> = queues.iter().map(|q| format!("q{q}")).collect();
+                            let mut distinct = names.clone();
+                            distinct.sort();
+                            distinct.dedup();
+                            let got = ix.take(&distinct, usize::from(max), Timestamp(now));
+                            prop_assert!(got.len() <= usize::from(max));
+                            // Per queue: the taken tokens are that queue's best due ones, in order.
+                            for q in &distinct {
+                                let mut due: Vec<&(String, i32, i64, u64)> = model
+                                    .iter()
+                                    .filter(|e| &e.0 == q && e.2 <= now)
+                                    .collect();
+                                due.sort_by_key(|e| (std::cmp::Reverse(e.1), e.2, e.3));
+                                let mine: Vec<u64> = got
+                                    .iter()
+                                    .copied()
+                                    .filter(|t| model.iter().any(|e| e.3 == *t && &e.0 == q))
+                                    .collect();
+                                let want: Vec<u64> = due.iter().take(mine.len()).map(|e| e.3).collect();
+                                prop_assert_eq!(&mine, &want);
+                            }
+                            let due_total = model
+                                .iter()
+                                .filter(|e| distinct.contains(&e.0) && e.2 <= now)
+                                .count();
+                            prop_assert_eq!(got.len(), due_total.min(usize::from(max)), "takes as many as it can");
+                            model.retain(|e| !got.contains(&e.3));
+                        }
+                    }
+                }
+                // Nothing lost: everything left comes out once time has passed.
+                let all: Vec<String> = (0..3).map(|q| format!("q{q}")).collect();
+                let rest = ix.take(&all, usize::MAX, Timestamp(i64::MAX));
+                let mut left: Vec<u64> = model.iter().map(|e| e.3).collect();
+                let mut rest_sorted = rest.clone();
+                left.sort_unstable();
+                rest_sorted.sort_unstable();
+                prop_assert_eq!(rest_sorted, left);
+                prop_assert!(ix.is_empty());
+            }
+        }
+    }
 }
