@@ -1,6 +1,9 @@
 //! weir's concurrency building blocks. No I/O lives here, so every piece is tested with an
-//! injected clock or RNG.
+//! injected clock or RNG, and the pool's resize accounting with loom.
 
 mod backoff;
+mod capacity;
+mod pool;
 
 pub use backoff::{Backoff, BackoffError, Jitter};
+pub use pool::{ElasticPool, PoolStats, Rejected, Slot};

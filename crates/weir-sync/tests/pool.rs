@@ -1,0 +1,160 @@
+//! ElasticPool: resizing under load, backpressure, stats. Time is paused where it matters.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use weir_sync::ElasticPool;
+
+/// Spawns `n` tasks that hold their slot until `gate` is notified; returns once `n` run.
+async fn hold(
+    pool: &ElasticPool,
+    n: usize,
+    gate: &Arc<Notify>,
+    running: &Arc<AtomicUsize>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let (gate, running) = (gate.clone(), running.clone());
+        let slot = pool.reserve().await.unwrap();
+        out.push(slot.spawn(async move {
+            running.fetch_add(1, Ordering::SeqCst);
+            gate.notified().await;
+            running.fetch_sub(1, Ordering::SeqCst);
+        }));
+    }
+    out
+}
+
+#[tokio::test]
+async fn growing_frees_slots_at_once() {
+    let pool = ElasticPool::new(2);
+    let a = pool.try_reserve().unwrap();
+    let b = pool.try_reserve().unwrap();
+    assert!(pool.try_reserve().is_none(), "full");
+    let waiter = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.reserve().await.map(|_| ()) }
+    });
+    tokio::task::yield_now().await;
+    pool.resize(4);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .is_ok(),
+        "a waiter got a new slot"
+    );
+    assert!(pool.try_reserve().is_some());
+    drop((a, b));
+}
+
+#[tokio::test]
+async fn shrinking_is_lazy_and_stops_nothing() {
+    let pool = ElasticPool::new(4);
+    let gate = Arc::new(Notify::new());
+    let running = Arc::new(AtomicUsize::new(0));
+    let tasks = hold(&pool, 4, &gate, &running).await;
+    while running.load(Ordering::SeqCst) < 4 {
+        tokio::task::yield_now().await;
+    }
+    pool.resize(1);
+    let s = pool.stats();
+    assert_eq!((s.size, s.busy), (1, 4), "running tasks go on");
+    // Release one at a time: slots coming back are retired until the pool is down to 1.
+    for (i, t) in tasks.into_iter().enumerate() {
+        gate.notify_one();
+        t.await.unwrap();
+        let free = pool.try_reserve();
+        if i < 3 {
+            assert!(free.is_none(), "slot {i} was retired");
+        } else {
+            assert!(free.is_some(), "the last one is the pool's one slot");
+            assert!(pool.try_reserve().is_none(), "and only one");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resizing_under_load_runs_every_task_once() {
+    let pool = ElasticPool::new(3);
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let resizer = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            for i in 0..200 {
+                pool.resize([1, 8, 3, 16, 2][i % 5]);
+                tokio::task::yield_now().await;
+            }
+            pool.resize(4);
+        }
+    });
+    let mut handles = Vec::new();
+    for i in 0..2000u32 {
+        let seen = seen.clone();
+        let h = pool
+            .submit(async move {
+                tokio::task::yield_now().await;
+                seen.lock().push(i);
+            })
+            .await
+            .unwrap_or_else(|r| panic!("rejected: {r}"));
+        handles.push(h);
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    resizer.await.unwrap();
+    let seen = seen.lock();
+    let unique: HashSet<u32> = seen.iter().copied().collect();
+    assert_eq!(seen.len(), 2000, "no task dropped or run twice");
+    assert_eq!(unique.len(), 2000);
+    // Once everything is back, capacity equals the last size.
+    let mut n = 0;
+    let mut held = Vec::new();
+    while let Some(s) = pool.try_reserve() {
+        held.push(s);
+        n += 1;
+    }
+    assert_eq!(n, 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn utilisation_over_the_window() {
+    let pool = ElasticPool::with_options(4, 16, Duration::from_secs(10));
+    let gate = Arc::new(Notify::new());
+    let running = Arc::new(AtomicUsize::new(0));
+    let _tasks = hold(&pool, 2, &gate, &running).await;
+    tokio::time::advance(Duration::from_secs(20)).await;
+    let u = pool.stats().utilisation;
+    assert!((u - 0.5).abs() < 0.05, "2 of 4 busy: {u}");
+    gate.notify_waiters();
+    tokio::task::yield_now().await;
+    tokio::time::advance(Duration::from_secs(20)).await;
+    let u = pool.stats().utilisation;
+    assert!(u < 0.05, "idle for a whole window: {u}");
+}
+
+#[tokio::test]
+async fn a_full_queue_or_a_closed_pool_gives_the_future_back() {
+    let pool = ElasticPool::with_options(1, 1, Duration::from_secs(1));
+    let busy = pool.try_reserve().unwrap();
+    let waiting = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.submit(async { 7 }).await.map_err(|_| ()) }
+    });
+    while pool.stats().queued < 1 {
+        tokio::task::yield_now().await;
+    }
+    let rejected = pool.submit(async { 8 }).await.unwrap_err();
+    assert!(!rejected.closed);
+    assert_eq!(rejected.future.await, 8, "the future came back unrun");
+    drop(busy);
+    assert_eq!(waiting.await.unwrap().unwrap().await.unwrap(), 7);
+    pool.close();
+    let rejected = pool.submit(async { 9 }).await.unwrap_err();
+    assert!(rejected.closed);
+    assert!(pool.reserve().await.is_none());
+    pool.wait().await;
+}
