@@ -9,13 +9,15 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use weir_core::{
     Broker, BrokerError, Clock, Delivery, FetchRequest, Job, Lease, SettleOutcome, Settlement,
     SystemClock, TaskContext, TaskError, Timestamp,
 };
+
+use weir_sync::{ElasticPool, Slot};
 
 use crate::registry::Registry;
 use crate::retry::settlement_for;
@@ -169,7 +171,12 @@ impl WorkerBuilder {
         if names.iter().any(|n| n.is_empty()) {
             return Err(WorkerError::Invalid("queue names must not be empty".into()));
         }
-        Ok(Worker { b: self })
+        let pools = self
+            .queues
+            .iter()
+            .map(|q| (q.name.clone(), ElasticPool::new(q.concurrency)))
+            .collect();
+        Ok(Worker { b: self, pools })
     }
 }
 
@@ -188,6 +195,7 @@ impl WorkerBuilder {
 /// ```
 pub struct Worker {
     b: WorkerBuilder,
+    pools: HashMap<String, ElasticPool>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -209,6 +217,8 @@ struct Exec {
     /// from the start of the attempt until its settle is durable (so heartbeats cover the
     /// time a settle waits for its commit).
     inflight: Mutex<HashMap<u64, (Lease, CancellationToken)>>,
+    /// Set when the grace period is over: attempts stopped from then on are given back.
+    stopping: std::sync::atomic::AtomicBool,
     counters: Counters,
 }
 
@@ -232,11 +242,18 @@ impl Worker {
         &self.b.queues
     }
 
+    /// The pool of `queue`: a handle that stays valid while the worker runs, to watch it
+    /// ([`ElasticPool::stats`]) or resize it ([`ElasticPool::resize`]) live. A resize takes
+    /// effect at once for growth; shrinking waits for running jobs to finish.
+    pub fn pool(&self, queue: &str) -> Option<ElasticPool> {
+        self.pools.get(queue).cloned()
+    }
+
     /// Runs until `shutdown` completes, then drains: no more fetching; running jobs get the
     /// grace period to finish; the rest are cancelled and their leases given back. Every task
     /// it spawned has ended when this returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> WorkerReport {
-        let b = self.b;
+        let Worker { b, pools } = self;
         let (settle_tx, settle_rx) = mpsc::channel(16 * 1024);
         let exec = Arc::new(Exec {
             broker: b.broker.clone(),
@@ -244,6 +261,7 @@ impl Worker {
             observer: b.observer,
             clock: b.clock,
             inflight: Mutex::new(HashMap::new()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             counters: Counters::default(),
         });
         let stop_fetch = CancellationToken::new();
@@ -255,6 +273,7 @@ impl Worker {
             dispatchers.spawn(dispatch(
                 Dispatch {
                     exec: exec.clone(),
+                    pool: pools[&q.name].clone(),
                     settle_tx: settle_tx.clone(),
                     queue: q.clone(),
                     lease: b.lease,
@@ -308,6 +327,7 @@ impl Worker {
 
 struct Dispatch {
     exec: Arc<Exec>,
+    pool: ElasticPool,
     settle_tx: mpsc::Sender<(Lease, Settlement)>,
     queue: QueueSpec,
     lease: Duration,
@@ -317,26 +337,22 @@ struct Dispatch {
 
 /// One queue's loop: reserve slots, then fetch that many, then run them.
 async fn dispatch(d: Dispatch, stop: CancellationToken) {
-    let pool = Arc::new(Semaphore::new(d.queue.concurrency));
     let mut running = JoinSet::new();
     let mut failures = 0u32;
     let queues = vec![d.queue.name.clone()];
     loop {
         while running.try_join_next().is_some() {}
         // Reserve first: nothing is fetched that cannot run now.
-        let mut permit = tokio::select! {
+        let mut slots = tokio::select! {
             _ = stop.cancelled() => break,
-            p = pool.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            s = d.pool.reserve_up_to(d.fetch_batch) => s,
         };
-        let extra = pool.available_permits().min(d.fetch_batch - 1);
-        if extra > 0 {
-            if let Ok(p) = pool.clone().try_acquire_many_owned(extra as u32) {
-                permit.merge(p);
-            }
+        if slots.is_empty() {
+            break; // the pool was closed
         }
         let req = FetchRequest {
             queues: queues.clone(),
-            max: permit.num_permits(),
+            max: slots.len(),
             lease: d.lease,
             wait: Duration::from_secs(1),
         };
@@ -349,7 +365,7 @@ async fn dispatch(d: Dispatch, stop: CancellationToken) {
             Ok(deliveries) => {
                 failures = 0;
                 for delivery in deliveries {
-                    let Some(slot) = permit.split(1) else { break };
+                    let Some(slot) = slots.pop() else { break };
                     running.spawn(execute(d.exec.clone(), d.settle_tx.clone(), delivery, slot));
                 }
             }
@@ -358,7 +374,7 @@ async fn dispatch(d: Dispatch, stop: CancellationToken) {
                 failures = failures.saturating_add(1);
                 let pause = backoff_pause(failures);
                 tracing::warn!(queue = %d.queue.name, error = %e, retry_in = ?pause, "fetch failed");
-                drop(permit);
+                drop(slots);
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(pause) => {}
@@ -379,10 +395,13 @@ async fn dispatch(d: Dispatch, stop: CancellationToken) {
             running = running.len(),
             "grace period over: cancelling running jobs"
         );
+        // Abort first, then fire the tokens (for work the handlers started elsewhere): an
+        // attempt stopped by shutdown is given back unspent, never recorded as a failure.
+        d.exec.stopping.store(true, Ordering::Release);
+        running.abort_all();
         for (_, token) in d.exec.inflight.lock().values() {
             token.cancel();
         }
-        running.abort_all();
         while running.join_next().await.is_some() {}
     }
 }
@@ -409,7 +428,7 @@ async fn execute(
     exec: Arc<Exec>,
     settle_tx: mpsc::Sender<(Lease, Settlement)>,
     d: Delivery,
-    slot: OwnedSemaphorePermit,
+    slot: Slot,
 ) {
     let Delivery { mut job, lease } = d;
     // A token of its own (not a child of a shared one): creating and dropping children of one
@@ -467,14 +486,20 @@ async fn execute(
         tracing::debug!(job = %job.id, kind = %job.kind, attempt = job.attempt, error = %e, "attempt failed");
     }
     let backoff = kind.map(|k| k.backoff).unwrap_or_default();
-    let settlement = settlement_for(
-        result,
-        job.attempt,
-        job.max_attempts,
-        &backoff,
-        exec.clock.now(),
-        &mut rand::rng(),
-    );
+    let settlement =
+        if result.is_err() && token.is_cancelled() && exec.stopping.load(Ordering::Acquire) {
+            // Stopped by the end of the grace period, not by its own failure.
+            Settlement::Release
+        } else {
+            settlement_for(
+                result,
+                job.attempt,
+                job.max_attempts,
+                &backoff,
+                exec.clock.now(),
+                &mut rand::rng(),
+            )
+        };
     if settle_tx.send((lease, settlement)).await.is_err() {
         tracing::error!(job = %job.id, "settler gone; the lease will expire and the job run again");
     }

@@ -372,3 +372,62 @@ async fn store_errors_do_not_end_the_worker() {
     let r = handle.await.unwrap();
     assert_eq!(r.succeeded, 20, "{r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn growing_the_pool_under_load_runs_more_at_once_and_loses_nothing() {
+    let e = env();
+    let b = &*e.broker;
+    let now = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let mut r = registry();
+    {
+        let (now, peak, runs) = (now.clone(), peak.clone(), runs.clone());
+        r.register_fn("track", move |_: serde_json::Value, _cx: TaskContext| {
+            let (now, peak, runs) = (now.clone(), peak.clone(), runs.clone());
+            async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(n, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                Ok::<_, TaskError>(())
+            }
+        });
+    }
+    let jobs = (0..60)
+        .map(|_| NewJob::new("track", b"{}".to_vec()))
+        .collect();
+    let ids: Vec<JobId> = b
+        .enqueue_many(jobs)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    let b2: Arc<dyn Broker> = e.broker.clone();
+    let worker = Worker::builder(b2, r).queue("default", 2).build().unwrap();
+    let pool = worker.pool("default").unwrap();
+    assert!(worker.pool("other").is_none());
+    let (stop, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(worker.run(async {
+        let _ = rx.await;
+    }));
+    while runs.load(Ordering::SeqCst) < 4 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(peak.load(Ordering::SeqCst) <= 2);
+    pool.resize(10);
+    for id in &ids {
+        assert_eq!(wait_finished(b, *id).await.state, JobState::Succeeded);
+    }
+    let _ = stop.send(());
+    handle.await.unwrap();
+    assert!(
+        peak.load(Ordering::SeqCst) > 2,
+        "the pool grew: peak {}",
+        peak.load(Ordering::SeqCst)
+    );
+    assert!(peak.load(Ordering::SeqCst) <= 10);
+    assert_eq!(runs.load(Ordering::SeqCst), 60, "each job ran once");
+}
