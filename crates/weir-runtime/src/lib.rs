@@ -9,11 +9,13 @@
 //! by one heartbeat loop. Shutdown stops fetching, lets running jobs finish up to a grace
 //! period, then cancels them and gives their leases back.
 
+mod autoscale;
 mod client;
 mod registry;
 mod retry;
 mod worker;
 
+pub use autoscale::{decide, AutoscaleConfig, Decision, Observed, Reason, ScalerState};
 pub use client::{Client, EnqueueError};
 pub use registry::{Handler, KindOptions, Registry};
 pub use retry::settlement_for;
