@@ -162,6 +162,14 @@ pub trait Broker: Send + Sync + 'static {
     async fn heartbeat(&self, leases: &[Lease], extend: Duration)
         -> Result<Vec<bool>, BrokerError>;
 
+    /// Jobs runnable now in each of `queues` (due, not running), in input order: the signal
+    /// an autoscaler grows on. It may count a few jobs that were cancelled or taken by
+    /// another process since. By default, [`BrokerError::Unsupported`].
+    async fn backlog(&self, queues: &[String]) -> Result<Vec<u64>, BrokerError> {
+        let _ = queues;
+        Err(BrokerError::Unsupported("backlog".into()))
+    }
+
     /// The inspection capability, if this broker has one.
     fn inspect(&self) -> Option<&dyn Inspect> {
         None

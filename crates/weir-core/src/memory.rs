@@ -318,6 +318,13 @@ impl Broker for MemoryBroker {
             .collect())
     }
 
+    async fn backlog(&self, queues: &[String]) -> Result<Vec<u64>, BrokerError> {
+        let mut g = self.inner.lock();
+        let now = self.clock.now();
+        g.index.promote(now);
+        Ok(queues.iter().map(|q| g.index.ready_len(q) as u64).collect())
+    }
+
     fn inspect(&self) -> Option<&dyn Inspect> {
         Some(self)
     }

@@ -150,7 +150,8 @@ impl ReadyIndex {
         out
     }
 
-    /// Ready entries of `queue` (including stale ones not yet discarded).
+    /// Ready entries of `queue` (including stale ones not yet discarded). Call
+    /// [`promote`](Self::promote) first to count delayed jobs that have come due.
     pub fn ready_len(&self, queue: &str) -> usize {
         self.queues.get(queue).map_or(0, |q| q.ready.len())
     }

@@ -19,6 +19,7 @@ use weir_core::{
 
 use weir_sync::{ElasticPool, Slot};
 
+use crate::autoscale::{decide, AutoscaleConfig, Observed, ScalerState};
 use crate::registry::Registry;
 use crate::retry::settlement_for;
 
@@ -77,6 +78,10 @@ pub struct WorkerReport {
     pub stale: u64,
     /// Leases given back at shutdown.
     pub released: u64,
+    /// Times the autoscaler grew a pool.
+    pub scaled_up: u64,
+    /// Times the autoscaler shrank a pool.
+    pub scaled_down: u64,
 }
 
 #[derive(Default)]
@@ -87,6 +92,8 @@ struct Counters {
     failed: AtomicU64,
     stale: AtomicU64,
     released: AtomicU64,
+    scaled_up: AtomicU64,
+    scaled_down: AtomicU64,
 }
 
 /// Builds a [`Worker`]. See each setter for its default.
@@ -99,9 +106,25 @@ pub struct WorkerBuilder {
     shutdown_grace: Duration,
     observer: Arc<dyn Observer>,
     clock: Arc<dyn Clock>,
+    autoscale: HashMap<String, AutoscaleConfig>,
+    autoscale_tick: Duration,
 }
 
 impl WorkerBuilder {
+    /// Lets the autoscaler size `queue`'s pool between `config.min_workers` and
+    /// `config.max_workers` (see [`crate::decide`]); the queue's concurrency is then only its
+    /// starting size. By default, pools keep their size.
+    pub fn autoscale(mut self, queue: impl Into<String>, config: AutoscaleConfig) -> Self {
+        self.autoscale.insert(queue.into(), config);
+        self
+    }
+
+    /// How often the autoscaler looks at backlog and utilisation. By default, 5 s.
+    pub fn autoscale_tick(mut self, tick: Duration) -> Self {
+        self.autoscale_tick = tick;
+        self
+    }
+
     /// Serves `queue` with `concurrency` slots. May be called for several queues; each gets
     /// its own pool and dispatcher, so a busy queue cannot starve the others. By default, the
     /// queue `default` with 16 slots.
@@ -171,10 +194,36 @@ impl WorkerBuilder {
         if names.iter().any(|n| n.is_empty()) {
             return Err(WorkerError::Invalid("queue names must not be empty".into()));
         }
+        for (q, c) in &self.autoscale {
+            if !self.queues.iter().any(|s| &s.name == q) {
+                return Err(WorkerError::Invalid(format!(
+                    "autoscale names queue `{q}`, which this worker does not serve"
+                )));
+            }
+            c.validate()
+                .map_err(|e| WorkerError::Invalid(format!("autoscale of queue `{q}`: {e}")))?;
+        }
+        if self.autoscale_tick < Duration::from_millis(10) {
+            return Err(WorkerError::Invalid(format!(
+                "autoscale tick must be at least 10ms, got {:?}",
+                self.autoscale_tick
+            )));
+        }
+        // Utilisation is averaged over a few ticks, so one sample does not decide.
+        let window = (self.autoscale_tick * 4).max(Duration::from_secs(1));
         let pools = self
             .queues
             .iter()
-            .map(|q| (q.name.clone(), ElasticPool::new(q.concurrency)))
+            .map(|q| {
+                let size = match self.autoscale.get(&q.name) {
+                    Some(c) => q.concurrency.clamp(c.min_workers, c.max_workers),
+                    None => q.concurrency,
+                };
+                (
+                    q.name.clone(),
+                    ElasticPool::with_options(size, 1024, window),
+                )
+            })
             .collect();
         Ok(Worker { b: self, pools })
     }
@@ -234,6 +283,8 @@ impl Worker {
             shutdown_grace: Duration::from_secs(30),
             observer: Arc::new(NoObserver),
             clock: Arc::new(SystemClock),
+            autoscale: HashMap::new(),
+            autoscale_tick: Duration::from_secs(5),
         }
     }
 
@@ -283,6 +334,17 @@ impl Worker {
                 stop_fetch.clone(),
             ));
         }
+        let mut scalers = JoinSet::new();
+        for (q, cfg) in &b.autoscale {
+            scalers.spawn(autoscale(
+                exec.clone(),
+                q.clone(),
+                cfg.clone(),
+                pools[q].clone(),
+                b.autoscale_tick,
+                hb_stop.clone(),
+            ));
+        }
         tracing::info!(queues = ?b.queues, "worker started");
         shutdown.await;
         tracing::info!(grace = ?b.shutdown_grace, "worker shutting down: no more fetching");
@@ -320,6 +382,7 @@ impl Worker {
         }
         hb_stop.cancel();
         let _ = heartbeat.await;
+        while scalers.join_next().await.is_some() {}
         tracing::info!("worker stopped");
         report(&exec.counters)
     }
@@ -589,6 +652,57 @@ async fn heartbeat(exec: Arc<Exec>, lease: Duration, stop: CancellationToken) {
     }
 }
 
+/// One queue's autoscaler: every tick, observe backlog and the pool, decide, resize.
+async fn autoscale(
+    exec: Arc<Exec>,
+    queue: String,
+    cfg: AutoscaleConfig,
+    pool: ElasticPool,
+    tick: Duration,
+    stop: CancellationToken,
+) {
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut state = ScalerState::default();
+    let queues = vec![queue.clone()];
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let backlog = match exec.broker.backlog(&queues).await {
+            Ok(v) => v.first().copied().unwrap_or(0),
+            Err(BrokerError::Unsupported(_)) => {
+                tracing::warn!(queue = %queue, "this broker reports no backlog: autoscaling off");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(queue = %queue, error = %e, "autoscaler: backlog unavailable");
+                continue;
+            }
+        };
+        let st = pool.stats();
+        let observed = Observed {
+            backlog,
+            busy: st.busy,
+            size: st.size,
+            utilisation: st.utilisation,
+        };
+        let d = decide(&cfg, &state, &observed, exec.clock.now());
+        state = d.state;
+        if d.target != st.size {
+            pool.resize(d.target);
+            let c = if d.target > st.size {
+                &exec.counters.scaled_up
+            } else {
+                &exec.counters.scaled_down
+            };
+            c.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(queue = %queue, from = st.size, to = d.target, reason = %d.reason, "autoscaler resized the pool");
+        }
+    }
+}
+
 fn report_heartbeat_error(e: &BrokerError) {
     tracing::warn!(error = %e, "heartbeat failed; leases may expire if this goes on");
 }
@@ -601,5 +715,7 @@ fn report(c: &Counters) -> WorkerReport {
         failed: c.failed.load(Ordering::Relaxed),
         stale: c.stale.load(Ordering::Relaxed),
         released: c.released.load(Ordering::Relaxed),
+        scaled_up: c.scaled_up.load(Ordering::Relaxed),
+        scaled_down: c.scaled_down.load(Ordering::Relaxed),
     }
 }

@@ -431,3 +431,92 @@ async fn growing_the_pool_under_load_runs_more_at_once_and_loses_nothing() {
     assert!(peak.load(Ordering::SeqCst) <= 10);
     assert_eq!(runs.load(Ordering::SeqCst), 60, "each job ran once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_autoscaler_grows_a_pool_under_backlog() {
+    let e = env();
+    let b = &*e.broker;
+    let now = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let mut r = registry();
+    {
+        let (now, peak) = (now.clone(), peak.clone());
+        r.register_fn("track", move |_: serde_json::Value, _cx: TaskContext| {
+            let (now, peak) = (now.clone(), peak.clone());
+            async move {
+                let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(n, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(40)).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                Ok::<_, TaskError>(())
+            }
+        });
+    }
+    let jobs = (0..80)
+        .map(|_| NewJob::new("track", b"{}".to_vec()))
+        .collect();
+    let ids: Vec<JobId> = b
+        .enqueue_many(jobs)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    let cfg = weir_runtime::AutoscaleConfig {
+        min_workers: 1,
+        max_workers: 8,
+        ..Default::default()
+    };
+    let b2: Arc<dyn Broker> = e.broker.clone();
+    let worker = Worker::builder(b2, r)
+        .queue("default", 1)
+        .autoscale("default", cfg)
+        .autoscale_tick(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let pool = worker.pool("default").unwrap();
+    let (stop, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(worker.run(async {
+        let _ = rx.await;
+    }));
+    for id in &ids {
+        assert_eq!(wait_finished(b, *id).await.state, JobState::Succeeded);
+    }
+    let _ = stop.send(());
+    let report = handle.await.unwrap();
+    assert!(report.scaled_up >= 1, "{report:?}");
+    assert_eq!(
+        pool.stats().size,
+        8,
+        "straight to the cap: 80 waiting on 1 worker"
+    );
+    assert!(peak.load(Ordering::SeqCst) > 1 && peak.load(Ordering::SeqCst) <= 8);
+}
+
+#[test]
+fn autoscale_settings_are_checked_when_built() {
+    let b: Arc<dyn Broker> = Arc::new(weir_core::MemoryBroker::new());
+    let bad = weir_runtime::AutoscaleConfig {
+        min_workers: 9,
+        max_workers: 2,
+        ..Default::default()
+    };
+    let e = Worker::builder(b.clone(), Registry::new())
+        .autoscale("default", bad)
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("autoscale of queue `default`: min_workers (9)"),
+        "{e}"
+    );
+    let e = Worker::builder(b, Registry::new())
+        .autoscale("nope", Default::default())
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`nope`, which this worker does not serve"),
+        "{e}"
+    );
+}

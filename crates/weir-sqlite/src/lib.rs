@@ -351,6 +351,11 @@ impl Broker for SqliteBroker {
         self.call(|r| Cmd::Heartbeat(leases, extend, r)).await
     }
 
+    async fn backlog(&self, queues: &[String]) -> Result<Vec<u64>, BrokerError> {
+        let queues = queues.to_vec();
+        self.call(|r| Cmd::Backlog(queues, r)).await
+    }
+
     fn inspect(&self) -> Option<&dyn Inspect> {
         Some(self)
     }

@@ -34,6 +34,7 @@ pub(crate) enum Cmd {
     Retry(JobId, Reply<Job>),
     Cancel(JobId, Reply<Job>),
     Purge(JobState, Option<String>, Reply<u64>),
+    Backlog(Vec<String>, Reply<Vec<u64>>),
 }
 
 pub(crate) struct Fetch {
@@ -78,6 +79,7 @@ fn cmd_fail(cmd: Cmd, err: &str) {
         Cmd::Heartbeat(_, _, r) => drop(r.send(Err(e))),
         Cmd::Retry(_, r) | Cmd::Cancel(_, r) => drop(r.send(Err(e))),
         Cmd::Purge(_, _, r) => drop(r.send(Err(e))),
+        Cmd::Backlog(_, r) => drop(r.send(Err(e))),
     }
 }
 
@@ -497,6 +499,16 @@ impl Writer {
             Cmd::Cancel(id, reply) => {
                 let r = self.cancel(id, now)?;
                 Done::Job(reply, Box::new(r))
+            }
+            Cmd::Backlog(queues, reply) => {
+                // Answered from memory; nothing to commit.
+                self.runnable.index.promote(now);
+                let counts = queues
+                    .iter()
+                    .map(|q| self.runnable.index.ready_len(q) as u64)
+                    .collect();
+                let _ = reply.send(Ok(counts));
+                return Ok(None);
             }
             Cmd::Purge(state, queue, reply) => {
                 let r = if !state.is_finished() {

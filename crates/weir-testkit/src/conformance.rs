@@ -500,6 +500,28 @@ pub async fn cancel(f: Fixture) {
     assert_eq!(state_of(i, d.job.id).await, JobState::Cancelled);
 }
 
+/// The backlog counts due jobs only, per queue.
+pub async fn backlog_counts_due_jobs(f: Fixture) {
+    let b = &*f.broker;
+    for _ in 0..3 {
+        b.enqueue(job("bl")).await.unwrap();
+    }
+    b.enqueue(job("bl").delay(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let queues = vec!["bl".to_owned(), "none".to_owned()];
+    match b.backlog(&queues).await {
+        Err(weir_core::BrokerError::Unsupported(_)) => {
+            eprintln!("skipped backlog_counts_due_jobs: this broker reports no backlog");
+        }
+        r => {
+            assert_eq!(r.unwrap(), vec![3, 0]);
+            fetch(b, "bl", 1).await;
+            assert_eq!(b.backlog(&queues).await.unwrap(), vec![2, 0]);
+        }
+    }
+}
+
 /// Counts by queue and state.
 pub async fn counts(f: Fixture) {
     let b = &*f.broker;
@@ -589,6 +611,7 @@ macro_rules! conformance_suite {
                 dead_lettering,
                 cancel,
                 counts,
+                backlog_counts_due_jobs,
                 concurrent_workers_no_double_delivery,
             );
         }

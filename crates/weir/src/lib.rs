@@ -44,11 +44,12 @@ pub use weir_core::{
     Timestamp, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE,
 };
 pub use weir_runtime::{
-    settlement_for, Client, EnqueueError, Handler, KindOptions, Observer, QueueSpec, Registry,
-    Worker, WorkerBuilder, WorkerError, WorkerReport,
+    decide, settlement_for, AutoscaleConfig, Client, Decision, EnqueueError, Handler, KindOptions,
+    Observed, Observer, QueueSpec, Reason, Registry, ScalerState, Worker, WorkerBuilder,
+    WorkerError, WorkerReport,
 };
 pub use weir_sqlite::{SqliteBroker, SqliteOptions, Synchronous};
-pub use weir_sync::{Backoff, BackoffError, Jitter};
+pub use weir_sync::{Backoff, BackoffError, ElasticPool, Jitter, PoolStats, Rejected, Slot};
 
 /// The broker URL used when none is given: an embedded file in the working directory.
 pub const DEFAULT_BROKER_URL: &str = "sqlite:./weir.db";

@@ -170,6 +170,14 @@ fn bad_input_is_named_and_loses_nothing() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("enqueued 2 jobs"));
 
+    let out = weir(&db, &["serve", "--workers", "8", "--max-workers", "2"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("min_workers (8) must not exceed max_workers (2)"),
+        "{err}"
+    );
+
     let cfg = dir.path().join("weir.toml");
     std::fs::write(&cfg, "[shell]\nallow = [\"echo\"]\nalow = 2\n").unwrap();
     let out = weir(&db, &["--config", cfg.to_str().unwrap(), "serve"]);

@@ -2,7 +2,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args as ClapArgs;
-use weir::{Registry, Worker};
+use weir::{AutoscaleConfig, Registry, Worker};
 
 use super::{parse_duration, Args};
 
@@ -11,9 +11,16 @@ pub(crate) struct ServeArgs {
     /// Queues to serve, comma-separated; each gets its own pool of --workers.
     #[arg(long, value_delimiter = ',', default_value = weir::DEFAULT_QUEUE)]
     queues: Vec<String>,
-    /// Jobs run at once, per queue.
+    /// Jobs run at once, per queue (with --max-workers: the fewest).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     workers: u32,
+    /// Autoscale each queue's pool between --workers and this: grow at once to what the
+    /// backlog needs, shrink by x0.8 after --cooldown under 40% utilisation.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    max_workers: Option<u32>,
+    /// With --max-workers: how long utilisation must stay low before each shrink.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    cooldown: Duration,
     /// Lease time: a job whose worker dies runs again elsewhere after at most this long.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     lease: Duration,
@@ -58,6 +65,17 @@ pub(crate) async fn run(args: &Args, a: &ServeArgs) -> anyhow::Result<ExitCode> 
         .shutdown_grace(a.grace);
     for q in a.queues.iter().map(|q| q.trim()).filter(|q| !q.is_empty()) {
         builder = builder.queue(q, a.workers as usize);
+        if let Some(max) = a.max_workers {
+            builder = builder.autoscale(
+                q,
+                AutoscaleConfig {
+                    min_workers: a.workers as usize,
+                    max_workers: max as usize,
+                    cooldown: a.cooldown,
+                    ..Default::default()
+                },
+            );
+        }
     }
     let worker = builder.build()?;
     tracing::info!(broker = %args.broker, "serving");
