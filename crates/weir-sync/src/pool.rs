@@ -22,7 +22,9 @@ pub struct PoolStats {
     pub busy: usize,
     /// Callers waiting for a slot.
     pub queued: usize,
-    /// Mean of `busy / size` over the last window (0 when the size is 0).
+    /// Mean of `busy / size` over the last window (0 when the size is 0), from samples taken
+    /// at each call of [`ElasticPool::stats`]: call it regularly (the autoscaler does, every
+    /// tick) for a meaningful average.
     pub utilisation: f64,
 }
 
@@ -55,30 +57,32 @@ impl<F> std::fmt::Debug for Rejected<F> {
 
 impl<F> std::error::Error for Rejected<F> {}
 
-/// Time-weighted mean of `busy / size`, kept as checkpoints of the running integral.
-struct Meter {
+/// Utilisation sampled at each [`ElasticPool::stats`] call: the busy fraction seen at a call
+/// stands for the time since the previous call. Nothing is measured on the hot path (reserving
+/// and returning slots), so the average is as fine as the caller's sampling: the autoscaler
+/// samples every tick, several times per window.
+struct Sampler {
     window: Duration,
     last: Instant,
-    busy: usize,
-    size: usize,
     /// Integral of busy/size over time, in seconds, since creation.
     integral: f64,
-    /// (time, integral) checkpoints, oldest first, about window/8 apart.
+    /// (time, integral) checkpoints, oldest first.
     marks: std::collections::VecDeque<(Instant, f64)>,
 }
 
-impl Meter {
-    fn advance(&mut self, now: Instant) {
-        let dt = now.saturating_duration_since(self.last).as_secs_f64();
-        if self.size > 0 {
-            self.integral += dt * (self.busy.min(self.size) as f64 / self.size as f64);
-        }
+impl Sampler {
+    fn sample(&mut self, now: Instant, busy: usize, size: usize) -> f64 {
+        let frac = if size == 0 {
+            0.0
+        } else {
+            (busy as f64 / size as f64).min(1.0)
+        };
+        self.integral += now.saturating_duration_since(self.last).as_secs_f64() * frac;
         self.last = now;
-        let step = self.window / 8;
         if self
             .marks
             .back()
-            .is_none_or(|(t, _)| now.saturating_duration_since(*t) >= step)
+            .is_none_or(|(t, _)| now.saturating_duration_since(*t) >= self.window / 8)
         {
             self.marks.push_back((now, self.integral));
         }
@@ -86,20 +90,10 @@ impl Meter {
         {
             self.marks.pop_front();
         }
-    }
-
-    fn utilisation(&mut self, now: Instant) -> f64 {
-        self.advance(now);
-        let Some(&(t0, i0)) = self.marks.front() else {
-            return 0.0;
-        };
+        let (t0, i0) = self.marks.front().copied().unwrap_or((now, self.integral));
         let span = now.saturating_duration_since(t0).as_secs_f64();
         if span <= 0.0 {
-            return if self.size == 0 {
-                0.0
-            } else {
-                self.busy as f64 / self.size as f64
-            };
+            return frac;
         }
         ((self.integral - i0) / span).clamp(0.0, 1.0)
     }
@@ -111,7 +105,7 @@ struct Inner {
     queued: AtomicUsize,
     max_queued: usize,
     tracker: TaskTracker,
-    meter: Mutex<Meter>,
+    sampler: Mutex<Sampler>,
 }
 
 impl crate::capacity::Gate for Arc<Semaphore> {
@@ -175,11 +169,9 @@ impl ElasticPool {
                 queued: AtomicUsize::new(0),
                 max_queued,
                 tracker: TaskTracker::new(),
-                meter: Mutex::new(Meter {
+                sampler: Mutex::new(Sampler {
                     window: window.max(Duration::from_millis(1)),
                     last: now,
-                    busy: 0,
-                    size,
                     integral: 0.0,
                     marks: Default::default(),
                 }),
@@ -187,15 +179,8 @@ impl ElasticPool {
         }
     }
 
-    fn note(&self, busy: usize) {
-        let mut m = self.inner.meter.lock();
-        m.advance(Instant::now());
-        m.busy = busy;
-    }
-
     fn slot(&self, permit: OwnedSemaphorePermit) -> Slot {
-        let busy = self.inner.busy.fetch_add(1, Ordering::AcqRel) + 1;
-        self.note(busy);
+        self.inner.busy.fetch_add(1, Ordering::AcqRel);
         Slot {
             permit: Some(permit),
             pool: self.clone(),
@@ -272,19 +257,17 @@ impl ElasticPool {
     /// retires busy ones as they come back.
     pub fn resize(&self, size: usize) {
         self.inner.cap.resize(size);
-        let mut m = self.inner.meter.lock();
-        m.advance(Instant::now());
-        m.size = size;
     }
 
     /// Size, busy, queued and utilisation.
     pub fn stats(&self) -> PoolStats {
-        let utilisation = self.inner.meter.lock().utilisation(Instant::now());
+        let size = self.inner.cap.size();
+        let busy = self.inner.busy.load(Ordering::Acquire);
         PoolStats {
-            size: self.inner.cap.size(),
-            busy: self.inner.busy.load(Ordering::Acquire),
+            size,
+            busy,
             queued: self.inner.queued.load(Ordering::Acquire),
-            utilisation,
+            utilisation: self.inner.sampler.lock().sample(Instant::now(), busy, size),
         }
     }
 
@@ -332,12 +315,11 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         let inner = &self.pool.inner;
-        let busy = inner.busy.fetch_sub(1, Ordering::AcqRel) - 1;
+        inner.busy.fetch_sub(1, Ordering::AcqRel);
         if let Some(p) = self.permit.take() {
             if inner.cap.retire_one() {
                 p.forget();
             }
         }
-        self.pool.note(busy);
     }
 }

@@ -126,12 +126,25 @@ async fn utilisation_over_the_window() {
     let gate = Arc::new(Notify::new());
     let running = Arc::new(AtomicUsize::new(0));
     let _tasks = hold(&pool, 2, &gate, &running).await;
-    tokio::time::advance(Duration::from_secs(20)).await;
+    // Sampled every second, as an autoscaler would.
+    for _ in 0..20 {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        pool.stats();
+    }
     let u = pool.stats().utilisation;
     assert!((u - 0.5).abs() < 0.05, "2 of 4 busy: {u}");
     gate.notify_waiters();
     tokio::task::yield_now().await;
-    tokio::time::advance(Duration::from_secs(20)).await;
+    for _ in 0..5 {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        pool.stats();
+    }
+    let u = pool.stats().utilisation;
+    assert!(u > 0.1 && u < 0.4, "half the window idle: {u}");
+    for _ in 0..15 {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        pool.stats();
+    }
     let u = pool.stats().utilisation;
     assert!(u < 0.05, "idle for a whole window: {u}");
 }
