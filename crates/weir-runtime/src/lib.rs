@@ -13,10 +13,12 @@ mod autoscale;
 mod client;
 mod registry;
 mod retry;
+mod tuning;
 mod worker;
 
 pub use autoscale::{decide, AutoscaleConfig, Decision, Observed, Reason, ScalerState};
 pub use client::{Client, EnqueueError};
 pub use registry::{Handler, KindOptions, Registry};
 pub use retry::settlement_for;
+pub use tuning::Tuning;
 pub use worker::{Observer, QueueSpec, Worker, WorkerBuilder, WorkerError, WorkerReport};

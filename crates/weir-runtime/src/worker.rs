@@ -22,6 +22,7 @@ use weir_sync::{ElasticPool, Slot};
 use crate::autoscale::{decide, AutoscaleConfig, Observed, ScalerState};
 use crate::registry::Registry;
 use crate::retry::settlement_for;
+use crate::tuning::Tuning;
 
 /// Hooks called as jobs start and settle: for progress displays, benchmarks and tests. Keep
 /// them cheap; they run on the worker's hot path.
@@ -225,7 +226,13 @@ impl WorkerBuilder {
                 )
             })
             .collect();
-        Ok(Worker { b: self, pools })
+        let tuning = Arc::new(Tuning::default());
+        tuning.autoscale.store(Arc::new(self.autoscale.clone()));
+        Ok(Worker {
+            b: self,
+            pools,
+            tuning,
+        })
     }
 }
 
@@ -245,6 +252,7 @@ impl WorkerBuilder {
 pub struct Worker {
     b: WorkerBuilder,
     pools: HashMap<String, ElasticPool>,
+    tuning: Arc<Tuning>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -266,6 +274,7 @@ struct Exec {
     /// from the start of the attempt until its settle is durable (so heartbeats cover the
     /// time a settle waits for its commit).
     inflight: Mutex<HashMap<u64, (Lease, CancellationToken)>>,
+    tuning: Arc<Tuning>,
     /// Set when the grace period is over: attempts stopped from then on are given back.
     stopping: std::sync::atomic::AtomicBool,
     counters: Counters,
@@ -293,6 +302,11 @@ impl Worker {
         &self.b.queues
     }
 
+    /// The settings this worker reads live (backoffs, autoscaling); see [`Tuning`].
+    pub fn tuning(&self) -> Arc<Tuning> {
+        self.tuning.clone()
+    }
+
     /// The pool of `queue`: a handle that stays valid while the worker runs, to watch it
     /// ([`ElasticPool::stats`]) or resize it ([`ElasticPool::resize`]) live. A resize takes
     /// effect at once for growth; shrinking waits for running jobs to finish.
@@ -304,7 +318,7 @@ impl Worker {
     /// grace period to finish; the rest are cancelled and their leases given back. Every task
     /// it spawned has ended when this returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> WorkerReport {
-        let Worker { b, pools } = self;
+        let Worker { b, pools, tuning } = self;
         let (settle_tx, settle_rx) = mpsc::channel(16 * 1024);
         let exec = Arc::new(Exec {
             broker: b.broker.clone(),
@@ -313,6 +327,7 @@ impl Worker {
             clock: b.clock,
             inflight: Mutex::new(HashMap::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            tuning: tuning.clone(),
             counters: Counters::default(),
         });
         let stop_fetch = CancellationToken::new();
@@ -335,12 +350,11 @@ impl Worker {
             ));
         }
         let mut scalers = JoinSet::new();
-        for (q, cfg) in &b.autoscale {
+        for q in &b.queues {
             scalers.spawn(autoscale(
                 exec.clone(),
-                q.clone(),
-                cfg.clone(),
-                pools[q].clone(),
+                q.name.clone(),
+                pools[&q.name].clone(),
                 b.autoscale_tick,
                 hb_stop.clone(),
             ));
@@ -548,7 +562,11 @@ async fn execute(
     if let Err(e) = &result {
         tracing::debug!(job = %job.id, kind = %job.kind, attempt = job.attempt, error = %e, "attempt failed");
     }
-    let backoff = kind.map(|k| k.backoff).unwrap_or_default();
+    let backoff = exec
+        .tuning
+        .backoff(&job.kind)
+        .or(kind.map(|k| k.backoff))
+        .unwrap_or_default();
     let settlement =
         if result.is_err() && token.is_cancelled() && exec.stopping.load(Ordering::Acquire) {
             // Stopped by the end of the grace period, not by its own failure.
@@ -652,11 +670,11 @@ async fn heartbeat(exec: Arc<Exec>, lease: Duration, stop: CancellationToken) {
     }
 }
 
-/// One queue's autoscaler: every tick, observe backlog and the pool, decide, resize.
+/// One queue's autoscaler: every tick, if the queue is autoscaled (see [`Tuning`]), observe
+/// backlog and the pool, decide, resize.
 async fn autoscale(
     exec: Arc<Exec>,
     queue: String,
-    cfg: AutoscaleConfig,
     pool: ElasticPool,
     tick: Duration,
     stop: CancellationToken,
@@ -670,6 +688,10 @@ async fn autoscale(
             _ = stop.cancelled() => return,
             _ = interval.tick() => {}
         }
+        let Some(cfg) = exec.tuning.autoscale.load().get(&queue).cloned() else {
+            state = ScalerState::default();
+            continue;
+        };
         let backlog = match exec.broker.backlog(&queues).await {
             Ok(v) => v.first().copied().unwrap_or(0),
             Err(BrokerError::Unsupported(_)) => {

@@ -13,6 +13,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use weir_core::{TaskContext, TaskError};
@@ -73,6 +74,12 @@ fn post() -> String {
 
 /// Registers every built-in kind on `registry`, configured by `config`.
 pub fn register(registry: &mut Registry, config: &Config) -> Result<(), String> {
+    register_live(registry, Arc::new(ArcSwap::from_pointee(config.clone())))
+}
+
+/// Registers every built-in kind, reading the shell allow-list and the HTTP timeout from
+/// `config` at each job, so a reloaded configuration applies to the next job.
+pub fn register_live(registry: &mut Registry, config: Arc<ArcSwap<Config>>) -> Result<(), String> {
     registry.register_fn("noop", |_: IgnoredAny, _cx: TaskContext| async {
         Ok::<_, TaskError>(())
     });
@@ -93,21 +100,21 @@ pub fn register(registry: &mut Registry, config: &Config) -> Result<(), String> 
             Ok(())
         }
     });
-    let allow: Arc<Vec<String>> = Arc::new(config.shell.allow.clone());
+    let shell_config = config.clone();
     registry.register_fn("shell", move |p: Shell, cx: TaskContext| {
-        let allow = allow.clone();
-        async move { run_shell(&allow, p, cx).await }
+        let config = shell_config.load_full();
+        async move { run_shell(&config.shell.allow, p, cx).await }
     });
     let client = reqwest::Client::builder()
-        .timeout(config.http.timeout)
         .user_agent(concat!("weir/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
     registry.register_fn("http", move |p: Http, cx: TaskContext| {
         let client = client.clone();
+        let timeout = config.load().http.timeout;
         async move {
             tokio::select! {
-                r = run_http(&client, p) => r,
+                r = run_http(&client, p, timeout) => r,
                 _ = cx.cancellation().cancelled() => Err(TaskError::retryable("cancelled during the request")),
             }
         }
@@ -167,12 +174,16 @@ async fn run_shell(
     }
 }
 
-async fn run_http(client: &reqwest::Client, p: Http) -> Result<serde_json::Value, TaskError> {
+async fn run_http(
+    client: &reqwest::Client,
+    p: Http,
+    timeout: Duration,
+) -> Result<serde_json::Value, TaskError> {
     let method = reqwest::Method::from_bytes(p.method.to_ascii_uppercase().as_bytes())
         .map_err(|_| TaskError::permanent(format!("`{}` is not an HTTP method", p.method)))?;
     let url = reqwest::Url::parse(&p.url)
         .map_err(|e| TaskError::permanent(format!("`{}` is not a URL: {e}", p.url)))?;
-    let mut req = client.request(method, url);
+    let mut req = client.request(method, url).timeout(timeout);
     for (k, v) in &p.headers {
         req = req.header(k, v);
     }

@@ -1,30 +1,159 @@
 //! The `weir.toml` configuration file.
 //!
 //! ```toml
+//! log = "info"                                 # log filter (RUST_LOG syntax)
+//!
 //! [shell]
 //! allow = ["echo", "/usr/local/bin/resize"]   # commands the `shell` kind may run
 //!
 //! [http]
 //! timeout = "30s"                              # per-request timeout of the `http` kind
+//!
+//! [queues.default]                             # one table per queue `weir serve` runs
+//! workers = 4                                  # pool size (the minimum when autoscaling)
+//! max_workers = 32                             # set to autoscale between workers and this
+//! cooldown = "5m"                              # autoscaler: how long low before a shrink
+//! low_utilisation = 0.4                        # autoscaler: the low mark
+//! high_utilisation = 0.8                       # autoscaler: the high mark
+//!
+//! [retry.http]                                 # backoff of one task kind
+//! base = "1s"
+//! factor = 2.0
+//! cap = "10m"
+//! jitter = "full"                              # none | full | equal | decorrelated
 //! ```
 //!
 //! Every key is optional. Unknown keys are errors, so a typo never silently does nothing.
+//! Everything here except the set of queues is applied live when the file changes (see
+//! [`crate::reload`]); an invalid file is refused whole and the running configuration stays.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use toml::Spanned;
+use weir_runtime::AutoscaleConfig;
+use weir_sync::{Backoff, Jitter};
 
 /// The whole file.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The log filter, e.g. `info` or `weir=debug`. By default, none (the command line's).
+    #[serde(default)]
+    pub log: Option<String>,
     /// The `shell` kind.
     #[serde(default)]
     pub shell: ShellConfig,
     /// The `http` kind.
     #[serde(default)]
     pub http: HttpConfig,
+    /// Queues by name. By default, none (`weir serve` then serves `--queues`).
+    #[serde(default)]
+    pub queues: BTreeMap<String, Spanned<QueueConfig>>,
+    /// Retry backoff by task kind. By default, none (each kind's registered backoff).
+    #[serde(default)]
+    pub retry: BTreeMap<String, Spanned<RetryConfig>>,
+}
+
+/// One queue's pool and autoscaler.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Pool size; the minimum when autoscaling. By default, 16.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Autoscale between `workers` and this. By default, none: a fixed pool.
+    #[serde(default)]
+    pub max_workers: Option<usize>,
+    /// Autoscaler cooldown. By default, 5 minutes.
+    #[serde(default, with = "opt_duration")]
+    pub cooldown: Option<Duration>,
+    /// Autoscaler low mark. By default, 0.4.
+    #[serde(default)]
+    pub low_utilisation: Option<f64>,
+    /// Autoscaler high mark. By default, 0.8.
+    #[serde(default)]
+    pub high_utilisation: Option<f64>,
+}
+
+fn default_workers() -> usize {
+    16
+}
+
+impl QueueConfig {
+    /// The autoscaler settings, if the queue autoscales.
+    pub fn autoscale(&self) -> Option<AutoscaleConfig> {
+        let max = self.max_workers?;
+        let d = AutoscaleConfig::default();
+        Some(AutoscaleConfig {
+            min_workers: self.workers,
+            max_workers: max,
+            cooldown: self.cooldown.unwrap_or(d.cooldown),
+            low_utilisation: self.low_utilisation.unwrap_or(d.low_utilisation),
+            high_utilisation: self.high_utilisation.unwrap_or(d.high_utilisation),
+            ..d
+        })
+    }
+}
+
+/// One task kind's retry backoff.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// The first delay. By default, 1 s.
+    #[serde(default, with = "opt_duration")]
+    pub base: Option<Duration>,
+    /// Growth per attempt. By default, 2.
+    #[serde(default)]
+    pub factor: Option<f64>,
+    /// The largest delay. By default, 1 h.
+    #[serde(default, with = "opt_duration")]
+    pub cap: Option<Duration>,
+    /// `none`, `full`, `equal` or `decorrelated`. By default, `full`.
+    #[serde(default)]
+    pub jitter: Option<String>,
+}
+
+impl RetryConfig {
+    /// The backoff it describes.
+    pub fn backoff(&self) -> Result<Backoff, String> {
+        let d = Backoff::default();
+        let jitter = match self.jitter.as_deref() {
+            None | Some("full") => Jitter::Full,
+            Some("none") => Jitter::None,
+            Some("equal") => Jitter::Equal,
+            Some("decorrelated") => Jitter::Decorrelated,
+            Some(other) => {
+                return Err(format!(
+                    "unknown jitter `{other}` (expected none, full, equal or decorrelated)"
+                ))
+            }
+        };
+        Backoff::new(
+            self.base.unwrap_or(d.base()),
+            self.factor.unwrap_or(2.0),
+            self.cap.unwrap_or(d.cap()),
+        )
+        .map(|b| b.jitter(jitter))
+        .map_err(|e| e.to_string())
+    }
+}
+
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map(Some).map_err(|e| {
+            serde::de::Error::custom(format!("`{s}` is not a duration ({e}); e.g. \"30s\""))
+        })
+    }
 }
 
 /// Settings of the `shell` built-in kind.
@@ -98,17 +227,61 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Parses `text` as read from `path` (used in messages).
+    /// Parses and validates `text` as read from `path` (used in messages).
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| {
-            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+        let invalid = |offset: usize, message: String| {
+            let (line, column) = line_col(text, offset);
             ConfigError::Invalid {
                 path: path.to_owned(),
                 line,
                 column,
-                message: e.message().to_owned(),
+                message,
             }
-        })
+        };
+        let config: Config = toml::from_str(text)
+            .map_err(|e| invalid(e.span().map_or(0, |s| s.start), e.message().to_owned()))?;
+        for (name, q) in &config.queues {
+            let at = q.span().start;
+            if name.is_empty() {
+                return Err(invalid(at, "queue names must not be empty".into()));
+            }
+            if q.get_ref().workers == 0 {
+                return Err(invalid(
+                    at,
+                    format!("queues.{name}: workers must be at least 1"),
+                ));
+            }
+            if let Some(a) = q.get_ref().autoscale() {
+                a.validate()
+                    .map_err(|e| invalid(at, format!("queues.{name}: {e}")))?;
+            }
+        }
+        for (kind, r) in &config.retry {
+            r.get_ref()
+                .backoff()
+                .map_err(|e| invalid(r.span().start, format!("retry.{kind}: {e}")))?;
+        }
+        if let Some(log) = &config.log {
+            tracing_subscriber::EnvFilter::try_new(log)
+                .map_err(|e| invalid(0, format!("log: `{log}` is not a log filter: {e}")))?;
+        }
+        Ok(config)
+    }
+
+    /// Backoffs by task kind (validated by [`Config::parse`]).
+    pub fn backoffs(&self) -> HashMap<String, Backoff> {
+        self.retry
+            .iter()
+            .filter_map(|(k, r)| r.get_ref().backoff().ok().map(|b| (k.clone(), b)))
+            .collect()
+    }
+
+    /// Autoscaler settings by queue, for the queues that autoscale.
+    pub fn autoscale(&self) -> HashMap<String, AutoscaleConfig> {
+        self.queues
+            .iter()
+            .filter_map(|(q, c)| c.get_ref().autoscale().map(|a| (q.clone(), a)))
+            .collect()
     }
 
     /// Reads and parses the file at `path`.
@@ -143,6 +316,52 @@ mod tests {
             Config::parse(Path::new("w.toml"), "").unwrap(),
             Config::default()
         );
+    }
+
+    #[test]
+    fn queues_and_retry_policies() {
+        let text = "[queues.default]\nworkers = 2\nmax_workers = 10\ncooldown = \"1m\"\n\n[queues.mail]\nworkers = 3\n\n[retry.http]\nbase = \"100ms\"\ncap = \"5s\"\njitter = \"equal\"\n";
+        let c = Config::parse(Path::new("w.toml"), text).unwrap();
+        let a = c.autoscale();
+        assert_eq!(a["default"].min_workers, 2);
+        assert_eq!(a["default"].max_workers, 10);
+        assert_eq!(a["default"].cooldown, Duration::from_secs(60));
+        assert!(!a.contains_key("mail"));
+        let b = c.backoffs()["http"];
+        assert_eq!(
+            (b.base(), b.cap()),
+            (Duration::from_millis(100), Duration::from_secs(5))
+        );
+    }
+
+    #[test]
+    fn semantic_errors_point_at_their_table() {
+        let text = "log = \"info\"\n\n[queues.default]\nworkers = 8\nmax_workers = 2\n";
+        let e = Config::parse(Path::new("w.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("w.toml:3:1: queues.default: min_workers (8) must not exceed"),
+            "{e}"
+        );
+        let text = "[retry.http]\nbase = \"0s\"\n";
+        let e = Config::parse(Path::new("w.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("w.toml:1:1: retry.http: backoff base must be greater than zero"),
+            "{e}"
+        );
+        let text = "[retry.http]\njitter = \"lots\"\n";
+        let e = Config::parse(Path::new("w.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown jitter `lots`"), "{e}");
+        let text = "[queues.q]\nworkers = 0\n";
+        assert!(Config::parse(Path::new("w.toml"), text)
+            .unwrap_err()
+            .to_string()
+            .contains("workers must be at least 1"));
     }
 
     #[test]

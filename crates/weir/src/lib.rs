@@ -34,6 +34,7 @@
 
 pub mod builtins;
 pub mod config;
+pub mod reload;
 
 use std::sync::Arc;
 
@@ -45,7 +46,7 @@ pub use weir_core::{
 };
 pub use weir_runtime::{
     decide, settlement_for, AutoscaleConfig, Client, Decision, EnqueueError, Handler, KindOptions,
-    Observed, Observer, QueueSpec, Reason, Registry, ScalerState, Worker, WorkerBuilder,
+    Observed, Observer, QueueSpec, Reason, Registry, ScalerState, Tuning, Worker, WorkerBuilder,
     WorkerError, WorkerReport,
 };
 pub use weir_sqlite::{SqliteBroker, SqliteOptions, Synchronous};

@@ -57,6 +57,18 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Measure end-to-end throughput and enqueue-to-start latency.
     Bench(bench::BenchArgs),
+    /// Work with configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Validate a configuration file without running anything (exit 1 if invalid).
+    Check {
+        /// The file, e.g. weir.toml.
+        file: PathBuf,
+    },
 }
 
 /// Parses a duration such as `10s`, `250ms` or `1h 30m`.
@@ -65,27 +77,30 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("`{s}` is not a duration ({e}); e.g. 10s, 250ms, 1h"))
 }
 
-fn init_logging(filter: &str) {
+/// Changes the log filter of the running process (a reloaded `log = ".."`).
+pub(crate) type LogHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+fn init_logging(filter: &str) -> Option<LogHandle> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .try_init()
+        .ok()
+        .map(|_| handle)
 }
 
 impl Args {
-    fn load_config(&self) -> anyhow::Result<Config> {
+    /// The configuration file to use: --config, or ./weir.toml if it exists.
+    fn config_path(&self) -> Option<PathBuf> {
         match &self.config {
-            Some(p) => Ok(Config::load(p)?),
-            None => {
-                let p = PathBuf::from("weir.toml");
-                if p.exists() {
-                    Ok(Config::load(&p)?)
-                } else {
-                    Ok(Config::default())
-                }
-            }
+            Some(p) => Some(p.clone()),
+            None => Some(PathBuf::from("weir.toml")).filter(|p| p.exists()),
         }
     }
 
@@ -100,7 +115,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Serve(_) => "info",
         _ => "warn",
     };
-    init_logging(args.log.as_deref().unwrap_or(default_log));
+    let log = init_logging(args.log.as_deref().unwrap_or(default_log));
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -111,7 +126,7 @@ pub(crate) fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = rt.block_on(run(args));
+    let result = rt.block_on(run(args, log));
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -121,9 +136,19 @@ pub(crate) fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<ExitCode> {
+async fn run(args: Args, log: Option<LogHandle>) -> anyhow::Result<ExitCode> {
     match &args.command {
-        Command::Serve(a) => serve::run(&args, a).await,
+        Command::Serve(a) => serve::run(&args, a, log).await,
+        Command::Config(ConfigCommand::Check { file }) => {
+            let c = Config::load(file)?;
+            println!(
+                "{}: ok ({} queues, {} retry policies)",
+                file.display(),
+                c.queues.len(),
+                c.retry.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Enqueue(a) => enqueue::run(&args, a).await,
         Command::Status(a) => jobs::status(&args, a).await,
         Command::Inspect(a) => jobs::inspect(&args, a).await,

@@ -1,16 +1,22 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Args as ClapArgs;
-use weir::{AutoscaleConfig, Registry, Worker};
+use std::collections::HashMap;
 
-use super::{parse_duration, Args};
+use clap::Args as ClapArgs;
+use tokio_util::sync::CancellationToken;
+use weir::config::Config;
+use weir::reload::LiveConfig;
+use weir::{AutoscaleConfig, ElasticPool, Registry, Tuning, Worker};
+
+use super::{parse_duration, Args, LogHandle};
 
 #[derive(ClapArgs, Debug)]
 pub(crate) struct ServeArgs {
-    /// Queues to serve, comma-separated; each gets its own pool of --workers.
-    #[arg(long, value_delimiter = ',', default_value = weir::DEFAULT_QUEUE)]
-    queues: Vec<String>,
+    /// Queues to serve, comma-separated; each gets its own pool of --workers. By default, the
+    /// queues of the configuration file, or `default`.
+    #[arg(long, value_delimiter = ',')]
+    queues: Option<Vec<String>>,
     /// Jobs run at once, per queue (with --max-workers: the fewest).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     workers: u32,
@@ -55,31 +61,130 @@ async fn shutdown_signal() {
     });
 }
 
-pub(crate) async fn run(args: &Args, a: &ServeArgs) -> anyhow::Result<ExitCode> {
-    let config = args.load_config()?;
+/// Applies a (re)loaded configuration to the running worker: pool sizes of fixed queues,
+/// autoscaler settings, retry backoffs and the log filter. Queues themselves are set at start.
+fn apply(
+    config: &Config,
+    pools: &[(String, ElasticPool)],
+    tuning: &Tuning,
+    cli_autoscale: &HashMap<String, AutoscaleConfig>,
+    log: Option<&LogHandle>,
+) {
+    let mut autoscale = cli_autoscale.clone();
+    for (name, pool) in pools {
+        if let Some(q) = config.queues.get(name) {
+            match q.get_ref().autoscale() {
+                Some(a) => {
+                    autoscale.insert(name.clone(), a);
+                }
+                None => {
+                    autoscale.remove(name);
+                    if pool.stats().size != q.get_ref().workers {
+                        tracing::info!(queue = %name, to = q.get_ref().workers, "pool resized by configuration");
+                        pool.resize(q.get_ref().workers);
+                    }
+                }
+            }
+        }
+    }
+    if let Err(e) = tuning.set_autoscale(autoscale) {
+        tracing::error!(error = %e, "autoscaler settings refused");
+    }
+    tuning.set_backoffs(config.backoffs());
+    if let (Some(filter), Some(handle)) = (&config.log, log) {
+        if let Ok(f) = tracing_subscriber::EnvFilter::try_new(filter) {
+            let _ = handle.modify(|old| *old = f);
+        }
+    }
+}
+
+pub(crate) async fn run(
+    args: &Args,
+    a: &ServeArgs,
+    log: Option<LogHandle>,
+) -> anyhow::Result<ExitCode> {
+    let live = match args.config_path() {
+        Some(p) => Some(LiveConfig::load(p)?),
+        None => None,
+    };
+    let config = live.as_ref().map(|l| l.current()).unwrap_or_default();
     let broker = args.open()?;
     let mut registry = Registry::new();
-    weir::builtins::register(&mut registry, &config).map_err(anyhow::Error::msg)?;
+    match &live {
+        Some(l) => weir::builtins::register_live(&mut registry, l.source()),
+        None => weir::builtins::register(&mut registry, &config),
+    }
+    .map_err(anyhow::Error::msg)?;
+    let queues: Vec<String> = match &a.queues {
+        Some(q) => q
+            .iter()
+            .map(|q| q.trim().to_owned())
+            .filter(|q| !q.is_empty())
+            .collect(),
+        None if !config.queues.is_empty() => config.queues.keys().cloned().collect(),
+        None => vec![weir::DEFAULT_QUEUE.to_owned()],
+    };
     let mut builder = Worker::builder(broker, registry)
         .lease(a.lease)
         .shutdown_grace(a.grace);
-    for q in a.queues.iter().map(|q| q.trim()).filter(|q| !q.is_empty()) {
-        builder = builder.queue(q, a.workers as usize);
-        if let Some(max) = a.max_workers {
-            builder = builder.autoscale(
-                q,
-                AutoscaleConfig {
+    let mut cli_autoscale = HashMap::new();
+    for q in &queues {
+        let from_file = config.queues.get(q).map(|c| c.get_ref().clone());
+        let workers = from_file.as_ref().map_or(a.workers as usize, |c| c.workers);
+        builder = builder.queue(q.as_str(), workers);
+        let scale = match (&from_file, a.max_workers) {
+            (Some(c), _) => c.autoscale(),
+            (None, Some(max)) => {
+                let c = AutoscaleConfig {
                     min_workers: a.workers as usize,
                     max_workers: max as usize,
                     cooldown: a.cooldown,
                     ..Default::default()
-                },
-            );
+                };
+                cli_autoscale.insert(q.clone(), c.clone());
+                Some(c)
+            }
+            (None, None) => None,
+        };
+        if let Some(c) = scale {
+            builder = builder.autoscale(q.as_str(), c);
         }
     }
     let worker = builder.build()?;
+    let tuning = worker.tuning();
+    tuning.set_backoffs(config.backoffs());
+    let pools: Vec<(String, ElasticPool)> = queues
+        .iter()
+        .filter_map(|q| worker.pool(q).map(|p| (q.clone(), p)))
+        .collect();
+    let stop = CancellationToken::new();
+    let mut follow = None;
+    if let Some(live) = live.clone() {
+        let mut changes = live.subscribe();
+        let stop2 = stop.clone();
+        let watcher = tokio::spawn(live.clone().watch(async move { stop2.cancelled().await }));
+        let (tuning, log) = (tuning.clone(), log.clone());
+        let applier = tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                let c = changes.borrow_and_update().clone();
+                apply(&c, &pools, &tuning, &cli_autoscale, log.as_ref());
+            }
+        });
+        follow = Some((watcher, applier));
+        tracing::info!(path = %live.path().display(), "following the configuration file (and SIGHUP)");
+    }
     tracing::info!(broker = %args.broker, "serving");
     let report = worker.run(shutdown_signal()).await;
+    stop.cancel();
+    if let Some((watcher, applier)) = follow {
+        match watcher.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "the configuration watcher failed"),
+            Err(e) => tracing::warn!(error = %e, "the configuration watcher failed"),
+            Ok(Ok(())) => {}
+        }
+        applier.abort();
+        let _ = applier.await;
+    }
     tracing::info!(?report, "stopped");
     Ok(ExitCode::SUCCESS)
 }

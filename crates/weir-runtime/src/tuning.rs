@@ -1,0 +1,51 @@
+//! Settings a running worker reads live.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use weir_sync::Backoff;
+
+use crate::autoscale::AutoscaleConfig;
+
+/// Settings a running worker picks up live: retry backoffs per kind (overriding the
+/// registry's) and the autoscaler settings per queue. Obtained from [`Worker::tuning`]; a
+/// configuration reload writes here.
+#[derive(Default)]
+pub struct Tuning {
+    pub(crate) backoffs: ArcSwap<HashMap<String, Backoff>>,
+    pub(crate) autoscale: ArcSwap<HashMap<String, AutoscaleConfig>>,
+}
+
+impl std::fmt::Debug for Tuning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tuning")
+            .field("backoffs", &self.backoffs.load())
+            .field("autoscale", &self.autoscale.load())
+            .finish()
+    }
+}
+
+impl Tuning {
+    /// Replaces the backoff overrides, by task kind. Kinds not listed use their registered
+    /// backoff. Takes effect for the next failure.
+    pub fn set_backoffs(&self, backoffs: HashMap<String, Backoff>) {
+        self.backoffs.store(Arc::new(backoffs));
+    }
+
+    /// Replaces the autoscaler settings, by queue (each validated first; an invalid one is
+    /// refused whole, with its queue named). A queue not listed keeps its pool's size. Takes
+    /// effect at the next tick.
+    pub fn set_autoscale(&self, autoscale: HashMap<String, AutoscaleConfig>) -> Result<(), String> {
+        for (q, c) in &autoscale {
+            c.validate()
+                .map_err(|e| format!("autoscale of queue `{q}`: {e}"))?;
+        }
+        self.autoscale.store(Arc::new(autoscale));
+        Ok(())
+    }
+
+    pub(crate) fn backoff(&self, kind: &str) -> Option<Backoff> {
+        self.backoffs.load().get(kind).copied()
+    }
+}
