@@ -3,7 +3,9 @@
 
 mod backoff;
 mod capacity;
+mod limits;
 mod pool;
 
 pub use backoff::{Backoff, BackoffError, Jitter};
+pub use limits::{Admission, LimitSpec, Limiter, Rate};
 pub use pool::{ElasticPool, PoolStats, Rejected, Slot};
