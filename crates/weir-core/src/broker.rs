@@ -113,6 +113,11 @@ pub enum Settlement {
     },
     /// Given back unrun (graceful shutdown): runnable now, this attempt not counted.
     Release,
+    /// Given back unrun until `run_at` (a limit was full): this attempt not counted.
+    Defer {
+        /// When it may run.
+        run_at: Timestamp,
+    },
 }
 
 /// What happened to one settle.

@@ -265,7 +265,7 @@ impl Broker for MemoryBroker {
                 Settlement::Succeeded { .. } => Event::Succeed,
                 Settlement::Retry { .. } => Event::Retry,
                 Settlement::Failed { .. } => Event::Fail,
-                Settlement::Release => Event::Release,
+                Settlement::Release | Settlement::Defer { .. } => Event::Release,
             };
             if let Settlement::Retry { run_at, .. } = &s {
                 // Set before the transition re-indexes the job.
@@ -273,10 +273,14 @@ impl Broker for MemoryBroker {
                     j.run_at = *run_at;
                 }
             }
-            if let Settlement::Release = &s {
+            if let Settlement::Release | Settlement::Defer { .. } = &s {
+                let run_at = match &s {
+                    Settlement::Defer { run_at } => *run_at,
+                    _ => now,
+                };
                 if let Some(j) = g.jobs.get_mut(&lease.token) {
                     j.attempt = j.attempt.saturating_sub(1);
-                    j.run_at = now;
+                    j.run_at = run_at;
                 }
             }
             let job = g.apply(lease.token, event, now)?;
@@ -285,7 +289,7 @@ impl Broker for MemoryBroker {
                 Settlement::Retry { error, .. } | Settlement::Failed { error } => {
                     job.last_error = Some(error)
                 }
-                Settlement::Release => woke = true,
+                Settlement::Release | Settlement::Defer { .. } => woke = true,
             }
             woke |= event == Event::Retry;
             out.push(SettleOutcome::Applied);

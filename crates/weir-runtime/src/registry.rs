@@ -17,11 +17,35 @@ pub type Handler = Arc<
         + Sync,
 >;
 
+/// Computes limit keys from a job's payload.
+type KeyFn = Arc<dyn Fn(&serde_json::Value) -> Vec<String> + Send + Sync>;
+
 #[derive(Clone)]
 pub(crate) struct Kind {
     pub(crate) handler: Handler,
     pub(crate) backoff: Backoff,
     pub(crate) timeout: Option<Duration>,
+    /// Limit keys every job of the kind needs.
+    limits: Vec<String>,
+    /// Limit keys computed from the payload.
+    limits_from: Option<KeyFn>,
+}
+
+impl Kind {
+    /// The limit keys a job of this kind needs, if any. A payload that is not JSON yields
+    /// only the static keys (the handler will reject it anyway).
+    pub(crate) fn limit_keys(&self, payload: &[u8]) -> Option<Vec<String>> {
+        if self.limits.is_empty() && self.limits_from.is_none() {
+            return None;
+        }
+        let mut keys = self.limits.clone();
+        if let Some(f) = &self.limits_from {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) {
+                keys.extend(f(&v));
+            }
+        }
+        Some(keys)
+    }
 }
 
 /// Handlers by task kind, with their retry policy and timeout.
@@ -56,6 +80,24 @@ impl KindOptions<'_> {
     /// retryable failure. By default, none.
     pub fn timeout(self, timeout: Duration) -> Self {
         self.kind.timeout = Some(timeout);
+        self
+    }
+
+    /// Every job of this kind needs the limit `key` (e.g. `db`): see
+    /// [`weir_sync::Limiter`]. A job whose limits are full is given back to run a little
+    /// later, without spending an attempt. By default, no limits.
+    pub fn limit(self, key: impl Into<String>) -> Self {
+        self.kind.limits.push(key.into());
+        self
+    }
+
+    /// Each job of this kind needs the limit keys `keys` computes from its JSON payload
+    /// (e.g. `tenant:{id}`). By default, none.
+    pub fn limit_with(
+        self,
+        keys: impl Fn(&serde_json::Value) -> Vec<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.kind.limits_from = Some(Arc::new(keys));
         self
     }
 }
@@ -142,6 +184,8 @@ impl Registry {
             handler,
             backoff: self.default_backoff,
             timeout: None,
+            limits: Vec::new(),
+            limits_from: None,
         };
         let slot = match self.kinds.entry(kind.to_owned()) {
             std::collections::hash_map::Entry::Occupied(mut o) => {

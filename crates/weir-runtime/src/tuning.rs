@@ -4,15 +4,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use weir_sync::Backoff;
+use weir_sync::{Backoff, LimitSpec, Limiter};
 
 use crate::autoscale::AutoscaleConfig;
 
 /// Settings a running worker picks up live: retry backoffs per kind (overriding the
-/// registry's) and the autoscaler settings per queue. Obtained from [`Worker::tuning`]; a
+/// registry's), the autoscaler settings per queue and the named limits. Obtained from [`Worker::tuning`]; a
 /// configuration reload writes here.
 #[derive(Default)]
 pub struct Tuning {
+    limiter: Limiter,
     pub(crate) backoffs: ArcSwap<HashMap<String, Backoff>>,
     pub(crate) autoscale: ArcSwap<HashMap<String, AutoscaleConfig>>,
 }
@@ -43,6 +44,16 @@ impl Tuning {
         }
         self.autoscale.store(Arc::new(autoscale));
         Ok(())
+    }
+
+    /// Replaces the named limits (see [`Limiter::update`]): capacities change in place.
+    pub fn set_limits(&self, limits: HashMap<String, LimitSpec>) {
+        self.limiter.update(limits);
+    }
+
+    /// The limiter the worker admits limited jobs through.
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
     }
 
     pub(crate) fn backoff(&self, kind: &str) -> Option<Backoff> {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use parking_lot::Mutex;
+use rand::Rng;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -79,6 +80,8 @@ pub struct WorkerReport {
     pub stale: u64,
     /// Leases given back at shutdown.
     pub released: u64,
+    /// Attempts deferred because their limits were full.
+    pub deferred: u64,
     /// Times the autoscaler grew a pool.
     pub scaled_up: u64,
     /// Times the autoscaler shrank a pool.
@@ -93,6 +96,7 @@ struct Counters {
     failed: AtomicU64,
     stale: AtomicU64,
     released: AtomicU64,
+    deferred: AtomicU64,
     scaled_up: AtomicU64,
     scaled_down: AtomicU64,
 }
@@ -517,6 +521,28 @@ async fn execute(
     exec.counters.started.fetch_add(1, Ordering::Relaxed);
     exec.observer.started(&job, exec.clock.now());
     let kind = exec.registry.get(&job.kind);
+    // Limits: held for the whole attempt, or the job is deferred without running. Never
+    // waited for here: waiting would park this pool slot (see weir_sync::Limiter).
+    let admission = match kind.and_then(|k| k.limit_keys(&job.payload)) {
+        None => None,
+        Some(keys) => match exec.tuning.limiter().try_admit(&keys) {
+            Ok(a) => Some(a),
+            Err(wait) => {
+                drop(slot);
+                let spread = rand::rng().random_range(0..=wait.as_millis() as u64 / 2 + 1);
+                let run_at = exec.clock.now().plus(wait + Duration::from_millis(spread));
+                tracing::debug!(job = %job.id, ?keys, ?wait, "limits full: deferred");
+                if settle_tx
+                    .send((lease, Settlement::Defer { run_at }))
+                    .await
+                    .is_err()
+                {
+                    tracing::error!(job = %job.id, "settler gone; the lease will expire");
+                }
+                return;
+            }
+        },
+    };
     let result: Result<Option<Vec<u8>>, TaskError> = match kind {
         None => Err(TaskError::permanent(format!(
             "unknown task kind `{}`: no handler is registered for it on this worker (known: {})",
@@ -558,6 +584,7 @@ async fn execute(
             }
         }
     };
+    drop(admission);
     drop(slot);
     if let Err(e) = &result {
         tracing::debug!(job = %job.id, kind = %job.kind, attempt = job.attempt, error = %e, "attempt failed");
@@ -628,6 +655,9 @@ async fn settler(exec: Arc<Exec>, mut rx: mpsc::Receiver<(Lease, Settlement)>) {
                 }
                 (_, Settlement::Failed { .. }) => {
                     c.failed.fetch_add(1, Ordering::Relaxed);
+                }
+                (_, Settlement::Defer { .. }) => {
+                    c.deferred.fetch_add(1, Ordering::Relaxed);
                 }
                 (_, Settlement::Release) => {
                     c.released.fetch_add(1, Ordering::Relaxed);
@@ -737,6 +767,7 @@ fn report(c: &Counters) -> WorkerReport {
         failed: c.failed.load(Ordering::Relaxed),
         stale: c.stale.load(Ordering::Relaxed),
         released: c.released.load(Ordering::Relaxed),
+        deferred: c.deferred.load(Ordering::Relaxed),
         scaled_up: c.scaled_up.load(Ordering::Relaxed),
         scaled_down: c.scaled_down.load(Ordering::Relaxed),
     }

@@ -520,3 +520,76 @@ fn autoscale_settings_are_checked_when_built() {
         "{e}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_of_three_holds_across_a_larger_pool() {
+    let e = env();
+    let b = &*e.broker;
+    let now = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let mut r = registry();
+    {
+        let (now, peak) = (now.clone(), peak.clone());
+        r.register_fn("db_work", move |_: serde_json::Value, _cx: TaskContext| {
+            let (now, peak) = (now.clone(), peak.clone());
+            async move {
+                let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(n, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                Ok::<_, TaskError>(())
+            }
+        })
+        .limit("db")
+        .limit_with(|p| vec![format!("tenant:{}", p["tenant"])]);
+    }
+    let jobs = (0..50)
+        .map(|i| NewJob::new("db_work", format!(r#"{{"tenant":{}}}"#, i % 5)))
+        .collect();
+    let ids: Vec<JobId> = b
+        .enqueue_many(jobs)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    let b2: Arc<dyn Broker> = e.broker.clone();
+    let worker = Worker::builder(b2, r).queue("default", 16).build().unwrap();
+    worker.tuning().set_limits(std::collections::HashMap::from([
+        (
+            "db".to_string(),
+            weir_sync::LimitSpec {
+                concurrency: Some(3),
+                rate: None,
+            },
+        ),
+        (
+            "tenant".to_string(),
+            weir_sync::LimitSpec {
+                concurrency: Some(1),
+                rate: None,
+            },
+        ),
+    ]));
+    let (stop, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(worker.run(async {
+        let _ = rx.await;
+    }));
+    for id in &ids {
+        let j = wait_finished(b, *id).await;
+        assert_eq!(
+            (j.state, j.attempt),
+            (JobState::Succeeded, 1),
+            "deferrals spend no attempt"
+        );
+    }
+    let _ = stop.send(());
+    let report = handle.await.unwrap();
+    assert!(
+        peak.load(Ordering::SeqCst) <= 3,
+        "peak {}",
+        peak.load(Ordering::SeqCst)
+    );
+    assert!(report.deferred > 0, "{report:?}");
+    assert_eq!(report.succeeded, 50);
+}

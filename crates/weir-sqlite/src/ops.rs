@@ -290,14 +290,20 @@ impl Writer {
                 lease.token,
                 run_at,
             )?,
-            Settlement::Release => self.requeue(
-                "UPDATE jobs SET state = 0, lease_until = NULL, run_at = ?3,
-                                 attempt = MAX(attempt - 1, 0)
-                  WHERE seq = ?1 AND attempt = ?2 AND state = 1 RETURNING queue, priority",
-                params![seq, lease.attempt, now.0],
-                lease.token,
-                now,
-            )?,
+            Settlement::Release | Settlement::Defer { .. } => {
+                let run_at = match s {
+                    Settlement::Defer { run_at } => run_at,
+                    _ => now,
+                };
+                self.requeue(
+                    "UPDATE jobs SET state = 0, lease_until = NULL, run_at = ?3,
+                                     attempt = MAX(attempt - 1, 0)
+                      WHERE seq = ?1 AND attempt = ?2 AND state = 1 RETURNING queue, priority",
+                    params![seq, lease.attempt, run_at.0],
+                    lease.token,
+                    run_at,
+                )?
+            }
         };
         Ok(if applied {
             SettleOutcome::Applied

@@ -388,6 +388,33 @@ pub async fn release_gives_job_back(f: Fixture) {
     assert_eq!(again[0].lease.attempt, 1);
 }
 
+/// A deferred job (a limit was full) waits until its time without spending an attempt.
+pub async fn defer_waits_without_spending_an_attempt(f: Fixture) {
+    let b = &*f.broker;
+    b.enqueue(job("defer")).await.unwrap();
+    let d = fetch(b, "defer", 1).await.pop().unwrap();
+    let run_at = f.clock.now().plus(Duration::from_secs(5));
+    assert_eq!(
+        settle(b, &d, Settlement::Defer { run_at }).await,
+        SettleOutcome::Applied
+    );
+    assert!(fetch(b, "defer", 1).await.is_empty(), "not before its time");
+    f.advance(Duration::from_secs(6)).await;
+    let mut again = Vec::new();
+    for _ in 0..100 {
+        again = fetch(b, "defer", 1).await;
+        if !again.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        again[0].lease.attempt, 1,
+        "the deferred attempt was not counted"
+    );
+}
+
 /// While a job with a unique key is unfinished, the key maps to it.
 pub async fn unique_keys(f: Fixture) {
     let b = &*f.broker;
@@ -607,6 +634,7 @@ macro_rules! conformance_suite {
                 heartbeat_extends_lease,
                 retry_scheduling,
                 release_gives_job_back,
+                defer_waits_without_spending_an_attempt,
                 unique_keys,
                 dead_lettering,
                 cancel,

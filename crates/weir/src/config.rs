@@ -16,6 +16,10 @@
 //! low_utilisation = 0.4                        # autoscaler: the low mark
 //! high_utilisation = 0.8                       # autoscaler: the high mark
 //!
+//! [limits.tenant]                              # jobs declaring key `tenant:ID` share it
+//! concurrency = 3                              # at most 3 at once per tenant
+//! rate = "100/s"                               # at most 100 per second per tenant
+//!
 //! [retry.http]                                 # backoff of one task kind
 //! base = "1s"
 //! factor = 2.0
@@ -34,7 +38,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 use weir_runtime::AutoscaleConfig;
-use weir_sync::{Backoff, Jitter};
+use weir_sync::{Backoff, Jitter, LimitSpec, Rate};
 
 /// The whole file.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -55,6 +59,36 @@ pub struct Config {
     /// Retry backoff by task kind. By default, none (each kind's registered backoff).
     #[serde(default)]
     pub retry: BTreeMap<String, Spanned<RetryConfig>>,
+    /// Named limits (a job's key `tenant:42` falls under the limit `tenant`). By default,
+    /// none.
+    #[serde(default)]
+    pub limits: BTreeMap<String, Spanned<LimitConfig>>,
+}
+
+/// One named limit: a concurrency cap and/or a rate, per key.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConfig {
+    /// At most this many jobs at once, per key. By default, no cap.
+    #[serde(default)]
+    pub concurrency: Option<usize>,
+    /// At most this rate, per key, e.g. `"100/s"`, `"20/m"`. By default, none.
+    #[serde(default)]
+    pub rate: Option<String>,
+}
+
+impl LimitConfig {
+    /// The limit it describes.
+    pub fn spec(&self) -> Result<LimitSpec, String> {
+        if self.concurrency == Some(0) {
+            return Err("concurrency must be at least 1".into());
+        }
+        let rate = self.rate.as_deref().map(str::parse::<Rate>).transpose()?;
+        Ok(LimitSpec {
+            concurrency: self.concurrency,
+            rate,
+        })
+    }
 }
 
 /// One queue's pool and autoscaler.
@@ -261,6 +295,17 @@ impl Config {
                 .backoff()
                 .map_err(|e| invalid(r.span().start, format!("retry.{kind}: {e}")))?;
         }
+        for (name, l) in &config.limits {
+            if name.is_empty() || name.contains(':') {
+                return Err(invalid(
+                    l.span().start,
+                    format!("limits.{name}: a limit name must be non-empty and without `:`"),
+                ));
+            }
+            l.get_ref()
+                .spec()
+                .map_err(|e| invalid(l.span().start, format!("limits.{name}: {e}")))?;
+        }
         if let Some(log) = &config.log {
             tracing_subscriber::EnvFilter::try_new(log)
                 .map_err(|e| invalid(0, format!("log: `{log}` is not a log filter: {e}")))?;
@@ -273,6 +318,14 @@ impl Config {
         self.retry
             .iter()
             .filter_map(|(k, r)| r.get_ref().backoff().ok().map(|b| (k.clone(), b)))
+            .collect()
+    }
+
+    /// Named limits (validated by [`Config::parse`]).
+    pub fn limits(&self) -> HashMap<String, LimitSpec> {
+        self.limits
+            .iter()
+            .filter_map(|(k, l)| l.get_ref().spec().ok().map(|s| (k.clone(), s)))
             .collect()
     }
 
@@ -332,6 +385,28 @@ mod tests {
             (b.base(), b.cap()),
             (Duration::from_millis(100), Duration::from_secs(5))
         );
+    }
+
+    #[test]
+    fn limits() {
+        let text =
+            "[limits.tenant]\nconcurrency = 3\nrate = \"100/s\"\n\n[limits.db]\nconcurrency = 5\n";
+        let c = Config::parse(Path::new("w.toml"), text).unwrap();
+        let l = c.limits();
+        assert_eq!(l["tenant"].concurrency, Some(3));
+        assert_eq!(l["tenant"].rate.unwrap().count, 100);
+        assert_eq!(l["db"].rate, None);
+        let e = Config::parse(Path::new("w.toml"), "[limits.api]\nrate = \"lots\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("w.toml:1:1: limits.api: `lots` is not a rate"),
+            "{e}"
+        );
+        let e = Config::parse(Path::new("w.toml"), "[limits.db]\nconcurrency = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("concurrency must be at least 1"), "{e}");
     }
 
     #[test]

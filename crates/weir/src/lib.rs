@@ -50,7 +50,10 @@ pub use weir_runtime::{
     WorkerError, WorkerReport,
 };
 pub use weir_sqlite::{SqliteBroker, SqliteOptions, Synchronous};
-pub use weir_sync::{Backoff, BackoffError, ElasticPool, Jitter, PoolStats, Rejected, Slot};
+pub use weir_sync::{
+    Admission, Backoff, BackoffError, ElasticPool, Jitter, LimitSpec, Limiter, PoolStats, Rate,
+    Rejected, Slot,
+};
 
 /// The broker URL used when none is given: an embedded file in the working directory.
 pub const DEFAULT_BROKER_URL: &str = "sqlite:./weir.db";

@@ -91,6 +91,7 @@ fn apply(
         tracing::error!(error = %e, "autoscaler settings refused");
     }
     tuning.set_backoffs(config.backoffs());
+    tuning.set_limits(config.limits());
     if let (Some(filter), Some(handle)) = (&config.log, log) {
         if let Ok(f) = tracing_subscriber::EnvFilter::try_new(filter) {
             let _ = handle.modify(|old| *old = f);
@@ -153,6 +154,7 @@ pub(crate) async fn run(
     let worker = builder.build()?;
     let tuning = worker.tuning();
     tuning.set_backoffs(config.backoffs());
+    tuning.set_limits(config.limits());
     let pools: Vec<(String, ElasticPool)> = queues
         .iter()
         .filter_map(|q| worker.pool(q).map(|p| (q.clone(), p)))
