@@ -9,7 +9,7 @@ use weir_sync::{Backoff, LimitSpec, Limiter};
 use crate::autoscale::AutoscaleConfig;
 
 /// Settings a running worker picks up live: retry backoffs per kind (overriding the
-/// registry's), the autoscaler settings per queue and the named limits. Obtained from [`Worker::tuning`]; a
+/// registry's), the autoscaler settings per queue and the named limits. Obtained from [`crate::Worker::tuning`]; a
 /// configuration reload writes here.
 #[derive(Default)]
 pub struct Tuning {
