@@ -11,6 +11,7 @@
 
 mod autoscale;
 mod client;
+mod exec;
 mod registry;
 mod retry;
 mod tuning;

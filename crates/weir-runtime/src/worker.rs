@@ -1,28 +1,25 @@
-//! The worker: dispatchers, executor, settler and heartbeat loop, and their shutdown.
+//! The worker: its builder, the per-queue dispatchers, and the shutdown sequence. The loops
+//! that run beside them are in `exec.rs`.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
 use parking_lot::Mutex;
-use rand::Rng;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use weir_core::{
-    Broker, BrokerError, Clock, Delivery, FetchRequest, Job, Lease, SettleOutcome, Settlement,
-    SystemClock, TaskContext, TaskError, Timestamp,
+    Broker, Clock, FetchRequest, Job, Lease, SettleOutcome, Settlement, SystemClock, Timestamp,
 };
 
-use weir_sync::{ElasticPool, Slot};
+use weir_sync::ElasticPool;
 
-use crate::autoscale::{decide, AutoscaleConfig, Observed, ScalerState};
+use crate::autoscale::AutoscaleConfig;
+use crate::exec::{autoscale, backoff_pause, execute, heartbeat, settler, Counters, Exec};
 use crate::registry::Registry;
-use crate::retry::settlement_for;
 use crate::tuning::Tuning;
 
 /// Hooks called as jobs start and settle: for progress displays, benchmarks and tests. Keep
@@ -86,19 +83,6 @@ pub struct WorkerReport {
     pub scaled_up: u64,
     /// Times the autoscaler shrank a pool.
     pub scaled_down: u64,
-}
-
-#[derive(Default)]
-struct Counters {
-    started: AtomicU64,
-    succeeded: AtomicU64,
-    retried: AtomicU64,
-    failed: AtomicU64,
-    stale: AtomicU64,
-    released: AtomicU64,
-    deferred: AtomicU64,
-    scaled_up: AtomicU64,
-    scaled_down: AtomicU64,
 }
 
 /// Builds a [`Worker`]. See each setter for its default.
@@ -266,22 +250,6 @@ impl std::fmt::Debug for Worker {
             .field("lease", &self.b.lease)
             .finish_non_exhaustive()
     }
-}
-
-/// What every executor shares.
-struct Exec {
-    broker: Arc<dyn Broker>,
-    registry: Registry,
-    observer: Arc<dyn Observer>,
-    clock: Arc<dyn Clock>,
-    /// Leases this worker holds, with the token that stops their attempt. An entry lives
-    /// from the start of the attempt until its settle is durable (so heartbeats cover the
-    /// time a settle waits for its commit).
-    inflight: Mutex<HashMap<u64, (Lease, CancellationToken)>>,
-    tuning: Arc<Tuning>,
-    /// Set when the grace period is over: attempts stopped from then on are given back.
-    stopping: std::sync::atomic::AtomicBool,
-    counters: Counters,
 }
 
 impl Worker {
@@ -485,278 +453,6 @@ async fn dispatch(d: Dispatch, stop: CancellationToken) {
         }
         while running.join_next().await.is_some() {}
     }
-}
-
-/// 100 ms doubling to 5 s: how long a dispatcher waits after consecutive store errors.
-fn backoff_pause(failures: u32) -> Duration {
-    let ms = 100u64.saturating_mul(1 << failures.min(6).saturating_sub(1));
-    Duration::from_millis(ms.min(5_000))
-}
-
-fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_owned()
-    }
-}
-
-/// Runs one attempt and hands its settlement to the settler. The pool slot is freed as soon as
-/// the handler is done; the lease is held until the settle is durable.
-async fn execute(
-    exec: Arc<Exec>,
-    settle_tx: mpsc::Sender<(Lease, Settlement)>,
-    d: Delivery,
-    slot: Slot,
-) {
-    let Delivery { mut job, lease } = d;
-    // A token of its own (not a child of a shared one): creating and dropping children of one
-    // parent contends on the parent's lock at every job. Shutdown cancels the held tokens.
-    let token = CancellationToken::new();
-    exec.inflight
-        .lock()
-        .insert(lease.token, (lease, token.clone()));
-    exec.counters.started.fetch_add(1, Ordering::Relaxed);
-    exec.observer.started(&job, exec.clock.now());
-    let kind = exec.registry.get(&job.kind);
-    // Limits: held for the whole attempt, or the job is deferred without running. Never
-    // waited for here: waiting would park this pool slot (see weir_sync::Limiter).
-    let admission = match kind.and_then(|k| k.limit_keys(&job.payload)) {
-        None => None,
-        Some(keys) => match exec.tuning.limiter().try_admit(&keys) {
-            Ok(a) => Some(a),
-            Err(wait) => {
-                drop(slot);
-                let spread = rand::rng().random_range(0..=wait.as_millis() as u64 / 2 + 1);
-                let run_at = exec.clock.now().plus(wait + Duration::from_millis(spread));
-                tracing::debug!(job = %job.id, ?keys, ?wait, "limits full: deferred");
-                if settle_tx
-                    .send((lease, Settlement::Defer { run_at }))
-                    .await
-                    .is_err()
-                {
-                    tracing::error!(job = %job.id, "settler gone; the lease will expire");
-                }
-                return;
-            }
-        },
-    };
-    let result: Result<Option<Vec<u8>>, TaskError> = match kind {
-        None => Err(TaskError::permanent(format!(
-            "unknown task kind `{}`: no handler is registered for it on this worker (known: {})",
-            job.kind,
-            exec.registry.kinds().join(", ")
-        ))),
-        Some(kind) => {
-            let cx = TaskContext::new(
-                job.id,
-                job.kind.as_str(),
-                job.queue.as_str(),
-                job.attempt,
-                job.max_attempts,
-                job.trace_id.as_str(),
-                token.clone(),
-            );
-            let payload = std::mem::take(&mut job.payload);
-            let fut = AssertUnwindSafe((kind.handler)(payload, cx)).catch_unwind();
-            let caught = match job.timeout.or(kind.timeout) {
-                None => Some(fut.await),
-                Some(t) => match tokio::time::timeout(t, fut).await {
-                    Ok(r) => Some(r),
-                    Err(_) => {
-                        token.cancel();
-                        None
-                    }
-                },
-            };
-            match caught {
-                Some(Ok(r)) => r,
-                Some(Err(panic)) => Err(TaskError::retryable(format!(
-                    "handler panicked: {}",
-                    panic_message(panic)
-                ))),
-                None => Err(TaskError::retryable(format!(
-                    "timed out after {:?}",
-                    job.timeout.or(kind.timeout).unwrap_or_default()
-                ))),
-            }
-        }
-    };
-    drop(admission);
-    drop(slot);
-    if let Err(e) = &result {
-        tracing::debug!(job = %job.id, kind = %job.kind, attempt = job.attempt, error = %e, "attempt failed");
-    }
-    let backoff = exec
-        .tuning
-        .backoff(&job.kind)
-        .or(kind.map(|k| k.backoff))
-        .unwrap_or_default();
-    let settlement =
-        if result.is_err() && token.is_cancelled() && exec.stopping.load(Ordering::Acquire) {
-            // Stopped by the end of the grace period, not by its own failure.
-            Settlement::Release
-        } else {
-            settlement_for(
-                result,
-                job.attempt,
-                job.max_attempts,
-                &backoff,
-                exec.clock.now(),
-                &mut rand::rng(),
-            )
-        };
-    if settle_tx.send((lease, settlement)).await.is_err() {
-        tracing::error!(job = %job.id, "settler gone; the lease will expire and the job run again");
-    }
-}
-
-/// Settles outcomes in batches; each batch is one broker call (one commit on the embedded
-/// broker). Transient errors are retried, so an outcome is not lost to a brief outage.
-async fn settler(exec: Arc<Exec>, mut rx: mpsc::Receiver<(Lease, Settlement)>) {
-    let mut buf = Vec::with_capacity(1024);
-    while rx.recv_many(&mut buf, 1024).await > 0 {
-        let batch = std::mem::take(&mut buf);
-        let mut failures = 0;
-        let outcomes = loop {
-            match exec.broker.settle(batch.clone()).await {
-                Ok(o) => break Some(o),
-                Err(e) if e.is_transient() && failures < 20 => {
-                    failures += 1;
-                    let pause = backoff_pause(failures);
-                    tracing::warn!(error = %e, retry_in = ?pause, "settle failed");
-                    tokio::time::sleep(pause).await;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, jobs = batch.len(), "settle failed for good; these leases will expire and their jobs run again");
-                    break None;
-                }
-            }
-        };
-        let mut map = exec.inflight.lock();
-        for (i, (lease, settlement)) in batch.iter().enumerate() {
-            map.remove(&lease.token);
-            let Some(out) = outcomes.as_ref().and_then(|o| o.get(i)).copied() else {
-                continue;
-            };
-            let c = &exec.counters;
-            match (out, settlement) {
-                (SettleOutcome::Stale, _) => {
-                    c.stale.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(job = %lease.id, attempt = lease.attempt, "lease lost before settle; outcome discarded");
-                }
-                (_, Settlement::Succeeded { .. }) => {
-                    c.succeeded.fetch_add(1, Ordering::Relaxed);
-                }
-                (_, Settlement::Retry { .. }) => {
-                    c.retried.fetch_add(1, Ordering::Relaxed);
-                }
-                (_, Settlement::Failed { .. }) => {
-                    c.failed.fetch_add(1, Ordering::Relaxed);
-                }
-                (_, Settlement::Defer { .. }) => {
-                    c.deferred.fetch_add(1, Ordering::Relaxed);
-                }
-                (_, Settlement::Release) => {
-                    c.released.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            exec.observer.settled(lease, settlement, out);
-        }
-    }
-}
-
-/// Renews every held lease each third of the lease time; a lease the broker no longer
-/// honours (expired and reclaimed, or the job cancelled) has its attempt cancelled.
-async fn heartbeat(exec: Arc<Exec>, lease: Duration, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(lease / 3);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let held: Vec<Lease> = exec.inflight.lock().values().map(|(l, _)| *l).collect();
-        if held.is_empty() {
-            continue;
-        }
-        match exec.broker.heartbeat(&held, lease).await {
-            Ok(alive) => {
-                let map = exec.inflight.lock();
-                for (l, ok) in held.iter().zip(alive) {
-                    if !ok {
-                        if let Some((_, token)) = map.get(&l.token) {
-                            tracing::warn!(job = %l.id, attempt = l.attempt, "lease lost: cancelling the attempt");
-                            token.cancel();
-                        }
-                    }
-                }
-            }
-            Err(e) => report_heartbeat_error(&e),
-        }
-    }
-}
-
-/// One queue's autoscaler: every tick, if the queue is autoscaled (see [`Tuning`]), observe
-/// backlog and the pool, decide, resize.
-async fn autoscale(
-    exec: Arc<Exec>,
-    queue: String,
-    pool: ElasticPool,
-    tick: Duration,
-    stop: CancellationToken,
-) {
-    let mut interval = tokio::time::interval(tick);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut state = ScalerState::default();
-    let queues = vec![queue.clone()];
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = interval.tick() => {}
-        }
-        let Some(cfg) = exec.tuning.autoscale.load().get(&queue).cloned() else {
-            state = ScalerState::default();
-            continue;
-        };
-        let backlog = match exec.broker.backlog(&queues).await {
-            Ok(v) => v.first().copied().unwrap_or(0),
-            Err(BrokerError::Unsupported(_)) => {
-                tracing::warn!(queue = %queue, "this broker reports no backlog: autoscaling off");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(queue = %queue, error = %e, "autoscaler: backlog unavailable");
-                continue;
-            }
-        };
-        let st = pool.stats();
-        let observed = Observed {
-            backlog,
-            busy: st.busy,
-            size: st.size,
-            utilisation: st.utilisation,
-        };
-        let d = decide(&cfg, &state, &observed, exec.clock.now());
-        state = d.state;
-        if d.target != st.size {
-            pool.resize(d.target);
-            let c = if d.target > st.size {
-                &exec.counters.scaled_up
-            } else {
-                &exec.counters.scaled_down
-            };
-            c.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(queue = %queue, from = st.size, to = d.target, reason = %d.reason, "autoscaler resized the pool");
-        }
-    }
-}
-
-fn report_heartbeat_error(e: &BrokerError) {
-    tracing::warn!(error = %e, "heartbeat failed; leases may expire if this goes on");
 }
 
 fn report(c: &Counters) -> WorkerReport {
