@@ -64,6 +64,45 @@ async fn wait_finished(i: &dyn Inspect, id: JobId) -> Job {
     panic!("job {id} did not finish: {:?}", i.get(id).await.unwrap());
 }
 
+/// Counts how many jobs of a kind run at once, and how many ran.
+#[derive(Clone, Default)]
+struct Gauge {
+    now: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
+    runs: Arc<AtomicUsize>,
+}
+
+impl Gauge {
+    /// Registers `kind`: each job holds its place for `ms` milliseconds.
+    fn register<'a>(
+        &self,
+        r: &'a mut Registry,
+        kind: &str,
+        ms: u64,
+    ) -> weir_runtime::KindOptions<'a> {
+        let g = self.clone();
+        r.register_fn(kind, move |_: serde_json::Value, _cx: TaskContext| {
+            let g = g.clone();
+            async move {
+                g.runs.fetch_add(1, Ordering::SeqCst);
+                let n = g.now.fetch_add(1, Ordering::SeqCst) + 1;
+                g.peak.fetch_max(n, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                g.now.fetch_sub(1, Ordering::SeqCst);
+                Ok::<_, TaskError>(())
+            }
+        })
+    }
+
+    fn peak(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
+    }
+
+    fn runs(&self) -> usize {
+        self.runs.load(Ordering::SeqCst)
+    }
+}
+
 fn registry() -> Registry {
     let mut r = Registry::new();
     r.default_backoff(fast_backoff());
@@ -201,22 +240,9 @@ async fn timeouts_are_retryable_failures() {
 async fn concurrency_bounds_running_and_leased_jobs() {
     let e = env();
     let b = &*e.broker;
-    let now = Arc::new(AtomicUsize::new(0));
-    let peak = Arc::new(AtomicUsize::new(0));
+    let gauge = Gauge::default();
     let mut r = registry();
-    {
-        let (now, peak) = (now.clone(), peak.clone());
-        r.register_fn("track", move |_: serde_json::Value, _cx: TaskContext| {
-            let (now, peak) = (now.clone(), peak.clone());
-            async move {
-                let n = now.fetch_add(1, Ordering::SeqCst) + 1;
-                peak.fetch_max(n, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                now.fetch_sub(1, Ordering::SeqCst);
-                Ok::<_, TaskError>(())
-            }
-        });
-    }
+    gauge.register(&mut r, "track", 5);
     let jobs = (0..50)
         .map(|_| NewJob::new("track", b"{}".to_vec()))
         .collect();
@@ -240,12 +266,8 @@ async fn concurrency_bounds_running_and_leased_jobs() {
         }
     }
     w.stop().await;
-    assert!(
-        peak.load(Ordering::SeqCst) <= 3,
-        "peak {}",
-        peak.load(Ordering::SeqCst)
-    );
-    assert_eq!(peak.load(Ordering::SeqCst), 3, "the pool was used");
+    assert!(gauge.peak() <= 3, "peak {}", gauge.peak());
+    assert_eq!(gauge.peak(), 3, "the pool was used");
     // Leased = running + settling; never more than the pool plus the settles in flight.
     assert!(max_leased <= 6, "leased {max_leased} with 3 slots");
 }
@@ -377,24 +399,9 @@ async fn store_errors_do_not_end_the_worker() {
 async fn growing_the_pool_under_load_runs_more_at_once_and_loses_nothing() {
     let e = env();
     let b = &*e.broker;
-    let now = Arc::new(AtomicUsize::new(0));
-    let peak = Arc::new(AtomicUsize::new(0));
-    let runs = Arc::new(AtomicUsize::new(0));
+    let gauge = Gauge::default();
     let mut r = registry();
-    {
-        let (now, peak, runs) = (now.clone(), peak.clone(), runs.clone());
-        r.register_fn("track", move |_: serde_json::Value, _cx: TaskContext| {
-            let (now, peak, runs) = (now.clone(), peak.clone(), runs.clone());
-            async move {
-                runs.fetch_add(1, Ordering::SeqCst);
-                let n = now.fetch_add(1, Ordering::SeqCst) + 1;
-                peak.fetch_max(n, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(30)).await;
-                now.fetch_sub(1, Ordering::SeqCst);
-                Ok::<_, TaskError>(())
-            }
-        });
-    }
+    gauge.register(&mut r, "track", 30);
     let jobs = (0..60)
         .map(|_| NewJob::new("track", b"{}".to_vec()))
         .collect();
@@ -413,45 +420,28 @@ async fn growing_the_pool_under_load_runs_more_at_once_and_loses_nothing() {
     let handle = tokio::spawn(worker.run(async {
         let _ = rx.await;
     }));
-    while runs.load(Ordering::SeqCst) < 4 {
+    while gauge.runs() < 4 {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    assert!(peak.load(Ordering::SeqCst) <= 2);
+    assert!(gauge.peak() <= 2);
     pool.resize(10);
     for id in &ids {
         assert_eq!(wait_finished(b, *id).await.state, JobState::Succeeded);
     }
     let _ = stop.send(());
     handle.await.unwrap();
-    assert!(
-        peak.load(Ordering::SeqCst) > 2,
-        "the pool grew: peak {}",
-        peak.load(Ordering::SeqCst)
-    );
-    assert!(peak.load(Ordering::SeqCst) <= 10);
-    assert_eq!(runs.load(Ordering::SeqCst), 60, "each job ran once");
+    assert!(gauge.peak() > 2, "the pool grew: peak {}", gauge.peak());
+    assert!(gauge.peak() <= 10);
+    assert_eq!(gauge.runs(), 60, "each job ran once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_autoscaler_grows_a_pool_under_backlog() {
     let e = env();
     let b = &*e.broker;
-    let now = Arc::new(AtomicUsize::new(0));
-    let peak = Arc::new(AtomicUsize::new(0));
+    let gauge = Gauge::default();
     let mut r = registry();
-    {
-        let (now, peak) = (now.clone(), peak.clone());
-        r.register_fn("track", move |_: serde_json::Value, _cx: TaskContext| {
-            let (now, peak) = (now.clone(), peak.clone());
-            async move {
-                let n = now.fetch_add(1, Ordering::SeqCst) + 1;
-                peak.fetch_max(n, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(40)).await;
-                now.fetch_sub(1, Ordering::SeqCst);
-                Ok::<_, TaskError>(())
-            }
-        });
-    }
+    gauge.register(&mut r, "track", 40);
     let jobs = (0..80)
         .map(|_| NewJob::new("track", b"{}".to_vec()))
         .collect();
@@ -490,7 +480,7 @@ async fn the_autoscaler_grows_a_pool_under_backlog() {
         8,
         "straight to the cap: 80 waiting on 1 worker"
     );
-    assert!(peak.load(Ordering::SeqCst) > 1 && peak.load(Ordering::SeqCst) <= 8);
+    assert!(gauge.peak() > 1 && gauge.peak() <= 8);
 }
 
 #[test]
@@ -525,24 +515,12 @@ fn autoscale_settings_are_checked_when_built() {
 async fn a_limit_of_three_holds_across_a_larger_pool() {
     let e = env();
     let b = &*e.broker;
-    let now = Arc::new(AtomicUsize::new(0));
-    let peak = Arc::new(AtomicUsize::new(0));
+    let gauge = Gauge::default();
     let mut r = registry();
-    {
-        let (now, peak) = (now.clone(), peak.clone());
-        r.register_fn("db_work", move |_: serde_json::Value, _cx: TaskContext| {
-            let (now, peak) = (now.clone(), peak.clone());
-            async move {
-                let n = now.fetch_add(1, Ordering::SeqCst) + 1;
-                peak.fetch_max(n, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                now.fetch_sub(1, Ordering::SeqCst);
-                Ok::<_, TaskError>(())
-            }
-        })
+    gauge
+        .register(&mut r, "db_work", 10)
         .limit("db")
         .limit_with(|p| vec![format!("tenant:{}", p["tenant"])]);
-    }
     let jobs = (0..50)
         .map(|i| NewJob::new("db_work", format!(r#"{{"tenant":{}}}"#, i % 5)))
         .collect();
@@ -585,11 +563,7 @@ async fn a_limit_of_three_holds_across_a_larger_pool() {
     }
     let _ = stop.send(());
     let report = handle.await.unwrap();
-    assert!(
-        peak.load(Ordering::SeqCst) <= 3,
-        "peak {}",
-        peak.load(Ordering::SeqCst)
-    );
+    assert!(gauge.peak() <= 3, "peak {}", gauge.peak());
     assert!(report.deferred > 0, "{report:?}");
     assert_eq!(report.succeeded, 50);
 }

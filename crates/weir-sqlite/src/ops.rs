@@ -111,16 +111,9 @@ impl Writer {
         )?;
         for new in jobs {
             if let Some(key) = &new.unique_key {
-                let holder = self
-                    .conn
-                    .prepare_cached(
-                        "SELECT j.id FROM unique_keys u JOIN jobs j ON j.seq = u.seq WHERE u.key = ?1",
-                    )?
-                    .query_row([key], |r| r.get::<_, [u8; 16]>(0))
-                    .optional()?;
-                if let Some(id) = holder {
+                if let Some((_, id)) = self.key_holder(key)? {
                     out.push(Enqueued {
-                        id: JobId::from_bytes(id),
+                        id,
                         duplicate: true,
                     });
                     continue;
@@ -405,14 +398,23 @@ impl Writer {
             .optional()
     }
 
-    fn check(id: JobId, job: &Job, event: Event) -> Result<(), BrokerError> {
-        transition(job.state, event)
-            .map(|_| ())
-            .map_err(|e| BrokerError::WrongState {
+    /// The job with `id`, if `event` applies to it; otherwise what is wrong, as a value.
+    fn find_for(
+        &self,
+        id: JobId,
+        event: Event,
+    ) -> rusqlite::Result<Result<(u64, Job), BrokerError>> {
+        let Some((seq, job)) = self.find(id)? else {
+            return Ok(Err(BrokerError::NotFound(id)));
+        };
+        Ok(match transition(job.state, event) {
+            Ok(_) => Ok((seq, job)),
+            Err(e) => Err(BrokerError::WrongState {
                 id,
                 state: job.state,
                 what: e.to_string(),
-            })
+            }),
+        })
     }
 
     pub(crate) fn manual_retry(
@@ -420,12 +422,10 @@ impl Writer {
         id: JobId,
         now: Timestamp,
     ) -> rusqlite::Result<Result<Job, BrokerError>> {
-        let Some((seq, job)) = self.find(id)? else {
-            return Ok(Err(BrokerError::NotFound(id)));
+        let (seq, job) = match self.find_for(id, Event::ManualRetry)? {
+            Ok(found) => found,
+            Err(e) => return Ok(Err(e)),
         };
-        if let Err(e) = Self::check(id, &job, Event::ManualRetry) {
-            return Ok(Err(e));
-        }
         if let Some(key) = &job.unique_key {
             if let Some((_, holder)) = self.key_holder(key)? {
                 return Ok(Err(BrokerError::Invalid(format!(
@@ -456,12 +456,10 @@ impl Writer {
         id: JobId,
         now: Timestamp,
     ) -> rusqlite::Result<Result<Job, BrokerError>> {
-        let Some((seq, job)) = self.find(id)? else {
-            return Ok(Err(BrokerError::NotFound(id)));
+        let (seq, job) = match self.find_for(id, Event::Cancel)? {
+            Ok(found) => found,
+            Err(e) => return Ok(Err(e)),
         };
-        if let Err(e) = Self::check(id, &job, Event::Cancel) {
-            return Ok(Err(e));
-        }
         self.conn
             .prepare_cached(
                 "UPDATE jobs SET state = 5, lease_until = NULL, finished_at = ?2
