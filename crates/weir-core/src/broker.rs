@@ -175,6 +175,14 @@ pub trait Broker: Send + Sync + 'static {
         Err(BrokerError::Unsupported("backlog".into()))
     }
 
+    /// Records what a worker process reports about one of its queues, for `weir status` and
+    /// dashboards ([`Inspect::workers`]). Returns [`BrokerError::Unsupported`] by default;
+    /// workers then simply do not appear in status.
+    async fn report(&self, status: WorkerStatus) -> Result<(), BrokerError> {
+        let _ = status;
+        Err(BrokerError::Unsupported("worker reports".into()))
+    }
+
     /// The inspection capability, if this broker has one.
     fn inspect(&self) -> Option<&dyn Inspect> {
         None
@@ -255,4 +263,27 @@ pub trait Inspect: Send + Sync {
     /// Deletes finished jobs in `state` (Succeeded, Failed or Cancelled), optionally of one
     /// queue. Returns how many were deleted.
     async fn purge(&self, state: JobState, queue: Option<&str>) -> Result<u64, BrokerError>;
+
+    /// The latest report of every worker process and queue, newest first. By default,
+    /// [`BrokerError::Unsupported`].
+    async fn workers(&self) -> Result<Vec<WorkerStatus>, BrokerError> {
+        Err(BrokerError::Unsupported("worker reports".into()))
+    }
+}
+
+/// What one worker process says about one of its queues.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WorkerStatus {
+    /// The process, as `host:pid`.
+    pub worker: String,
+    /// The queue.
+    pub queue: String,
+    /// Its pool's size.
+    pub size: u64,
+    /// Slots busy.
+    pub busy: u64,
+    /// The autoscaler's last change and its reason, if it made one.
+    pub last_decision: Option<String>,
+    /// When this was reported.
+    pub updated_at: Timestamp,
 }

@@ -10,6 +10,8 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use crate::WorkerStatus;
+
 use crate::{
     transition, Broker, BrokerError, Clock, Delivery, Enqueued, Event, FetchRequest, Inspect, Job,
     JobId, JobState, Lease, ListFilter, NewJob, QueueCounts, ReadyIndex, SettleOutcome, Settlement,
@@ -24,6 +26,7 @@ struct Inner {
     unique: HashMap<String, u64>,
     running: HashMap<u64, ()>,
     index: ReadyIndex,
+    workers: HashMap<(String, String), WorkerStatus>,
 }
 
 impl Inner {
@@ -322,6 +325,12 @@ impl Broker for MemoryBroker {
             .collect())
     }
 
+    async fn report(&self, status: WorkerStatus) -> Result<(), BrokerError> {
+        let key = (status.worker.clone(), status.queue.clone());
+        self.inner.lock().workers.insert(key, status);
+        Ok(())
+    }
+
     async fn backlog(&self, queues: &[String]) -> Result<Vec<u64>, BrokerError> {
         let mut g = self.inner.lock();
         let now = self.clock.now();
@@ -401,6 +410,12 @@ impl Inspect for MemoryBroker {
         let mut g = self.inner.lock();
         let token = g.lookup(id)?;
         Ok(g.apply(token, Event::Cancel, now)?.clone())
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerStatus>, BrokerError> {
+        let mut v: Vec<WorkerStatus> = self.inner.lock().workers.values().cloned().collect();
+        v.sort_by_key(|w| std::cmp::Reverse(w.updated_at));
+        Ok(v)
     }
 
     async fn purge(&self, state: JobState, queue: Option<&str>) -> Result<u64, BrokerError> {

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use weir_core::{
     Broker, BrokerError, Clock, Delivery, Lease, SettleOutcome, Settlement, TaskContext, TaskError,
+    WorkerStatus,
 };
 use weir_sync::{ElasticPool, Slot};
 
@@ -265,8 +266,20 @@ pub(crate) async fn heartbeat(exec: Arc<Exec>, lease: Duration, stop: Cancellati
     }
 }
 
-/// One queue's autoscaler: every tick, if the queue is autoscaled (see [`Tuning`]), observe
-/// backlog and the pool, decide, resize.
+/// This process's name in worker reports: `host:pid`.
+fn worker_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{host}:{}", std::process::id())
+}
+
+/// One queue's autoscaler and reporter: every tick, if the queue is autoscaled (see
+/// [`Tuning`]), observe backlog and the pool, decide, resize; then report the pool's size and
+/// the last decision to the broker (for `weir status`), if it keeps reports.
 pub(crate) async fn autoscale(
     exec: Arc<Exec>,
     queue: String,
@@ -278,44 +291,70 @@ pub(crate) async fn autoscale(
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut state = ScalerState::default();
     let queues = vec![queue.clone()];
+    let worker = worker_name();
+    let mut last_decision: Option<String> = None;
+    let mut reporting = true;
+    let mut scaling = true;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = interval.tick() => {}
         }
-        let Some(cfg) = exec.tuning.autoscale.load().get(&queue).cloned() else {
+        let cfg = exec.tuning.autoscale.load().get(&queue).cloned();
+        if cfg.is_none() {
             state = ScalerState::default();
-            continue;
-        };
-        let backlog = match exec.broker.backlog(&queues).await {
-            Ok(v) => v.first().copied().unwrap_or(0),
-            Err(BrokerError::Unsupported(_)) => {
-                tracing::warn!(queue = %queue, "this broker reports no backlog: autoscaling off");
-                return;
+        }
+        if let (Some(cfg), true) = (cfg, scaling) {
+            match exec.broker.backlog(&queues).await {
+                Ok(v) => {
+                    let backlog = v.first().copied().unwrap_or(0);
+                    let st = pool.stats();
+                    let observed = Observed {
+                        backlog,
+                        busy: st.busy,
+                        size: st.size,
+                        utilisation: st.utilisation,
+                    };
+                    let now = exec.clock.now();
+                    let d = decide(&cfg, &state, &observed, now);
+                    state = d.state;
+                    if d.target != st.size {
+                        pool.resize(d.target);
+                        let c = if d.target > st.size {
+                            &exec.counters.scaled_up
+                        } else {
+                            &exec.counters.scaled_down
+                        };
+                        c.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(queue = %queue, from = st.size, to = d.target, reason = %d.reason, "autoscaler resized the pool");
+                        last_decision =
+                            Some(format!("{now}: {} -> {} ({})", st.size, d.target, d.reason));
+                    }
+                }
+                Err(BrokerError::Unsupported(_)) => {
+                    tracing::warn!(queue = %queue, "this broker reports no backlog: autoscaling off");
+                    scaling = false;
+                }
+                Err(e) => {
+                    tracing::warn!(queue = %queue, error = %e, "autoscaler: backlog unavailable")
+                }
             }
-            Err(e) => {
-                tracing::warn!(queue = %queue, error = %e, "autoscaler: backlog unavailable");
-                continue;
-            }
-        };
-        let st = pool.stats();
-        let observed = Observed {
-            backlog,
-            busy: st.busy,
-            size: st.size,
-            utilisation: st.utilisation,
-        };
-        let d = decide(&cfg, &state, &observed, exec.clock.now());
-        state = d.state;
-        if d.target != st.size {
-            pool.resize(d.target);
-            let c = if d.target > st.size {
-                &exec.counters.scaled_up
-            } else {
-                &exec.counters.scaled_down
+        }
+        if reporting {
+            let st = pool.stats();
+            let status = WorkerStatus {
+                worker: worker.clone(),
+                queue: queue.clone(),
+                size: st.size as u64,
+                busy: st.busy as u64,
+                last_decision: last_decision.clone(),
+                updated_at: exec.clock.now(),
             };
-            c.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(queue = %queue, from = st.size, to = d.target, reason = %d.reason, "autoscaler resized the pool");
+            match exec.broker.report(status).await {
+                Ok(()) => {}
+                Err(BrokerError::Unsupported(_)) => reporting = false,
+                Err(e) => tracing::debug!(queue = %queue, error = %e, "worker report failed"),
+            }
         }
     }
 }

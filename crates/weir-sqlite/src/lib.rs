@@ -33,7 +33,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
 use weir_core::{
     Broker, BrokerError, Clock, Delivery, Enqueued, FetchRequest, Inspect, Job, JobId, JobState,
-    Lease, ListFilter, NewJob, QueueCounts, SettleOutcome, Settlement, SystemClock,
+    Lease, ListFilter, NewJob, QueueCounts, SettleOutcome, Settlement, SystemClock, WorkerStatus,
 };
 
 use crate::rows::{job_from_row, JOB_COLUMNS};
@@ -351,6 +351,10 @@ impl Broker for SqliteBroker {
         self.call(|r| Cmd::Heartbeat(leases, extend, r)).await
     }
 
+    async fn report(&self, status: WorkerStatus) -> Result<(), BrokerError> {
+        self.call(|r| Cmd::Report(status, r)).await
+    }
+
     async fn backlog(&self, queues: &[String]) -> Result<Vec<u64>, BrokerError> {
         let queues = queues.to_vec();
         self.call(|r| Cmd::Backlog(queues, r)).await
@@ -422,6 +426,27 @@ impl Inspect for SqliteBroker {
 
     async fn cancel(&self, id: JobId) -> Result<Job, BrokerError> {
         self.call(|r| Cmd::Cancel(id, r)).await
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerStatus>, BrokerError> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT worker, queue, size, busy, last_decision, updated_at FROM workers
+                  ORDER BY updated_at DESC",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok(WorkerStatus {
+                    worker: r.get(0)?,
+                    queue: r.get(1)?,
+                    size: r.get::<_, i64>(2)?.max(0) as u64,
+                    busy: r.get::<_, i64>(3)?.max(0) as u64,
+                    last_decision: r.get(4)?,
+                    updated_at: weir_core::Timestamp(r.get(5)?),
+                })
+            })?;
+            rows.collect()
+        })
+        .await
     }
 
     async fn purge(&self, state: JobState, queue: Option<&str>) -> Result<u64, BrokerError> {

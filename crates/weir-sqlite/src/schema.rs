@@ -41,6 +41,16 @@ const MIGRATIONS: &[&str] = &[
         seq INTEGER NOT NULL,
         at  INTEGER NOT NULL
      );",
+    // 1 -> 2: what each worker process reports about its queues (for `weir status`).
+    "CREATE TABLE workers (
+        worker        TEXT    NOT NULL,
+        queue         TEXT    NOT NULL,
+        size          INTEGER NOT NULL,
+        busy          INTEGER NOT NULL,
+        last_decision TEXT,
+        updated_at    INTEGER NOT NULL,
+        PRIMARY KEY (worker, queue)
+     ) WITHOUT ROWID;",
 ];
 
 /// The schema version this build writes.

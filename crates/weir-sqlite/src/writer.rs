@@ -18,7 +18,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 use weir_core::{
     BrokerError, Clock, Delivery, Enqueued, Job, JobId, JobState, Lease, NewJob, ReadyIndex,
-    SettleOutcome, Settlement, Timestamp,
+    SettleOutcome, Settlement, Timestamp, WorkerStatus,
 };
 
 /// How many commands one transaction takes at most.
@@ -35,6 +35,7 @@ pub(crate) enum Cmd {
     Cancel(JobId, Reply<Job>),
     Purge(JobState, Option<String>, Reply<u64>),
     Backlog(Vec<String>, Reply<Vec<u64>>),
+    Report(WorkerStatus, Reply<()>),
 }
 
 pub(crate) struct Fetch {
@@ -54,6 +55,7 @@ enum Done {
     Heartbeat(Reply<Vec<bool>>, Vec<bool>),
     Job(Reply<Job>, Box<Result<Job, BrokerError>>),
     Count(Reply<u64>, Result<u64, BrokerError>),
+    Unit(Reply<()>),
 }
 
 impl Done {
@@ -66,6 +68,7 @@ impl Done {
             Done::Heartbeat(r, _) => drop(r.send(Err(e()))),
             Done::Job(r, _) => drop(r.send(Err(e()))),
             Done::Count(r, _) => drop(r.send(Err(e()))),
+            Done::Unit(r) => drop(r.send(Err(e()))),
         }
     }
 }
@@ -80,6 +83,7 @@ fn cmd_fail(cmd: Cmd, err: &str) {
         Cmd::Retry(_, r) | Cmd::Cancel(_, r) => drop(r.send(Err(e))),
         Cmd::Purge(_, _, r) => drop(r.send(Err(e))),
         Cmd::Backlog(_, r) => drop(r.send(Err(e))),
+        Cmd::Report(_, r) => drop(r.send(Err(e))),
     }
 }
 
@@ -376,6 +380,7 @@ impl Writer {
             Done::Heartbeat(r, v) => drop(r.send(Ok(v))),
             Done::Job(r, v) => drop(r.send(*v)),
             Done::Count(r, v) => drop(r.send(v)),
+            Done::Unit(r) => drop(r.send(Ok(()))),
         }
     }
 
@@ -499,6 +504,25 @@ impl Writer {
             Cmd::Cancel(id, reply) => {
                 let r = self.cancel(id, now)?;
                 Done::Job(reply, Box::new(r))
+            }
+            Cmd::Report(w, reply) => {
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO workers (worker, queue, size, busy, last_decision, updated_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                         ON CONFLICT (worker, queue) DO UPDATE SET size = excluded.size,
+                             busy = excluded.busy, last_decision = excluded.last_decision,
+                             updated_at = excluded.updated_at",
+                    )?
+                    .execute(params![
+                        w.worker,
+                        w.queue,
+                        w.size as i64,
+                        w.busy as i64,
+                        w.last_decision,
+                        w.updated_at.0
+                    ])?;
+                Done::Unit(reply)
             }
             Cmd::Backlog(queues, reply) => {
                 // Answered from memory; nothing to commit.

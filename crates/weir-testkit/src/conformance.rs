@@ -549,6 +549,40 @@ pub async fn backlog_counts_due_jobs(f: Fixture) {
     }
 }
 
+/// Worker reports are kept, one per worker and queue, newest first.
+pub async fn worker_reports(f: Fixture) {
+    let b = &*f.broker;
+    let Some(i) = inspect(&f, "worker_reports") else {
+        return;
+    };
+    let report = |size: u64, at: i64| weir_core::WorkerStatus {
+        worker: "host:1".into(),
+        queue: "wq".into(),
+        size,
+        busy: 1,
+        last_decision: Some("grew".into()),
+        updated_at: weir_core::Timestamp(at),
+    };
+    match b.report(report(2, 1_000)).await {
+        Err(weir_core::BrokerError::Unsupported(_)) => {
+            eprintln!("skipped worker_reports: this broker keeps no worker reports");
+            return;
+        }
+        r => r.unwrap(),
+    }
+    b.report(report(5, 2_000)).await.unwrap();
+    let mut other = report(1, 3_000);
+    other.worker = "host:2".into();
+    b.report(other).await.unwrap();
+    let w = i.workers().await.unwrap();
+    assert_eq!(w.len(), 2, "one row per worker and queue");
+    assert_eq!(w[0].worker, "host:2", "newest first");
+    assert_eq!(
+        (w[1].size, w[1].last_decision.as_deref()),
+        (5, Some("grew"))
+    );
+}
+
 /// Counts by queue and state.
 pub async fn counts(f: Fixture) {
     let b = &*f.broker;
@@ -640,6 +674,7 @@ macro_rules! conformance_suite {
                 cancel,
                 counts,
                 backlog_counts_due_jobs,
+                worker_reports,
                 concurrent_workers_no_double_delivery,
             );
         }

@@ -42,7 +42,7 @@ pub use weir_core::{
     transition, Broker, BrokerError, Clock, Delivery, Enqueued, ErrorKind, Event, FetchRequest,
     IllegalTransition, Inspect, Job, JobId, JobState, Lease, ListFilter, ManualClock, MemoryBroker,
     NewJob, QueueCounts, SettleOutcome, Settlement, SystemClock, Task, TaskContext, TaskError,
-    Timestamp, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE,
+    Timestamp, WorkerStatus, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE,
 };
 pub use weir_runtime::{
     decide, settlement_for, AutoscaleConfig, Client, Decision, EnqueueError, Handler, KindOptions,

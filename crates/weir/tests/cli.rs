@@ -203,3 +203,57 @@ fn bench_prints_json_last() {
         assert!(v[k].as_f64().unwrap() > 0.0, "{k} in {last}");
     }
 }
+
+/// `weir serve --max-workers` autoscales under backlog, and `weir status` shows the pool's
+/// size and the autoscaler's last decision.
+#[test]
+fn serve_autoscales_and_status_shows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("scale.db");
+    let batch: String = (0..200)
+        .map(|_| "{\"kind\":\"sleep\",\"payload\":{\"ms\":50}}\n")
+        .collect();
+    let out = weir_stdin(&db, &["enqueue", "--batch", "-"], &batch);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .arg("--broker")
+        .arg(format!("sqlite:{}", db.display()))
+        .args([
+            "--log",
+            "warn",
+            "serve",
+            "--workers",
+            "1",
+            "--max-workers",
+            "6",
+            "--tick",
+            "100ms",
+        ])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let seen = loop {
+        let s = status(&db);
+        let w = &s["workers"];
+        if w.as_array()
+            .is_some_and(|a| a.iter().any(|w| w["size"].as_u64() > Some(1)))
+        {
+            break w.clone();
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "no growth reported: {s}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let w = &seen[0];
+    assert_eq!(w["queue"], "default");
+    assert!(w["size"].as_u64().unwrap() <= 6, "{w}");
+    let decision = w["last_decision"].as_str().unwrap_or_default();
+    assert!(decision.contains("jobs waiting need"), "{w}");
+    let table = text(&weir(&db, &["status"]).stdout);
+    assert!(table.contains("LAST DECISION"), "{table}");
+}

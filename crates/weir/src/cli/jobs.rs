@@ -60,10 +60,20 @@ pub(crate) async fn status(args: &Args, a: &StatusArgs) -> anyhow::Result<ExitCo
     let broker = args.open()?;
     let i = broker.inspect().context("this broker cannot count jobs")?;
     let counts = i.counts().await?;
+    // Workers that reported within the last minute (they report every autoscaler tick).
+    let now = weir::Timestamp::now();
+    let workers: Vec<weir::WorkerStatus> = match i.workers().await {
+        Ok(w) => w
+            .into_iter()
+            .filter(|w| now.since(w.updated_at) <= std::time::Duration::from_secs(60))
+            .collect(),
+        Err(weir::BrokerError::Unsupported(_)) => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
     if a.json {
         println!(
             "{}",
-            serde_json::to_string(&serde_json::json!({ "queues": counts }))?
+            serde_json::to_string(&serde_json::json!({ "queues": counts, "workers": workers }))?
         );
         return Ok(ExitCode::SUCCESS);
     }
@@ -79,6 +89,23 @@ pub(crate) async fn status(args: &Args, a: &StatusArgs) -> anyhow::Result<ExitCo
     }
     if counts.is_empty() {
         println!("(no jobs)");
+    }
+    if !workers.is_empty() {
+        println!();
+        println!(
+            "{:<28} {:<20} {:>6} {:>6}  LAST DECISION",
+            "WORKER", "QUEUE", "SIZE", "BUSY"
+        );
+        for w in &workers {
+            println!(
+                "{:<28} {:<20} {:>6} {:>6}  {}",
+                w.worker,
+                w.queue,
+                w.size,
+                w.busy,
+                w.last_decision.as_deref().unwrap_or("-")
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

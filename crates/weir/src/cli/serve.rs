@@ -27,6 +27,9 @@ pub(crate) struct ServeArgs {
     /// With --max-workers: how long utilisation must stay low before each shrink.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     cooldown: Duration,
+    /// How often the autoscaler looks at each queue and the worker reports to `weir status`.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    tick: Duration,
     /// Lease time: a job whose worker dies runs again elsewhere after at most this long.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     lease: Duration,
@@ -127,7 +130,8 @@ pub(crate) async fn run(
     };
     let mut builder = Worker::builder(broker, registry)
         .lease(a.lease)
-        .shutdown_grace(a.grace);
+        .shutdown_grace(a.grace)
+        .autoscale_tick(a.tick);
     let mut cli_autoscale = HashMap::new();
     for q in &queues {
         let from_file = config.queues.get(q).map(|c| c.get_ref().clone());
