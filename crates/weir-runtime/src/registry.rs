@@ -197,6 +197,12 @@ impl Registry {
         KindOptions { kind: slot }
     }
 
+    /// The options of an already registered `kind`, to change them (for example limits read
+    /// from a configuration file).
+    pub fn configure(&mut self, kind: &str) -> Option<KindOptions<'_>> {
+        self.kinds.get_mut(kind).map(|kind| KindOptions { kind })
+    }
+
     pub(crate) fn get(&self, kind: &str) -> Option<&Kind> {
         self.kinds.get(kind)
     }

@@ -20,6 +20,9 @@
 //! concurrency = 3                              # at most 3 at once per tenant
 //! rate = "100/s"                               # at most 100 per second per tenant
 //!
+//! [kinds.http]                                 # limit keys of a kind (read at start)
+//! limits = ["api", "host:{host}"]              # `{field}`: that field of the payload
+//!
 //! [retry.http]                                 # backoff of one task kind
 //! base = "1s"
 //! factor = 2.0
@@ -63,6 +66,71 @@ pub struct Config {
     /// none.
     #[serde(default)]
     pub limits: BTreeMap<String, Spanned<LimitConfig>>,
+    /// Settings of task kinds by name. By default, none.
+    #[serde(default)]
+    pub kinds: BTreeMap<String, Spanned<KindConfig>>,
+}
+
+/// Settings of one task kind.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KindConfig {
+    /// Limit keys each job of the kind needs. `{field}` is replaced by that top-level field of
+    /// the job's JSON payload (a missing field becomes empty), e.g. `"tenant:{tenant}"`.
+    /// Read when `weir serve` starts. By default, none.
+    #[serde(default)]
+    pub limits: Vec<String>,
+}
+
+impl KindConfig {
+    /// The keys for one payload.
+    pub fn keys(&self, payload: &serde_json::Value) -> Vec<String> {
+        self.limits.iter().map(|t| render(t, payload)).collect()
+    }
+}
+
+/// Replaces each `{field}` in `template` with that field of `payload`.
+fn render(template: &str, payload: &serde_json::Value) -> String {
+    let mut out = String::with_capacity(template.len() + 8);
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let Some(close) = rest[open..].find('}') else {
+            out.push_str(&rest[open..]);
+            return out;
+        };
+        let field = &rest[open + 1..open + close];
+        match payload.get(field) {
+            Some(serde_json::Value::String(s)) => out.push_str(s),
+            Some(serde_json::Value::Null) | None => {}
+            Some(v) => out.push_str(&v.to_string()),
+        }
+        rest = &rest[open + close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn check_template(t: &str) -> Result<(), String> {
+    let name = t.split(':').next().unwrap_or(t);
+    if name.is_empty() || name.contains('{') || name.contains('}') {
+        return Err(format!(
+            "limit key `{t}` must start with a limit name (e.g. `tenant:{{id}}`)"
+        ));
+    }
+    let (mut depth, mut ok) = (0i32, true);
+    for c in t.chars() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth -= 1,
+            _ => {}
+        }
+        ok &= (0..=1).contains(&depth);
+    }
+    if !ok || depth != 0 {
+        return Err(format!("limit key `{t}` has unbalanced braces"));
+    }
+    Ok(())
 }
 
 /// One named limit: a concurrency cap and/or a rate, per key.
@@ -306,6 +374,12 @@ impl Config {
                 .spec()
                 .map_err(|e| invalid(l.span().start, format!("limits.{name}: {e}")))?;
         }
+        for (kind, k) in &config.kinds {
+            for t in &k.get_ref().limits {
+                check_template(t)
+                    .map_err(|e| invalid(k.span().start, format!("kinds.{kind}: {e}")))?;
+            }
+        }
         if let Some(log) = &config.log {
             tracing_subscriber::EnvFilter::try_new(log)
                 .map_err(|e| invalid(0, format!("log: `{log}` is not a log filter: {e}")))?;
@@ -385,6 +459,27 @@ mod tests {
             (b.base(), b.cap()),
             (Duration::from_millis(100), Duration::from_secs(5))
         );
+    }
+
+    #[test]
+    fn kind_limit_templates() {
+        let text = "[kinds.http]\nlimits = [\"api\", \"host:{host}\", \"tenant:{t}\"]\n";
+        let c = Config::parse(Path::new("w.toml"), text).unwrap();
+        let k = c.kinds["http"].get_ref();
+        let keys = k.keys(&serde_json::json!({"host": "example.com", "t": 42}));
+        assert_eq!(keys, vec!["api", "host:example.com", "tenant:42"]);
+        assert_eq!(k.keys(&serde_json::json!({}))[1], "host:");
+        let e = Config::parse(Path::new("w.toml"), "[kinds.x]\nlimits = [\"{id}\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("kinds.x: limit key `{id}` must start with a limit name"),
+            "{e}"
+        );
+        let e = Config::parse(Path::new("w.toml"), "[kinds.x]\nlimits = [\"t:{id\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unbalanced braces"), "{e}");
     }
 
     #[test]

@@ -171,3 +171,53 @@ fn config_check_validates_offline() {
         "{err}"
     );
 }
+
+/// Limits and kind limit keys from weir.toml apply to the built-in kinds of `weir serve`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_limits_hold_for_built_in_kinds() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("l.db");
+    let cfg = dir.path().join("weir.toml");
+    write(
+        &cfg,
+        "[limits.slow]\nconcurrency = 2\n\n[kinds.sleep]\nlimits = [\"slow\"]\n",
+    );
+    let b = SqliteBroker::open(&db).unwrap();
+    let jobs = (0..20)
+        .map(|_| NewJob::new("sleep", r#"{"ms":100}"#))
+        .collect();
+    b.enqueue_many(jobs).await.unwrap();
+    let start = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .arg("--broker")
+        .arg(format!("sqlite:{}", db.display()))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--log", "warn", "serve", "--workers", "8"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    while running(&b).await.succeeded < 20 {
+        assert!(start.elapsed() < Duration::from_secs(60), "all jobs finish");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = start.elapsed();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // 20 jobs of 100 ms, 2 at a time, take at least a second; 8 at a time would take 0.3 s.
+    assert!(
+        took >= Duration::from_millis(950),
+        "the limit held: {took:?}"
+    );
+    let jobs = b
+        .list(weir::ListFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        jobs.iter().all(|j| j.attempt == 1),
+        "deferrals spent no attempt"
+    );
+}

@@ -119,6 +119,18 @@ pub(crate) async fn run(
         None => weir::builtins::register(&mut registry, &config),
     }
     .map_err(anyhow::Error::msg)?;
+    for (kind, k) in &config.kinds {
+        let k = k.get_ref().clone();
+        match registry.configure(kind) {
+            Some(opts) if !k.limits.is_empty() => {
+                opts.limit_with(move |payload| k.keys(payload));
+            }
+            Some(_) => {}
+            None => {
+                tracing::warn!(kind = %kind, "weir.toml configures a kind this worker does not run")
+            }
+        }
+    }
     let queues: Vec<String> = match &a.queues {
         Some(q) => q
             .iter()
