@@ -204,6 +204,14 @@ pub(crate) async fn run(_args: &Args, a: &DemoArgs) -> anyhow::Result<ExitCode> 
             h.max()
         );
     }
+    // How to call this binary again from here (it is often not on PATH after `cargo run`).
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|p| {
+            let cwd = std::env::current_dir().ok()?;
+            Some(p.strip_prefix(&cwd).map(|r| r.to_path_buf()).unwrap_or(p))
+        })
+        .map_or_else(|| "weir".to_owned(), |p| p.display().to_string());
     let dead = weir::Inspect::list(
         &*broker,
         ListFilter {
@@ -225,11 +233,11 @@ pub(crate) async fn run(_args: &Args, a: &DemoArgs) -> anyhow::Result<ExitCode> 
         let mut by_count: Vec<_> = reasons.into_iter().collect();
         by_count.sort_by_key(|e| std::cmp::Reverse(e.1 .0));
         for (reason, (n, example)) in by_count {
-            println!("  {n:>6}  {reason}\n          e.g. weir --broker {url} inspect {example}");
+            println!("  {n:>6}  {reason}\n          e.g. {exe} --broker {url} inspect {example}");
         }
     }
     println!(
-        "\nLook around:  weir --broker {url} status   |   weir --broker {url} list --state failed"
+        "\nLook around:  {exe} --broker {url} status   |   {exe} --broker {url} list --state failed"
     );
     Ok(ExitCode::SUCCESS)
 }
