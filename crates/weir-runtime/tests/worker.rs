@@ -53,6 +53,18 @@ fn start(
     Running { stop, handle }
 }
 
+/// Waits until exactly `n` jobs are leased (running).
+async fn wait_running(b: &SqliteBroker, n: u64) {
+    for _ in 0..2000 {
+        let c = b.counts().await.unwrap();
+        if c.iter().map(|q| q.running).sum::<u64>() == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("never saw {n} jobs running");
+}
+
 async fn wait_finished(i: &dyn Inspect, id: JobId) -> Job {
     for _ in 0..500 {
         let j = i.get(id).await.unwrap().unwrap();
@@ -283,13 +295,7 @@ async fn shutdown_lets_running_jobs_finish() {
             .shutdown_grace(Duration::from_secs(10))
     });
     // Wait until all eight are running, then stop.
-    loop {
-        let c = b.counts().await.unwrap();
-        if c.iter().map(|q| q.running).sum::<u64>() == 8 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_running(b, 8).await;
     let r = w.stop().await;
     assert_eq!((r.succeeded, r.released), (8, 0));
     for id in ids {
@@ -307,13 +313,7 @@ async fn shutdown_past_grace_releases_leases() {
         w.queue("default", 4)
             .shutdown_grace(Duration::from_millis(100))
     });
-    loop {
-        let c = b.counts().await.unwrap();
-        if c.iter().map(|q| q.running).sum::<u64>() == 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_running(b, 4).await;
     let r = w.stop().await;
     assert_eq!(r.released, 4, "{r:?}");
     for id in ids {
