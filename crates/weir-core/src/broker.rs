@@ -183,10 +183,53 @@ pub trait Broker: Send + Sync + 'static {
         Err(BrokerError::Unsupported("worker reports".into()))
     }
 
+    /// Tells the broker that this process runs at most `slots` jobs of `queue` at once. A
+    /// broker that pushes jobs to consumers (RabbitMQ) sizes its prefetch to it, so a worker
+    /// never holds more jobs than it can run; a broker that leases on fetch ignores it. The
+    /// runtime calls it before its first fetch of a queue and after every resize of that
+    /// queue's pool. By default, ignored.
+    async fn set_capacity(&self, queue: &str, slots: usize) -> Result<(), BrokerError> {
+        let _ = (queue, slots);
+        Ok(())
+    }
+
     /// The inspection capability, if this broker has one.
     fn inspect(&self) -> Option<&dyn Inspect> {
         None
     }
+
+    /// The queue-depth capability, for brokers that cannot inspect single jobs but can count
+    /// and peek at their queues (RabbitMQ). `None` by default.
+    fn queue_stats(&self) -> Option<&dyn QueueStats> {
+        None
+    }
+}
+
+/// How deep one queue is, as a broker without per-job inspection can honestly tell.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct QueueDepth {
+    /// The queue.
+    pub queue: String,
+    /// Jobs due and waiting for a consumer.
+    pub ready: u64,
+    /// Jobs waiting for a later time (delayed, retrying or deferred).
+    pub delayed: u64,
+    /// Dead-lettered jobs.
+    pub dead: u64,
+    /// Consumers attached to the queue (worker processes serving it).
+    pub consumers: u64,
+}
+
+/// Counting and peeking at queues, for brokers that cannot find a job by id. A separate
+/// capability from [`Inspect`]: RabbitMQ offers this and not that.
+#[async_trait]
+pub trait QueueStats: Send + Sync {
+    /// Depths of `queues`, in input order. A queue that does not exist counts as empty.
+    async fn depths(&self, queues: &[String]) -> Result<Vec<QueueDepth>, BrokerError>;
+
+    /// Up to `limit` dead-lettered jobs of `queue`, oldest first, with `last_error` saying why.
+    /// Looking does not remove them.
+    async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<Job>, BrokerError>;
 }
 
 /// Which jobs [`Inspect::list`] returns.

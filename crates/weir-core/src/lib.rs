@@ -19,7 +19,7 @@ mod task;
 
 pub use broker::{
     Broker, BrokerError, Delivery, Enqueued, FetchRequest, Inspect, Lease, ListFilter, QueueCounts,
-    SettleOutcome, Settlement, WorkerStatus,
+    QueueDepth, QueueStats, SettleOutcome, Settlement, WorkerStatus,
 };
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use error::{ErrorKind, TaskError};

@@ -389,8 +389,20 @@ async fn dispatch(d: Dispatch, stop: CancellationToken) {
     let mut running = JoinSet::new();
     let mut failures = 0u32;
     let queues = vec![d.queue.name.clone()];
+    // The pool size the broker was last told (a push broker sizes its prefetch to it).
+    let mut announced = None;
     loop {
         while running.try_join_next().is_some() {}
+        let size = d.pool.size();
+        if announced != Some(size) {
+            match d.exec.broker.set_capacity(&d.queue.name, size).await {
+                Ok(()) => announced = Some(size),
+                // Fetching goes on with the old capacity; the next loop tries again.
+                Err(e) => {
+                    tracing::warn!(queue = %d.queue.name, size, error = %e, "telling the broker the pool size failed")
+                }
+            }
+        }
         // Reserve first: nothing is fetched that cannot run now.
         let mut slots = tokio::select! {
             _ = stop.cancelled() => break,

@@ -259,6 +259,12 @@ impl ElasticPool {
         self.inner.cap.resize(size);
     }
 
+    /// The current size (the number of slots once a pending shrink has retired busy ones).
+    /// Unlike [`stats`](Self::stats), it does not take a utilisation sample.
+    pub fn size(&self) -> usize {
+        self.inner.cap.size()
+    }
+
     /// Size, busy, queued and utilisation.
     pub fn stats(&self) -> PoolStats {
         let size = self.inner.cap.size();

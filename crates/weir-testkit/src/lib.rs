@@ -28,6 +28,10 @@ pub struct Fixture {
     pub clock: Arc<ManualClock>,
     /// True if the broker follows wall-clock time rather than `clock`.
     pub real_time: bool,
+    /// How long a fetch that expects a job waits for it: zero for brokers that lease on fetch,
+    /// more for brokers that push jobs to a consumer asynchronously (RabbitMQ).
+    pub delivery_wait: Duration,
+    skips: Vec<(&'static str, &'static str)>,
     _guard: Box<dyn Any + Send>,
 }
 
@@ -38,14 +42,42 @@ impl Fixture {
             broker,
             clock,
             real_time: false,
+            delivery_wait: Duration::ZERO,
+            skips: Vec::new(),
             _guard: Box::new(guard),
         }
+    }
+
+    /// Marks the broker as following the wall clock: [`advance`](Self::advance) sleeps.
+    pub fn real_time(mut self) -> Self {
+        self.real_time = true;
+        self
+    }
+
+    /// Sets [`delivery_wait`](Self::delivery_wait).
+    pub fn delivery_wait(mut self, wait: Duration) -> Self {
+        self.delivery_wait = wait;
+        self
+    }
+
+    /// Skips the conformance test named `test` for this broker, saying `reason` when it runs.
+    /// For semantics the backend cannot offer (RabbitMQ has no priorities on quorum queues).
+    pub fn skip(mut self, test: &'static str, reason: &'static str) -> Self {
+        self.skips.push((test, reason));
+        self
+    }
+
+    /// Why `test` is skipped for this broker, if it is.
+    pub fn skipped(&self, test: &str) -> Option<&'static str> {
+        self.skips.iter().find(|(t, _)| *t == test).map(|(_, r)| *r)
     }
 
     /// Moves time forward by `d` as the broker sees it.
     pub async fn advance(&self, d: Duration) {
         if self.real_time {
             tokio::time::sleep(d).await;
+            // Keep `clock` near the wall clock, for the run_at values tests compute from it.
+            self.clock.advance(d);
         } else {
             self.clock.advance(d);
         }

@@ -38,11 +38,12 @@ pub mod reload;
 
 use std::sync::Arc;
 
+pub use weir_amqp::{AmqpBroker, AmqpOptions, QueueType};
 pub use weir_core::{
     transition, Broker, BrokerError, Clock, Delivery, Enqueued, ErrorKind, Event, FetchRequest,
     IllegalTransition, Inspect, Job, JobId, JobState, Lease, ListFilter, ManualClock, MemoryBroker,
-    NewJob, QueueCounts, SettleOutcome, Settlement, SystemClock, Task, TaskContext, TaskError,
-    Timestamp, WorkerStatus, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE,
+    NewJob, QueueCounts, QueueDepth, QueueStats, SettleOutcome, Settlement, SystemClock, Task,
+    TaskContext, TaskError, Timestamp, WorkerStatus, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE,
 };
 pub use weir_runtime::{
     decide, settlement_for, AutoscaleConfig, Client, Decision, EnqueueError, Handler, KindOptions,
@@ -61,6 +62,9 @@ pub const DEFAULT_BROKER_URL: &str = "sqlite:./weir.db";
 /// Opens the broker a URL names:
 ///
 /// - `sqlite:PATH[?sync=full|normal]`: the embedded durable broker (the default);
+/// - `amqp://` or `amqps://`: RabbitMQ, shared by many worker processes on many machines (see
+///   [`AmqpOptions::from_url`] for weir's query parameters). It connects on first use, inside
+///   a tokio runtime;
 /// - `memory:`: an in-process broker, gone when the process ends (tests, benchmarks).
 ///
 /// Opening the embedded broker does blocking file I/O.
@@ -69,12 +73,15 @@ pub fn open_broker(url: &str) -> Result<Arc<dyn Broker>, BrokerError> {
         let opts = SqliteOptions::from_url(url).map_err(BrokerError::Invalid)?;
         return Ok(Arc::new(SqliteBroker::open_with(opts)?));
     }
+    if url.starts_with("amqp://") || url.starts_with("amqps://") {
+        return Ok(Arc::new(AmqpBroker::new(url)?));
+    }
     if url == "memory:" || url == "memory://" {
         return Ok(Arc::new(MemoryBroker::new()));
     }
     let scheme = url.split_once(':').map_or(url, |(s, _)| s);
     Err(BrokerError::Invalid(format!(
-        "unsupported broker URL `{url}`: scheme `{scheme}` is not one of sqlite:, memory:"
+        "unsupported broker URL `{url}`: scheme `{scheme}` is not one of sqlite:, amqp:, amqps:, memory:"
     )))
 }
 
@@ -87,6 +94,11 @@ mod tests {
         assert!(open_broker("memory:").is_ok());
         let e = open_broker("redis://x").err().unwrap().to_string();
         assert!(e.contains("scheme `redis`"), "{e}");
+        let e = open_broker("amqp://h/?queue_type=lazy")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("queue_type `lazy`"), "{e}");
         let e = open_broker("sqlite:").err().unwrap().to_string();
         assert!(e.contains("names no file"), "{e}");
     }

@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use tokio::sync::Notify;
 use weir::{
-    Broker, Lease, MemoryBroker, NewJob, Observer, Registry, SettleOutcome, Settlement,
+    AmqpBroker, AmqpOptions, Broker, Lease, MemoryBroker, NewJob, Observer, Registry, SettleOutcome, Settlement,
     SqliteBroker, SqliteOptions, Synchronous, TaskContext, TaskError, Worker,
 };
 
@@ -40,8 +40,11 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value = "full", value_parser = ["full", "normal"])]
     sync: String,
     /// Use the in-memory broker (measures the runtime alone).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "amqp")]
     memory: bool,
+    /// Use RabbitMQ at this URL, on queues of a fresh namespace deleted afterwards.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["path", "memory"])]
+    amqp: Option<String>,
     /// Print the result as one JSON object on the last line.
     #[arg(long)]
     json: bool,
@@ -80,8 +83,17 @@ impl Observer for Done {
 
 pub(crate) async fn run(_args: &Args, a: &BenchArgs) -> anyhow::Result<ExitCode> {
     let _dir;
+    let mut amqp = None;
     let (broker, target): (Arc<dyn Broker>, String) = if a.memory {
         (Arc::new(MemoryBroker::new()), "memory".into())
+    } else if let Some(url) = &a.amqp {
+        let prefix = format!("weir-bench-{}.", std::process::id());
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let b = Arc::new(AmqpBroker::new(&format!("{url}{sep}prefix={prefix}"))?);
+        b.connect(&["bench"]).await?;
+        amqp = Some(b.clone());
+        let o = AmqpOptions::from_url(url).map_err(anyhow::Error::msg)?;
+        (b, format!("rabbitmq ({:?} queues) at {}", o.queue_type, o.display_url()))
     } else {
         let path = match &a.path {
             Some(p) => p.clone(),
@@ -191,6 +203,10 @@ pub(crate) async fn run(_args: &Args, a: &BenchArgs) -> anyhow::Result<ExitCode>
     let secs = t0.elapsed().as_secs_f64();
     stop.notify_one();
     running.await?;
+    if let Some(b) = amqp {
+        b.delete_queues(&["bench".to_owned()]).await?;
+        b.close().await;
+    }
     let h = latency.lock();
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let rate = a.tasks as f64 / secs;
@@ -214,7 +230,7 @@ pub(crate) async fn run(_args: &Args, a: &BenchArgs) -> anyhow::Result<ExitCode>
             "max_ms": h.max() as f64 / 1000.0,
             "workers": a.workers,
             "rate": a.rate,
-            "broker": if a.memory { "memory" } else { "sqlite" },
+            "broker": if a.memory { "memory" } else if a.amqp.is_some() { "amqp" } else { "sqlite" },
             "sync": a.sync,
         })
     );

@@ -13,6 +13,10 @@ pub(crate) struct StatusArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Queues to show, for brokers that cannot list their queues (RabbitMQ); repeatable.
+    /// By default, `default`.
+    #[arg(long = "queue", value_name = "NAME")]
+    queues: Vec<String>,
 }
 
 #[derive(ClapArgs, Debug)]
@@ -56,8 +60,42 @@ pub(crate) struct PurgeArgs {
     queue: Option<String>,
 }
 
+/// Status from a broker that can count its queues but not its jobs (RabbitMQ).
+async fn status_depths(stats: &dyn weir::QueueStats, a: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let queues = if a.queues.is_empty() {
+        vec![weir::DEFAULT_QUEUE.to_owned()]
+    } else {
+        a.queues.clone()
+    };
+    let depths = stats.depths(&queues).await?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string(&serde_json::json!({ "queues": depths }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<20} {:>10} {:>10} {:>10} {:>10}",
+        "QUEUE", "READY", "DELAYED", "DEAD", "CONSUMERS"
+    );
+    for d in &depths {
+        println!(
+            "{:<20} {:>10} {:>10} {:>10} {:>10}",
+            d.queue, d.ready, d.delayed, d.dead, d.consumers
+        );
+    }
+    println!("(running jobs are not counted: RabbitMQ does not report unacked messages over AMQP)");
+    Ok(ExitCode::SUCCESS)
+}
+
 pub(crate) async fn status(args: &Args, a: &StatusArgs) -> anyhow::Result<ExitCode> {
     let broker = args.open()?;
+    if broker.inspect().is_none() {
+        if let Some(stats) = broker.queue_stats() {
+            return status_depths(stats, a).await;
+        }
+    }
     let i = broker.inspect().context("this broker cannot count jobs")?;
     let counts = i.counts().await?;
     // Workers that reported within the last minute (they report every autoscaler tick).
@@ -159,14 +197,25 @@ pub(crate) async fn inspect(args: &Args, a: &InspectArgs) -> anyhow::Result<Exit
 
 pub(crate) async fn list(args: &Args, a: &ListArgs) -> anyhow::Result<ExitCode> {
     let broker = args.open()?;
-    let i = broker.inspect().context("this broker cannot list jobs")?;
-    let jobs = i
-        .list(ListFilter {
-            queue: a.queue.clone(),
-            state: a.state,
-            limit: a.limit,
-        })
-        .await?;
+    let jobs = match (broker.inspect(), broker.queue_stats()) {
+        (Some(i), _) => {
+            i.list(ListFilter {
+                queue: a.queue.clone(),
+                state: a.state,
+                limit: a.limit,
+            })
+            .await?
+        }
+        // RabbitMQ: only dead letters can be looked at (without removing them).
+        (None, Some(stats)) if a.state == Some(JobState::Failed) => {
+            let queue = a.queue.as_deref().unwrap_or(weir::DEFAULT_QUEUE);
+            stats.dead_letters(queue, a.limit).await?
+        }
+        (None, Some(_)) => anyhow::bail!(
+            "this broker can only list dead letters: use --state failed [--queue NAME]"
+        ),
+        (None, None) => anyhow::bail!("this broker cannot list jobs"),
+    };
     for j in &jobs {
         if a.json {
             println!("{}", serde_json::to_string(j)?);

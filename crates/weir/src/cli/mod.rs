@@ -21,7 +21,9 @@ use weir::Broker;
 #[derive(Parser, Debug)]
 #[command(name = "weir", version, about, propagate_version = true)]
 pub(crate) struct Args {
-    /// The broker: `sqlite:PATH[?sync=full|normal]` (embedded, the default) or `memory:`.
+    /// The broker: `sqlite:PATH[?sync=full|normal]` (embedded, the default),
+    /// `amqp://USER:PASS@HOST:PORT/VHOST[?queue_type=quorum|classic&prefix=…]` (RabbitMQ) or
+    /// `memory:`.
     #[arg(long, global = true, env = "WEIR_BROKER", default_value = weir::DEFAULT_BROKER_URL)]
     broker: String,
     /// The configuration file. By default, ./weir.toml if it exists.

@@ -1,0 +1,391 @@
+//! A job as an AMQP message, and back. Pure: no I/O, unit-tested here.
+//!
+//! The body is the payload, untouched. The message id is the job id, the AMQP `type` is the
+//! kind, and everything else travels in `x-weir-*` headers. `x-weir-attempts` counts the
+//! attempts already spent when the message was published; the broker adds the ones it lost
+//! (redeliveries) on the way back in.
+
+use std::time::Duration;
+
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::BasicProperties;
+use weir_core::{Job, JobId, JobState, Timestamp, DEFAULT_MAX_ATTEMPTS};
+
+const ATTEMPTS: &str = "x-weir-attempts";
+const MAX_ATTEMPTS: &str = "x-weir-max-attempts";
+const TRACE_ID: &str = "x-weir-trace-id";
+const PRIORITY: &str = "x-weir-priority";
+const RUN_AT: &str = "x-weir-run-at";
+const CREATED_AT: &str = "x-weir-created-at";
+const TIMEOUT_MS: &str = "x-weir-timeout-ms";
+const ERROR: &str = "x-weir-error";
+/// Added by quorum queues to a redelivered message: how many times it came back unsettled.
+const DELIVERY_COUNT: &str = "x-delivery-count";
+/// Added by RabbitMQ when it dead-letters a message itself (e.g. the delivery limit).
+const DEATH: &str = "x-death";
+
+/// Message properties for `job`. `job.attempt` is the number of attempts already spent.
+pub(crate) fn encode(job: &Job) -> BasicProperties {
+    let mut h = FieldTable::default();
+    h.insert(ATTEMPTS.into(), AMQPValue::LongLongInt(job.attempt.into()));
+    h.insert(
+        MAX_ATTEMPTS.into(),
+        AMQPValue::LongLongInt(job.max_attempts.into()),
+    );
+    h.insert(
+        TRACE_ID.into(),
+        AMQPValue::LongString(job.trace_id.as_str().into()),
+    );
+    if job.priority != 0 {
+        h.insert(PRIORITY.into(), AMQPValue::LongLongInt(job.priority.into()));
+    }
+    h.insert(
+        RUN_AT.into(),
+        AMQPValue::LongLongInt(job.run_at.as_millis()),
+    );
+    h.insert(
+        CREATED_AT.into(),
+        AMQPValue::LongLongInt(job.created_at.as_millis()),
+    );
+    if let Some(t) = job.timeout {
+        let ms = i64::try_from(t.as_millis()).unwrap_or(i64::MAX);
+        h.insert(TIMEOUT_MS.into(), AMQPValue::LongLongInt(ms));
+    }
+    if let Some(e) = &job.last_error {
+        h.insert(ERROR.into(), AMQPValue::LongString(e.as_str().into()));
+    }
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_message_id(job.id.to_string().into())
+        .with_type(short(&job.kind))
+        .with_timestamp(u64::try_from(job.created_at.as_millis() / 1000).unwrap_or(0))
+        .with_headers(h)
+}
+
+/// An AMQP short string (at most 255 bytes): longer kinds are rejected before publishing.
+fn short(s: &str) -> ShortString {
+    ShortString::from(s)
+}
+
+/// Checks what [`encode`] cannot carry, before anything is published.
+pub(crate) fn check(job: &Job) -> Result<(), String> {
+    if job.kind.len() > 255 {
+        return Err(format!(
+            "kind `{}…` is {} bytes long; AMQP carries at most 255",
+            &job.kind[..32],
+            job.kind.len()
+        ));
+    }
+    if job.kind.is_empty() {
+        return Err("kind is empty".into());
+    }
+    Ok(())
+}
+
+/// How a message came in, besides its properties and body.
+pub(crate) struct Incoming<'a> {
+    /// The weir queue it belongs to.
+    pub(crate) queue: &'a str,
+    /// The broker's redelivered flag.
+    pub(crate) redelivered: bool,
+}
+
+/// The job a message carries, with `attempt` counting this delivery. `Err` names what is
+/// wrong with a message weir cannot run (it is dead-lettered with that reason).
+pub(crate) fn decode(
+    props: &BasicProperties,
+    body: Vec<u8>,
+    how: Incoming<'_>,
+) -> Result<Job, String> {
+    let id_str = props
+        .message_id()
+        .as_ref()
+        .ok_or("message has no message-id (weir puts the job id there)")?;
+    let id: JobId = id_str
+        .as_str()
+        .parse()
+        .map_err(|e| format!("message-id `{id_str}` is not a job id: {e}"))?;
+    let kind = props
+        .kind()
+        .as_ref()
+        .ok_or("message has no type (weir puts the task kind there)")?
+        .to_string();
+    let empty = FieldTable::default();
+    let h = props.headers().as_ref().unwrap_or(&empty);
+    let int = |k: &str| -> Result<Option<i64>, String> {
+        match h.inner().get(k) {
+            None => Ok(None),
+            Some(v) => as_int(v)
+                .map(Some)
+                .ok_or_else(|| format!("header {k} is not an integer: {v:?}")),
+        }
+    };
+    let spent = u32::try_from(int(ATTEMPTS)?.unwrap_or(0))
+        .map_err(|_| format!("header {ATTEMPTS} is out of range"))?;
+    // Quorum queues count redeliveries; classic queues only flag them.
+    let lost = match int(DELIVERY_COUNT)? {
+        Some(n) => u32::try_from(n).unwrap_or(u32::MAX),
+        None => u32::from(how.redelivered),
+    };
+    let max_attempts = match int(MAX_ATTEMPTS)? {
+        None => DEFAULT_MAX_ATTEMPTS,
+        Some(n) => u32::try_from(n)
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| format!("header {MAX_ATTEMPTS} must be at least 1, got {n}"))?,
+    };
+    let priority = i32::try_from(int(PRIORITY)?.unwrap_or(0))
+        .map_err(|_| format!("header {PRIORITY} is out of range"))?;
+    let created_at = match int(CREATED_AT)? {
+        Some(ms) => Timestamp(ms),
+        None => props
+            .timestamp()
+            .map(|s| Timestamp(i64::try_from(s).unwrap_or(0).saturating_mul(1000)))
+            .unwrap_or(Timestamp(0)),
+    };
+    let timeout = match int(TIMEOUT_MS)? {
+        None => None,
+        Some(ms) => Some(Duration::from_millis(
+            u64::try_from(ms).map_err(|_| format!("header {TIMEOUT_MS} is negative"))?,
+        )),
+    };
+    Ok(Job {
+        id,
+        kind,
+        queue: how.queue.to_owned(),
+        payload: body,
+        priority,
+        run_at: int(RUN_AT)?.map(Timestamp).unwrap_or(created_at),
+        attempt: spent.saturating_add(lost).saturating_add(1),
+        max_attempts,
+        timeout,
+        unique_key: None,
+        trace_id: string(h, TRACE_ID).unwrap_or_else(|| id.to_string()),
+        created_at,
+        state: JobState::Running,
+        last_error: string(h, ERROR).or_else(|| death_reason(h)),
+        result: None,
+        lease_until: None,
+        finished_at: None,
+    })
+}
+
+/// A dead-lettered message as a Failed job: attempts as spent, the error as recorded.
+pub(crate) fn decode_dead(props: &BasicProperties, body: Vec<u8>, queue: &str) -> Job {
+    let how = Incoming {
+        queue,
+        redelivered: false,
+    };
+    let mut bare = props.clone();
+    // Peeking requeues the message; that redelivery is not an attempt.
+    if let Some(h) = props.headers() {
+        let mut h = h.inner().clone();
+        h.remove(DELIVERY_COUNT);
+        bare = bare.with_headers(h.into());
+    }
+    match decode(&bare, body.clone(), how) {
+        Ok(mut job) => {
+            job.attempt = job.attempt.saturating_sub(1);
+            job.state = JobState::Failed;
+            job
+        }
+        // Dead-lettered because it could not be read: show it as it is.
+        Err(why) => Job {
+            id: props
+                .message_id()
+                .as_ref()
+                .and_then(|m| m.as_str().parse().ok())
+                .unwrap_or_else(|| JobId::from_bytes([0; 16])),
+            kind: props
+                .kind()
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            queue: queue.to_owned(),
+            payload: body,
+            priority: 0,
+            run_at: Timestamp(0),
+            attempt: 0,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            timeout: None,
+            unique_key: None,
+            trace_id: String::new(),
+            created_at: Timestamp(0),
+            state: JobState::Failed,
+            last_error: props
+                .headers()
+                .as_ref()
+                .and_then(|h| string(h, ERROR))
+                .or(Some(why)),
+            result: None,
+            lease_until: None,
+            finished_at: None,
+        },
+    }
+}
+
+fn string(h: &FieldTable, k: &str) -> Option<String> {
+    match h.inner().get(k)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+/// Why RabbitMQ dead-lettered a message itself, from its `x-death` header.
+fn death_reason(h: &FieldTable) -> Option<String> {
+    let AMQPValue::FieldArray(deaths) = h.inner().get(DEATH)? else {
+        return None;
+    };
+    let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else {
+        return None;
+    };
+    let reason = string(first, "reason")?;
+    Some(match reason.as_str() {
+        "delivery_limit" => {
+            "dead-lettered by RabbitMQ: delivery limit reached (workers kept losing it)".into()
+        }
+        other => format!("dead-lettered by RabbitMQ: {other}"),
+    })
+}
+
+fn as_int(v: &AMQPValue) -> Option<i64> {
+    Some(match *v {
+        AMQPValue::ShortShortInt(n) => n.into(),
+        AMQPValue::ShortShortUInt(n) => n.into(),
+        AMQPValue::ShortInt(n) => n.into(),
+        AMQPValue::ShortUInt(n) => n.into(),
+        AMQPValue::LongInt(n) => n.into(),
+        AMQPValue::LongUInt(n) => n.into(),
+        AMQPValue::LongLongInt(n) => n,
+        AMQPValue::Timestamp(n) => i64::try_from(n).ok()?,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_core::NewJob;
+
+    fn sample() -> Job {
+        NewJob::new("email", br#"{"to":"x"}"#.to_vec())
+            .queue("mail")
+            .priority(-3)
+            .max_attempts(7)
+            .timeout(Duration::from_millis(1500))
+            .trace_id("t-1")
+            .into_job(Timestamp(1_700_000_000_123))
+    }
+
+    fn incoming(redelivered: bool) -> Incoming<'static> {
+        Incoming {
+            queue: "mail",
+            redelivered,
+        }
+    }
+
+    #[test]
+    fn round_trip_counts_this_attempt() {
+        let job = sample();
+        let props = encode(&job);
+        let back = decode(&props, job.payload.clone(), incoming(false)).unwrap();
+        assert_eq!(back.id, job.id);
+        assert_eq!(back.kind, "email");
+        assert_eq!(back.queue, "mail");
+        assert_eq!(back.payload, job.payload);
+        assert_eq!(back.priority, -3);
+        assert_eq!(back.max_attempts, 7);
+        assert_eq!(back.timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(back.trace_id, "t-1");
+        assert_eq!(back.created_at, job.created_at);
+        assert_eq!(back.run_at, job.run_at);
+        assert_eq!(back.attempt, 1);
+        assert_eq!(back.state, JobState::Running);
+    }
+
+    #[test]
+    fn redeliveries_count_as_attempts() {
+        let mut job = sample();
+        job.attempt = 2;
+        let props = encode(&job);
+        // Classic queues: only the flag.
+        assert_eq!(decode(&props, vec![], incoming(true)).unwrap().attempt, 4);
+        // Quorum queues: the count.
+        let mut h = props.headers().clone().unwrap();
+        h.insert(DELIVERY_COUNT.into(), AMQPValue::LongLongInt(3));
+        let props = props.with_headers(h);
+        assert_eq!(decode(&props, vec![], incoming(true)).unwrap().attempt, 6);
+    }
+
+    #[test]
+    fn foreign_messages_are_named_errors() {
+        let none = BasicProperties::default();
+        let e = decode(&none, vec![], incoming(false)).unwrap_err();
+        assert!(e.contains("no message-id"), "{e}");
+        let bad_id = BasicProperties::default().with_message_id("42".into());
+        let e = decode(&bad_id, vec![], incoming(false)).unwrap_err();
+        assert!(e.contains("`42` is not a job id"), "{e}");
+        let no_kind = BasicProperties::default().with_message_id(JobId::new().to_string().into());
+        let e = decode(&no_kind, vec![], incoming(false)).unwrap_err();
+        assert!(e.contains("no type"), "{e}");
+        let mut h = FieldTable::default();
+        h.insert(ATTEMPTS.into(), AMQPValue::LongString("two".into()));
+        let bad_header = no_kind.with_type("k".into()).with_headers(h);
+        let e = decode(&bad_header, vec![], incoming(false)).unwrap_err();
+        assert!(e.contains("x-weir-attempts is not an integer"), "{e}");
+    }
+
+    #[test]
+    fn minimal_foreign_message_gets_defaults() {
+        let id = JobId::new();
+        let props = BasicProperties::default()
+            .with_message_id(id.to_string().into())
+            .with_type("noop".into())
+            .with_timestamp(1_700_000_000);
+        let job = decode(&props, b"{}".to_vec(), incoming(false)).unwrap();
+        assert_eq!(job.max_attempts, DEFAULT_MAX_ATTEMPTS);
+        assert_eq!(job.attempt, 1);
+        assert_eq!(job.created_at, Timestamp(1_700_000_000_000));
+        assert_eq!(job.run_at, job.created_at);
+    }
+
+    #[test]
+    fn dead_letters_keep_their_error() {
+        let mut job = sample();
+        job.attempt = 3;
+        job.last_error = Some("upstream 500".into());
+        let dead = decode_dead(&encode(&job), vec![], "mail");
+        assert_eq!(dead.state, JobState::Failed);
+        assert_eq!(dead.attempt, 3);
+        assert_eq!(dead.last_error.as_deref(), Some("upstream 500"));
+        // Dead-lettered by RabbitMQ's delivery limit: the reason comes from x-death.
+        let mut plain = sample();
+        plain.attempt = 0;
+        let mut h = encode(&plain).headers().clone().unwrap();
+        let mut death = FieldTable::default();
+        death.insert(
+            "reason".into(),
+            AMQPValue::LongString("delivery_limit".into()),
+        );
+        h.insert(
+            DEATH.into(),
+            AMQPValue::FieldArray(vec![AMQPValue::FieldTable(death)].into()),
+        );
+        let dead = decode_dead(&encode(&plain).with_headers(h), vec![], "mail");
+        assert!(dead.last_error.unwrap().contains("delivery limit"));
+        // Unreadable: shown as it is, with why.
+        let junk = decode_dead(&BasicProperties::default(), b"?".to_vec(), "mail");
+        assert!(junk.last_error.unwrap().contains("no message-id"));
+    }
+
+    #[test]
+    fn overlong_kind_is_rejected_before_publishing() {
+        let mut job = sample();
+        job.kind = "k".repeat(300);
+        assert!(check(&job).unwrap_err().contains("at most 255"));
+        job.kind.clear();
+        assert!(check(&job).is_err());
+        assert!(check(&sample()).is_ok());
+    }
+}

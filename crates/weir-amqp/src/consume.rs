@@ -1,0 +1,427 @@
+//! Consuming: one channel and consumer per weir queue, its prefetch set to the worker's pool
+//! size, deliveries buffered until a fetch takes them, and every unsettled delivery tracked
+//! by tag so acks can be batched safely.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::Channel;
+use tokio::sync::Notify;
+use weir_core::{BrokerError, Job, Timestamp};
+
+use crate::codec::{self, Incoming};
+use crate::conn::{unavailable, Outgoing};
+use crate::topology::{route, Target};
+use crate::Shared;
+
+/// One weir queue this process consumes.
+pub(crate) struct QueueState {
+    pub(crate) name: String,
+    /// Deliveries not yet fetched: (channel, delivery tag).
+    pub(crate) buffer: parking_lot::Mutex<VecDeque<(Arc<ChanState>, u64)>>,
+    pub(crate) ready: Notify,
+    /// The prefetch the worker asked for (its pool size).
+    pub(crate) prefetch: AtomicUsize,
+    pub(crate) prefetch_changed: Notify,
+    /// True once its consumer task runs (a queue only sized, never fetched, has none).
+    pub(crate) consuming: AtomicBool,
+}
+
+impl QueueState {
+    pub(crate) fn new(name: &str, prefetch: usize) -> Self {
+        QueueState {
+            name: name.to_owned(),
+            buffer: parking_lot::Mutex::new(VecDeque::new()),
+            ready: Notify::new(),
+            prefetch: AtomicUsize::new(prefetch.max(1)),
+            prefetch_changed: Notify::new(),
+            consuming: AtomicBool::new(false),
+        }
+    }
+}
+
+/// What this process holds of one delivery until it is acked or rejected.
+pub(crate) struct Held {
+    pub(crate) job: Job,
+    pub(crate) state: HeldState,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HeldState {
+    /// In the buffer, not yet fetched.
+    Buffered,
+    /// Fetched by a worker: leased until then, fenced by attempt.
+    Leased(Timestamp),
+    /// Being settled (a copy is being published); no longer the worker's.
+    Settling,
+}
+
+/// One consumer channel. Its delivery tags are only valid on it: when it dies, whatever it
+/// held goes back to the queue on the broker's side, and every lease on it turns stale.
+pub(crate) struct ChanState {
+    /// Unique per channel in this process; part of every lease token.
+    pub(crate) gen: u32,
+    pub(crate) channel: Channel,
+    pub(crate) held: parking_lot::Mutex<BTreeMap<u64, Held>>,
+    /// Acks and rejects go out one caller at a time: a multiple-ack must not overtake a
+    /// single ack (or a reject) of a tag it covers, or RabbitMQ closes the channel with
+    /// "unknown delivery tag".
+    pub(crate) acking: tokio::sync::Mutex<()>,
+    pub(crate) dead: AtomicBool,
+}
+
+/// Lease tokens: the channel generation above bit 40, the delivery tag below.
+const TAG_BITS: u32 = 40;
+
+pub(crate) fn token(gen: u32, tag: u64) -> u64 {
+    (u64::from(gen) << TAG_BITS) | (tag & ((1 << TAG_BITS) - 1))
+}
+
+pub(crate) fn untoken(token: u64) -> (u32, u64) {
+    ((token >> TAG_BITS) as u32, token & ((1 << TAG_BITS) - 1))
+}
+
+impl ChanState {
+    /// Acks `tags`, which the caller has settled: one multiple-ack for those below every tag
+    /// still held (the common case: work finishes roughly in delivery order), single acks
+    /// for the rest. Returns false if the channel is gone (the broker requeues them).
+    pub(crate) async fn ack(&self, mut tags: Vec<u64>) -> bool {
+        let _one = self.acking.lock().await;
+        if self.dead.load(Ordering::Acquire) {
+            return false;
+        }
+        tags.sort_unstable();
+        let lowest_held = {
+            let mut held = self.held.lock();
+            for t in &tags {
+                held.remove(t);
+            }
+            held.keys().next().copied().unwrap_or(u64::MAX)
+        };
+        let split = tags.partition_point(|t| *t < lowest_held);
+        let (multi, singles) = tags.split_at(split);
+        let mut ok = true;
+        if let Some(&last) = multi.last() {
+            let r = if multi.len() == 1 {
+                self.channel
+                    .basic_ack(last, BasicAckOptions { multiple: false })
+            } else {
+                self.channel
+                    .basic_ack(last, BasicAckOptions { multiple: true })
+            };
+            ok &= r.await.is_ok();
+        }
+        for &t in singles {
+            ok &= self
+                .channel
+                .basic_ack(t, BasicAckOptions { multiple: false })
+                .await
+                .is_ok();
+        }
+        ok
+    }
+
+    /// Gives `tag` back to the queue (counted as a delivery by quorum queues) if `still`
+    /// holds for it, checked under the ack lock (a settle may have claimed it meanwhile).
+    pub(crate) async fn requeue(&self, tag: u64, still: impl FnOnce(&Held) -> bool) {
+        let _one = self.acking.lock().await;
+        if self.dead.load(Ordering::Acquire) {
+            return;
+        }
+        {
+            let mut held = self.held.lock();
+            if !held.get(&tag).is_some_and(still) {
+                return;
+            }
+            held.remove(&tag);
+        }
+        let _ = self
+            .channel
+            .basic_reject(tag, BasicRejectOptions { requeue: true })
+            .await;
+    }
+}
+
+/// Keeps one queue consumed for as long as the broker lives: on any loss (connection, channel,
+/// a consumer cancelled by the server) it reconnects with backoff and consumes again. It never
+/// stops silently: every failure is logged with when it tries again.
+pub(crate) async fn consume_forever(shared: Arc<Shared>, q: Arc<QueueState>) {
+    let mut failures = 0u32;
+    loop {
+        let started = tokio::time::Instant::now();
+        let outcome = tokio::select! {
+            _ = shared.closed.cancelled() => return,
+            r = consume_once(&shared, &q) => r,
+        };
+        if shared.closed.is_cancelled() {
+            return;
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            failures = 0;
+        }
+        failures = failures.saturating_add(1);
+        let pause = shared.conn.pause(failures);
+        match outcome {
+            Ok(()) => {
+                tracing::warn!(queue = %q.name, retry_in = ?pause, "RabbitMQ consumer ended; consuming again")
+            }
+            Err(e) => {
+                tracing::warn!(queue = %q.name, error = %e, retry_in = ?pause, "RabbitMQ consumer failed; consuming again")
+            }
+        }
+        tokio::select! {
+            _ = shared.closed.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+static CONSUMER_SEQ: AtomicU32 = AtomicU32::new(0);
+
+async fn consume_once(shared: &Arc<Shared>, q: &Arc<QueueState>) -> Result<(), BrokerError> {
+    let conn = shared.conn.conn().await?;
+    shared.conn.declare(&conn, &q.name).await?;
+    let channel = conn
+        .connection
+        .create_channel()
+        .await
+        .map_err(|e| unavailable("opening a consumer channel", e))?;
+    let chan = Arc::new(ChanState {
+        gen: shared.next_gen.fetch_add(1, Ordering::Relaxed),
+        channel: channel.clone(),
+        held: parking_lot::Mutex::new(BTreeMap::new()),
+        acking: tokio::sync::Mutex::new(()),
+        dead: AtomicBool::new(false),
+    });
+    shared.channels.write().insert(chan.gen, chan.clone());
+    let result = run_consumer(shared, q, &chan).await;
+    // Whatever this channel held is the broker's again once the channel closes; leases on it
+    // turn stale and buffered deliveries are dropped.
+    {
+        let _one = chan.acking.lock().await;
+        chan.dead.store(true, Ordering::Release);
+        chan.held.lock().clear();
+    }
+    shared.channels.write().remove(&chan.gen);
+    q.buffer.lock().retain(|(c, _)| !Arc::ptr_eq(c, &chan));
+    if channel.status().connected() {
+        let _ = channel.close(200, "consumer restarting".into()).await;
+    }
+    if result.is_err() && !conn.healthy() {
+        shared.conn.discard(&conn);
+    }
+    result
+}
+
+async fn run_consumer(
+    shared: &Arc<Shared>,
+    q: &Arc<QueueState>,
+    chan: &Arc<ChanState>,
+) -> Result<(), BrokerError> {
+    let work = shared.conn.topo.name(&q.name, &Target::Work);
+    let mut prefetch = q.prefetch.load(Ordering::Acquire);
+    let mut consumer = start(&chan.channel, &work, prefetch).await?;
+    tracing::debug!(queue = %q.name, prefetch, "consuming");
+    loop {
+        tokio::select! {
+            d = consumer.next() => match d {
+                Some(Ok(d)) => on_delivery(shared, q, chan, d),
+                Some(Err(e)) => return Err(unavailable("consuming", e)),
+                None => return Ok(()),
+            },
+            _ = q.prefetch_changed.notified() => {
+                let want = q.prefetch.load(Ordering::Acquire);
+                if want == prefetch {
+                    continue;
+                }
+                // A consumer's prefetch is fixed when it starts: cancel, drain what was
+                // already delivered to it, and consume again with the new one. Unacked
+                // deliveries stay on the channel, so nothing is redelivered.
+                chan.channel
+                    .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+                    .await
+                    .map_err(|e| unavailable("cancelling a consumer to resize", e))?;
+                while let Some(d) = consumer.next().await {
+                    match d {
+                        Ok(d) => on_delivery(shared, q, chan, d),
+                        Err(e) => return Err(unavailable("consuming", e)),
+                    }
+                }
+                prefetch = want;
+                consumer = start(&chan.channel, &work, prefetch).await?;
+                tracing::debug!(queue = %q.name, prefetch, "prefetch follows the pool size");
+            }
+        }
+    }
+}
+
+async fn start(
+    channel: &Channel,
+    work: &str,
+    prefetch: usize,
+) -> Result<lapin::Consumer, BrokerError> {
+    let n = u16::try_from(prefetch).unwrap_or(u16::MAX);
+    channel
+        .basic_qos(n, BasicQosOptions::default())
+        .await
+        .map_err(|e| unavailable("setting prefetch", e))?;
+    let tag = format!(
+        "weir-{}-{}",
+        std::process::id(),
+        CONSUMER_SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    channel
+        .basic_consume(
+            work.into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| unavailable(&format!("consuming queue `{work}`"), e))
+}
+
+/// A delivery arrives: runnable ones are buffered for fetch; unreadable ones, ones whose
+/// attempts were all lost, and ones that are not due yet are moved (dead queue, delay tier)
+/// by a publish, then acked.
+fn on_delivery(
+    shared: &Arc<Shared>,
+    q: &Arc<QueueState>,
+    chan: &Arc<ChanState>,
+    d: lapin::message::Delivery,
+) {
+    let tag = d.delivery_tag;
+    let how = Incoming {
+        queue: &q.name,
+        redelivered: d.redelivered,
+    };
+    let props = d.properties;
+    let now = shared.clock.now();
+    let moved = match codec::decode(&props, d.data.clone(), how) {
+        Err(why) => {
+            tracing::warn!(queue = %q.name, error = %why, "unreadable message dead-lettered");
+            let mut h = props.headers().clone().unwrap_or_default();
+            h.insert(
+                "x-weir-error".into(),
+                AMQPValue::LongString(format!("unreadable message: {why}").into()),
+            );
+            let to = shared.conn.topo.name(&q.name, &Target::Dead);
+            let placeholder = codec::decode_dead(&props, d.data.clone(), &q.name);
+            Some((
+                placeholder,
+                Outgoing {
+                    to,
+                    props: props.with_headers(h),
+                    body: d.data,
+                },
+            ))
+        }
+        Ok(mut job) if job.attempt > job.max_attempts => {
+            job.attempt -= 1;
+            let lost = job.attempt;
+            job.last_error = Some(format!(
+                "attempts exhausted: {lost} of {} attempts spent, the last ones lost (a worker \
+                 died or its lease expired); last error: {}",
+                job.max_attempts,
+                job.last_error.as_deref().unwrap_or("none")
+            ));
+            tracing::warn!(queue = %q.name, id = %job.id, "job dead-lettered: attempts lost");
+            let out = Outgoing {
+                to: shared.conn.topo.name(&q.name, &Target::Dead),
+                props: codec::encode(&job),
+                body: job.payload.clone(),
+            };
+            Some((job, out))
+        }
+        Ok(job) => match route(job.run_at.as_millis(), now.as_millis()) {
+            Target::Work => {
+                chan.held.lock().insert(
+                    tag,
+                    Held {
+                        job,
+                        state: HeldState::Buffered,
+                    },
+                );
+                q.buffer.lock().push_back((chan.clone(), tag));
+                q.ready.notify_waiters();
+                None
+            }
+            tier => {
+                // Early (a hop through a delay tier): on its way again, nothing spent.
+                let mut job = job;
+                job.attempt -= 1;
+                let out = Outgoing {
+                    to: shared.conn.topo.name(&q.name, &tier),
+                    props: codec::encode(&job),
+                    body: job.payload.clone(),
+                };
+                Some((job, out))
+            }
+        },
+    };
+    if let Some((job, out)) = moved {
+        chan.held.lock().insert(
+            tag,
+            Held {
+                job,
+                state: HeldState::Settling,
+            },
+        );
+        let shared = shared.clone();
+        let chan = chan.clone();
+        tokio::spawn(async move {
+            let sent = match shared.conn.conn().await {
+                Ok(conn) => shared.conn.publish(&conn, vec![out]).await,
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(()) => {
+                    chan.ack(vec![tag]).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "moving a message failed; it goes back to its queue");
+                    chan.requeue(tag, |_| true).await;
+                }
+            }
+        });
+    }
+}
+
+/// Gives back deliveries whose lease ran out without a heartbeat or settle (the worker lost
+/// track of them): the broker redelivers them and the lost attempt counts.
+pub(crate) async fn reap_forever(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shared.closed.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = shared.clock.now();
+        let chans: Vec<Arc<ChanState>> = shared.channels.read().values().cloned().collect();
+        for chan in chans {
+            let expired: Vec<u64> = chan
+                .held
+                .lock()
+                .iter()
+                .filter(|(_, h)| matches!(h.state, HeldState::Leased(until) if until <= now))
+                .map(|(t, _)| *t)
+                .collect();
+            for tag in expired {
+                tracing::debug!(tag, "lease expired: giving the delivery back");
+                chan.requeue(
+                    tag,
+                    |h| matches!(h.state, HeldState::Leased(until) if until <= now),
+                )
+                .await;
+            }
+        }
+    }
+}

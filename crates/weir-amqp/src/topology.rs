@@ -1,0 +1,253 @@
+//! Queue names, queue arguments and the delay tiers. Pure: no I/O.
+//!
+//! Every weir queue `q` is a set of RabbitMQ queues, all durable and of one type:
+//! - `q`: the work queue. Rejected or over-delivered messages dead-letter to `q.dead`.
+//! - `q.dead`: the dead-letter queue, with the error in `x-weir-error`.
+//! - `q.delay.<ms>`: delay tiers. Each has a fixed message TTL; an expired message dead-letters
+//!   back into `q`. A job due in `d` goes to the longest tier not longer than `d`; when it comes
+//!   back early it hops again. Fixed-TTL tiers keep every tier FIFO in expiry order, which a
+//!   single queue with per-message TTLs is not (RabbitMQ only expires the head). No plugin is
+//!   needed.
+
+use lapin::types::{AMQPValue, FieldTable};
+
+/// The delay tiers, in milliseconds: 250 ms × 4ⁿ, up to about 4.5 hours. A longer delay hops
+/// through the longest tier several times.
+pub(crate) const TIERS_MS: [u64; 9] = [
+    250, 1_000, 4_000, 16_000, 64_000, 256_000, 1_024_000, 4_096_000, 16_384_000,
+];
+
+/// A message due within this many milliseconds is delivered now rather than delayed again.
+pub(crate) const DUE_SLACK_MS: i64 = 50;
+
+/// The RabbitMQ queue type.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QueueType {
+    /// Replicated, durable, with a delivery limit: the default.
+    #[default]
+    Quorum,
+    /// Classic queues: faster on one node, no delivery limit.
+    Classic,
+}
+
+impl QueueType {
+    /// Parses `quorum` or `classic`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "quorum" => Ok(QueueType::Quorum),
+            "classic" => Ok(QueueType::Classic),
+            other => Err(format!(
+                "queue_type `{other}` is not one of quorum, classic"
+            )),
+        }
+    }
+}
+
+/// How weir names and declares the queues behind one weir queue.
+#[derive(Clone, Debug)]
+pub(crate) struct Topology {
+    pub(crate) prefix: String,
+    pub(crate) queue_type: QueueType,
+    /// For quorum work queues: deliveries without a settle before the broker dead-letters.
+    pub(crate) delivery_limit: u32,
+    /// Quorum queues dead-letter at-least-once (a message leaves only once its new queue has
+    /// it) instead of RabbitMQ's default at-most-once.
+    pub(crate) at_least_once: bool,
+}
+
+/// Where a message is published to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// The work queue: runnable now.
+    Work,
+    /// A delay tier of this many milliseconds.
+    Tier(u64),
+    /// The dead-letter queue.
+    Dead,
+}
+
+impl Topology {
+    /// The RabbitMQ queue behind weir queue `queue` for `target`.
+    pub(crate) fn name(&self, queue: &str, target: &Target) -> String {
+        match target {
+            Target::Work => format!("{}{queue}", self.prefix),
+            Target::Dead => format!("{}{queue}.dead", self.prefix),
+            Target::Tier(ms) => format!("{}{queue}.delay.{ms}", self.prefix),
+        }
+    }
+
+    /// Every RabbitMQ queue behind `queue`, with its declare arguments.
+    pub(crate) fn queues(&self, queue: &str) -> Vec<(String, FieldTable)> {
+        let mut all = vec![
+            (self.name(queue, &Target::Work), self.work_args(queue)),
+            (self.name(queue, &Target::Dead), self.base_args()),
+        ];
+        for ms in TIERS_MS {
+            let mut a = self.base_args();
+            a.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ms as i64));
+            self.dead_letter_to(&mut a, self.name(queue, &Target::Work));
+            all.push((self.name(queue, &Target::Tier(ms)), a));
+        }
+        all
+    }
+
+    fn base_args(&self) -> FieldTable {
+        let mut a = FieldTable::default();
+        let t = match self.queue_type {
+            QueueType::Quorum => "quorum",
+            QueueType::Classic => "classic",
+        };
+        a.insert("x-queue-type".into(), AMQPValue::LongString(t.into()));
+        a
+    }
+
+    fn work_args(&self, queue: &str) -> FieldTable {
+        let mut a = self.base_args();
+        self.dead_letter_to(&mut a, self.name(queue, &Target::Dead));
+        if self.queue_type == QueueType::Quorum {
+            a.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(self.delivery_limit.into()),
+            );
+        }
+        a
+    }
+
+    /// Dead-letters through the default exchange straight to `to` (at-least-once on quorum
+    /// queues when asked for).
+    fn dead_letter_to(&self, a: &mut FieldTable, to: String) {
+        a.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
+        a.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(to.as_str().into()),
+        );
+        if self.queue_type == QueueType::Quorum && self.at_least_once {
+            a.insert(
+                "x-dead-letter-strategy".into(),
+                AMQPValue::LongString("at-least-once".into()),
+            );
+            a.insert(
+                "x-overflow".into(),
+                AMQPValue::LongString("reject-publish".into()),
+            );
+        }
+    }
+}
+
+/// Where a message due at `run_at` goes when the time is `now`: the work queue if due (within
+/// [`DUE_SLACK_MS`]), else the longest tier not longer than the wait (the shortest tier for a
+/// wait under it: up to 250 ms late).
+pub(crate) fn route(run_at_ms: i64, now_ms: i64) -> Target {
+    let wait = run_at_ms.saturating_sub(now_ms);
+    if wait <= DUE_SLACK_MS {
+        return Target::Work;
+    }
+    let wait = wait as u64;
+    let tier = TIERS_MS
+        .iter()
+        .rev()
+        .find(|t| **t <= wait)
+        .copied()
+        .unwrap_or(TIERS_MS[0]);
+    Target::Tier(tier)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topo(queue_type: QueueType) -> Topology {
+        Topology {
+            prefix: "app.".into(),
+            queue_type,
+            delivery_limit: 5,
+            at_least_once: true,
+        }
+    }
+
+    #[test]
+    fn routes_to_the_longest_tier_that_fits() {
+        assert_eq!(route(1_000, 1_000), Target::Work);
+        assert_eq!(route(1_040, 1_000), Target::Work);
+        assert_eq!(route(900, 1_000), Target::Work, "overdue runs now");
+        assert_eq!(route(1_100, 1_000), Target::Tier(250));
+        assert_eq!(route(1_000 + 999, 1_000), Target::Tier(250));
+        assert_eq!(route(1_000 + 1_000, 1_000), Target::Tier(1_000));
+        assert_eq!(route(30_000, 0), Target::Tier(16_000));
+        assert_eq!(route(i64::MAX, 0), Target::Tier(16_384_000));
+    }
+
+    #[test]
+    fn hops_reach_the_due_time_within_a_tier_step() {
+        // Simulate hops with exact TTLs: the job comes back no earlier than due and at most
+        // 250 ms late, in a bounded number of hops.
+        for wait in [
+            60, 300, 999, 1_001, 10_000, 30_000, 61_000, 3_600_000, 86_400_000,
+        ] {
+            let (run_at, mut now, mut hops) = (wait, 0i64, 0);
+            while let Target::Tier(ms) = route(run_at, now) {
+                now += ms as i64;
+                hops += 1;
+                assert!(hops < 40, "{wait}: too many hops");
+            }
+            assert!(now >= run_at - DUE_SLACK_MS, "{wait}: early at {now}");
+            assert!(now <= run_at + 250, "{wait}: late at {now}");
+        }
+    }
+
+    #[test]
+    fn names_and_arguments() {
+        let t = topo(QueueType::Quorum);
+        let qs = t.queues("mail");
+        assert_eq!(qs.len(), 2 + TIERS_MS.len());
+        assert_eq!(qs[0].0, "app.mail");
+        assert_eq!(qs[1].0, "app.mail.dead");
+        assert_eq!(qs[2].0, "app.mail.delay.250");
+        let work = qs[0].1.inner();
+        assert_eq!(
+            work.get("x-dead-letter-routing-key"),
+            Some(&AMQPValue::LongString("app.mail.dead".into()))
+        );
+        assert_eq!(
+            work.get("x-delivery-limit"),
+            Some(&AMQPValue::LongLongInt(5))
+        );
+        let dead = qs[1].1.inner();
+        assert!(
+            !dead.contains_key("x-delivery-limit"),
+            "peeking must never drop dead letters"
+        );
+        assert!(!dead.contains_key("x-dead-letter-exchange"));
+        let tier = qs[2].1.inner();
+        assert_eq!(
+            tier.get("x-message-ttl"),
+            Some(&AMQPValue::LongLongInt(250))
+        );
+        assert_eq!(
+            tier.get("x-dead-letter-routing-key"),
+            Some(&AMQPValue::LongString("app.mail".into()))
+        );
+        assert_eq!(
+            tier.get("x-dead-letter-strategy"),
+            Some(&AMQPValue::LongString("at-least-once".into()))
+        );
+        let mut default = topo(QueueType::Quorum);
+        default.at_least_once = false;
+        assert!(!default.queues("mail")[2]
+            .1
+            .inner()
+            .contains_key("x-dead-letter-strategy"));
+        let classic = topo(QueueType::Classic).queues("mail");
+        assert!(!classic[0].1.inner().contains_key("x-delivery-limit"));
+        assert!(!classic[2].1.inner().contains_key("x-dead-letter-strategy"));
+    }
+
+    #[test]
+    fn queue_type_parses() {
+        assert_eq!(QueueType::parse("classic"), Ok(QueueType::Classic));
+        assert!(QueueType::parse("stream").unwrap_err().contains("`stream`"));
+    }
+}
