@@ -220,44 +220,65 @@ async fn consume_once(shared: &Arc<Shared>, q: &Arc<QueueState>) -> Result<(), B
     result
 }
 
+/// What the merged consumer streams of one channel yield.
+enum Event {
+    Delivery(Result<lapin::message::Delivery, lapin::Error>),
+    /// The consumer with this tag ended (cancelled by us, or by the server).
+    Ended(String),
+}
+
+/// Runs the channel's consumers until the channel or a consumer fails. The prefetch of a
+/// consumer is fixed when it starts, so the total follows the pool size by adding a consumer
+/// for the difference when the pool grows (exact), and by cancelling all and starting one of
+/// the new size when it shrinks. Deliveries of cancelled consumers stay on the channel and run
+/// (like a shrinking pool's busy slots, the surplus drains away); nothing is redelivered.
 async fn run_consumer(
     shared: &Arc<Shared>,
     q: &Arc<QueueState>,
     chan: &Arc<ChanState>,
 ) -> Result<(), BrokerError> {
     let work = shared.conn.topo.name(&q.name, &Target::Work);
-    let mut prefetch = q.prefetch.load(Ordering::Acquire);
-    let mut consumer = start(&chan.channel, &work, prefetch).await?;
-    tracing::debug!(queue = %q.name, prefetch, "consuming");
+    let mut streams = futures::stream::SelectAll::new();
+    let mut active: Vec<String> = Vec::new();
+    let mut total = 0;
     loop {
-        tokio::select! {
-            d = consumer.next() => match d {
-                Some(Ok(d)) => on_delivery(shared, q, chan, d),
-                Some(Err(e)) => return Err(unavailable("consuming", e)),
-                None => return Ok(()),
-            },
-            _ = q.prefetch_changed.notified() => {
-                let want = q.prefetch.load(Ordering::Acquire);
-                if want == prefetch {
-                    continue;
+        let want = q.prefetch.load(Ordering::Acquire);
+        if want != total {
+            if want < total {
+                for tag in active.drain(..) {
+                    chan.channel
+                        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                        .await
+                        .map_err(|e| unavailable("cancelling a consumer to resize", e))?;
                 }
-                // A consumer's prefetch is fixed when it starts: cancel, drain what was
-                // already delivered to it, and consume again with the new one. Unacked
-                // deliveries stay on the channel, so nothing is redelivered.
-                chan.channel
-                    .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-                    .await
-                    .map_err(|e| unavailable("cancelling a consumer to resize", e))?;
-                while let Some(d) = consumer.next().await {
-                    match d {
-                        Ok(d) => on_delivery(shared, q, chan, d),
-                        Err(e) => return Err(unavailable("consuming", e)),
+                total = 0;
+            }
+            let consumer = start(&chan.channel, &work, want - total).await?;
+            let tag = consumer.tag().to_string();
+            active.push(tag.clone());
+            streams.push(
+                consumer
+                    .map(Event::Delivery)
+                    .chain(futures::stream::once(async move { Event::Ended(tag) }))
+                    .boxed(),
+            );
+            tracing::debug!(queue = %q.name, from = total, to = want, "prefetch follows the pool size");
+            total = want;
+        }
+        tokio::select! {
+            e = streams.next() => match e {
+                Some(Event::Delivery(Ok(d))) => on_delivery(shared, q, chan, d),
+                Some(Event::Delivery(Err(e))) => return Err(unavailable("consuming", e)),
+                Some(Event::Ended(tag)) => {
+                    if active.contains(&tag) {
+                        return Err(BrokerError::Unavailable(format!(
+                            "RabbitMQ cancelled consumer {tag} of `{work}` (queue deleted?)"
+                        )));
                     }
                 }
-                prefetch = want;
-                consumer = start(&chan.channel, &work, prefetch).await?;
-                tracing::debug!(queue = %q.name, prefetch, "prefetch follows the pool size");
-            }
+                None => return Ok(()),
+            },
+            _ = q.prefetch_changed.notified() => {}
         }
     }
 }

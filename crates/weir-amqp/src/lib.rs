@@ -170,18 +170,7 @@ impl AmqpOptions {
 
     /// The URL with its password hidden, for logs and errors.
     pub fn display_url(&self) -> String {
-        match (self.url.find("://"), self.url.find('@')) {
-            (Some(s), Some(at)) if at > s => {
-                let creds = &self.url[s + 3..at];
-                match creds.split_once(':') {
-                    Some((user, _)) => {
-                        format!("{}{user}:***{}", &self.url[..s + 3], &self.url[at..])
-                    }
-                    None => self.url.clone(),
-                }
-            }
-            _ => self.url.clone(),
-        }
+        weir_core::redact_url(&self.url)
     }
 }
 

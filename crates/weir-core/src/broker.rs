@@ -330,3 +330,20 @@ pub struct WorkerStatus {
     /// When this was reported.
     pub updated_at: Timestamp,
 }
+
+/// `url` with any password replaced by `***`, for logs and messages.
+///
+/// ```
+/// assert_eq!(weir_core::redact_url("amqp://u:pw@h:5672/%2f"), "amqp://u:***@h:5672/%2f");
+/// assert_eq!(weir_core::redact_url("amqp://h/"), "amqp://h/");
+/// assert_eq!(weir_core::redact_url("sqlite:./a@b.db"), "sqlite:./a@b.db");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => match url[s + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+            None => url.to_owned(),
+        },
+        _ => url.to_owned(),
+    }
+}

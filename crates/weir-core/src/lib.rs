@@ -18,8 +18,8 @@ mod state;
 mod task;
 
 pub use broker::{
-    Broker, BrokerError, Delivery, Enqueued, FetchRequest, Inspect, Lease, ListFilter, QueueCounts,
-    QueueDepth, QueueStats, SettleOutcome, Settlement, WorkerStatus,
+    redact_url, Broker, BrokerError, Delivery, Enqueued, FetchRequest, Inspect, Lease, ListFilter,
+    QueueCounts, QueueDepth, QueueStats, SettleOutcome, Settlement, WorkerStatus,
 };
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use error::{ErrorKind, TaskError};

@@ -40,10 +40,11 @@ use std::sync::Arc;
 
 pub use weir_amqp::{AmqpBroker, AmqpOptions, QueueType};
 pub use weir_core::{
-    transition, Broker, BrokerError, Clock, Delivery, Enqueued, ErrorKind, Event, FetchRequest,
-    IllegalTransition, Inspect, Job, JobId, JobState, Lease, ListFilter, ManualClock, MemoryBroker,
-    NewJob, QueueCounts, QueueDepth, QueueStats, SettleOutcome, Settlement, SystemClock, Task,
-    TaskContext, TaskError, Timestamp, WorkerStatus, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE,
+    redact_url, transition, Broker, BrokerError, Clock, Delivery, Enqueued, ErrorKind, Event,
+    FetchRequest, IllegalTransition, Inspect, Job, JobId, JobState, Lease, ListFilter, ManualClock,
+    MemoryBroker, NewJob, QueueCounts, QueueDepth, QueueStats, SettleOutcome, Settlement,
+    SystemClock, Task, TaskContext, TaskError, Timestamp, WorkerStatus, DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_QUEUE,
 };
 pub use weir_runtime::{
     decide, settlement_for, AutoscaleConfig, Client, Decision, EnqueueError, Handler, KindOptions,

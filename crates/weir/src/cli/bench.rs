@@ -13,8 +13,9 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use tokio::sync::Notify;
 use weir::{
-    AmqpBroker, AmqpOptions, Broker, Lease, MemoryBroker, NewJob, Observer, Registry, SettleOutcome, Settlement,
-    SqliteBroker, SqliteOptions, Synchronous, TaskContext, TaskError, Worker,
+    AmqpBroker, AmqpOptions, Broker, Lease, MemoryBroker, NewJob, Observer, Registry,
+    SettleOutcome, Settlement, SqliteBroker, SqliteOptions, Synchronous, TaskContext, TaskError,
+    Worker,
 };
 
 use super::Args;
@@ -93,7 +94,14 @@ pub(crate) async fn run(_args: &Args, a: &BenchArgs) -> anyhow::Result<ExitCode>
         b.connect(&["bench"]).await?;
         amqp = Some(b.clone());
         let o = AmqpOptions::from_url(url).map_err(anyhow::Error::msg)?;
-        (b, format!("rabbitmq ({:?} queues) at {}", o.queue_type, o.display_url()))
+        (
+            b,
+            format!(
+                "rabbitmq ({:?} queues) at {}",
+                o.queue_type,
+                o.display_url()
+            ),
+        )
     } else {
         let path = match &a.path {
             Some(p) => p.clone(),

@@ -107,7 +107,8 @@ impl Args {
     }
 
     fn open(&self) -> anyhow::Result<Arc<dyn Broker>> {
-        weir::open_broker(&self.broker).with_context(|| format!("opening broker {}", self.broker))
+        weir::open_broker(&self.broker)
+            .with_context(|| format!("opening broker {}", weir::redact_url(&self.broker)))
     }
 }
 

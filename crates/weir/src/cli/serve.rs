@@ -191,7 +191,7 @@ pub(crate) async fn run(
         follow = Some((watcher, applier));
         tracing::info!(path = %live.path().display(), "following the configuration file (and SIGHUP)");
     }
-    tracing::info!(broker = %args.broker, "serving");
+    tracing::info!(broker = %weir::redact_url(&args.broker), "serving");
     let report = worker.run(shutdown_signal()).await;
     stop.cancel();
     if let Some((watcher, applier)) = follow {
@@ -204,5 +204,15 @@ pub(crate) async fn run(
         let _ = applier.await;
     }
     tracing::info!(?report, "stopped");
+    println!(
+        "stopped: {} started, {} succeeded, {} retried, {} failed, {} released, {} deferred, {} stale",
+        report.started,
+        report.succeeded,
+        report.retried,
+        report.failed,
+        report.released,
+        report.deferred,
+        report.stale
+    );
     Ok(ExitCode::SUCCESS)
 }

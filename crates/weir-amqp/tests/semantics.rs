@@ -1,0 +1,224 @@
+//! RabbitMQ-specific behaviour, against a real RabbitMQ: prefetch following the pool size,
+//! dead letters (peeked without removing), unreadable messages, and the delivery limit.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use weir_amqp::AmqpBroker;
+use weir_core::{Broker, FetchRequest, JobState, NewJob, Settlement};
+
+fn broker(extra: &str) -> (Arc<AmqpBroker>, common::Cleanup) {
+    let prefix = common::prefix();
+    let b = Arc::new(AmqpBroker::new(&common::url_in(&prefix, extra)).unwrap());
+    (b.clone(), common::Cleanup(b, prefix))
+}
+
+fn req(queue: &str, max: usize, wait: Duration) -> FetchRequest {
+    FetchRequest {
+        queues: vec![queue.to_owned()],
+        max,
+        lease: Duration::from_secs(30),
+        wait,
+    }
+}
+
+/// Fetches until `n` deliveries came or 5 s passed.
+async fn fetch_n(b: &AmqpBroker, queue: &str, n: usize) -> Vec<weir_core::Delivery> {
+    let mut got = Vec::new();
+    let start = tokio::time::Instant::now();
+    while got.len() < n && start.elapsed() < Duration::from_secs(5) {
+        got.extend(
+            b.fetch(req(queue, n - got.len(), Duration::from_millis(200)))
+                .await
+                .unwrap(),
+        );
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_follows_the_pool_size() {
+    let (b, _c) = broker("");
+    b.enqueue_many(
+        (0..20)
+            .map(|_| NewJob::new("k", "{}").queue("pf"))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    b.set_capacity("pf", 3).await.unwrap();
+    let first = fetch_n(&b, "pf", 3).await;
+    assert_eq!(first.len(), 3);
+    // A consumer never holds more than the pool can run: nothing more arrives while 3 run.
+    let more = b
+        .fetch(req("pf", 10, Duration::from_millis(500)))
+        .await
+        .unwrap();
+    assert!(more.is_empty(), "prefetch 3 delivered {} more", more.len());
+    assert_eq!(b.backlog(&["pf".into()]).await.unwrap(), vec![17]);
+    // The pool grows: the prefetch follows.
+    b.set_capacity("pf", 8).await.unwrap();
+    let next = fetch_n(&b, "pf", 5).await;
+    assert_eq!(next.len(), 5);
+    let extra = b
+        .fetch(req("pf", 10, Duration::from_millis(500)))
+        .await
+        .unwrap();
+    assert!(
+        extra.is_empty(),
+        "prefetch 8 delivered {} more",
+        extra.len()
+    );
+    // Settling frees room for more.
+    let done: Vec<_> = first
+        .iter()
+        .chain(&next)
+        .map(|d| (d.lease, Settlement::Succeeded { result: None }))
+        .collect();
+    b.settle(done).await.unwrap();
+    assert_eq!(fetch_n(&b, "pf", 8).await.len(), 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_keep_their_error_and_peeking_removes_nothing() {
+    let (b, _c) = broker("");
+    let stats = b.queue_stats().unwrap();
+    let id = b
+        .enqueue(NewJob::new("k", "{}").queue("dl"))
+        .await
+        .unwrap()
+        .id;
+    let d = fetch_n(&b, "dl", 1).await.pop().unwrap();
+    let failed = Settlement::Failed {
+        error: "payload does not decode".into(),
+    };
+    b.settle(vec![(d.lease, failed)]).await.unwrap();
+    for _ in 0..2 {
+        let dead = stats.dead_letters("dl", 10).await.unwrap();
+        assert_eq!(dead.len(), 1, "peeking removes nothing");
+        assert_eq!(dead[0].id, id);
+        assert_eq!(dead[0].state, JobState::Failed);
+        assert_eq!(dead[0].attempt, 1);
+        assert_eq!(
+            dead[0].last_error.as_deref(),
+            Some("payload does not decode")
+        );
+    }
+    let depth = &stats.depths(&["dl".into()]).await.unwrap()[0];
+    assert_eq!((depth.ready, depth.delayed, depth.dead), (0, 0, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_messages_are_dead_lettered_with_the_reason() {
+    let prefix = common::prefix();
+    let (b, _c) = {
+        let b = Arc::new(AmqpBroker::new(&common::url_in(&prefix, "")).unwrap());
+        (b.clone(), common::Cleanup(b, prefix.clone()))
+    };
+    b.connect(&["junk"]).await.unwrap();
+    // Another producer publishes something weir did not write.
+    let conn = Connection::connect(&common::amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.basic_publish(
+        "".into(),
+        format!("{prefix}junk").as_str().into(),
+        BasicPublishOptions::default(),
+        b"not a job",
+        BasicProperties::default().with_delivery_mode(2),
+    )
+    .await
+    .unwrap();
+    let ok = b
+        .enqueue(NewJob::new("k", "{}").queue("junk"))
+        .await
+        .unwrap()
+        .id;
+    let got = fetch_n(&b, "junk", 1).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].job.id, ok, "the readable job still runs");
+    let stats = b.queue_stats().unwrap();
+    let mut dead = Vec::new();
+    for _ in 0..50 {
+        dead = stats.dead_letters("junk", 10).await.unwrap();
+        if !dead.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(dead.len(), 1, "the unreadable message is kept, not dropped");
+    assert_eq!(dead[0].payload, b"not a job");
+    let why = dead[0].last_error.as_deref().unwrap();
+    assert!(why.contains("no message-id"), "{why}");
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_keeps_killing_workers_ends_in_the_dead_letter_queue() {
+    let prefix = common::prefix();
+    let url = common::url_in(&prefix, "&delivery_limit=2");
+    let keeper = Arc::new(AmqpBroker::new(&url).unwrap());
+    let _c = common::Cleanup(keeper.clone(), prefix);
+    let id = keeper
+        .enqueue(NewJob::new("k", "{}").queue("poison"))
+        .await
+        .unwrap()
+        .id;
+    // Each "worker" takes the job and dies without settling (its connection closes).
+    let mut rounds = 0;
+    let stats = keeper.queue_stats().unwrap();
+    loop {
+        let worker = AmqpBroker::new(&url).unwrap();
+        let got = fetch_n(&worker, "poison", 1).await;
+        worker.close().await;
+        if got.is_empty() {
+            break;
+        }
+        assert_eq!(got[0].job.id, id);
+        assert_eq!(got[0].job.attempt, rounds + 1, "each lost delivery counts");
+        rounds += 1;
+        assert!(rounds <= 5, "the delivery limit never stopped it");
+    }
+    assert_eq!(rounds, 3, "delivered delivery_limit + 1 times");
+    let dead = stats.dead_letters("poison", 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].id, id);
+    let why = dead[0].last_error.as_deref().unwrap();
+    assert!(why.contains("delivery limit"), "{why}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unique_keys_are_refused_not_ignored() {
+    let (b, _c) = broker("");
+    let e = b
+        .enqueue(NewJob::new("k", "{}").queue("u").unique("once"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, weir_core::BrokerError::Unsupported(_)), "{e}");
+    assert!(e.to_string().contains("unique key `once`"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classic_queues_work_too() {
+    let (b, _c) = broker("&queue_type=classic");
+    let id = b
+        .enqueue(NewJob::new("k", "{}").queue("cl"))
+        .await
+        .unwrap()
+        .id;
+    let d = fetch_n(&b, "cl", 1).await.pop().unwrap();
+    assert_eq!(d.job.id, id);
+    let retry = Settlement::Retry {
+        run_at: weir_core::Timestamp::now().plus(Duration::from_millis(300)),
+        error: "again".into(),
+    };
+    b.settle(vec![(d.lease, retry)]).await.unwrap();
+    let again = fetch_n(&b, "cl", 1).await.pop().unwrap();
+    assert_eq!((again.job.id, again.job.attempt), (id, 2));
+    assert_eq!(again.job.last_error.as_deref(), Some("again"));
+}
