@@ -186,8 +186,8 @@ pub(crate) async fn consume_forever(shared: Arc<Shared>, q: Arc<QueueState>) {
 static CONSUMER_SEQ: AtomicU32 = AtomicU32::new(0);
 
 async fn consume_once(shared: &Arc<Shared>, q: &Arc<QueueState>) -> Result<(), BrokerError> {
-    let conn = shared.conn.conn().await?;
-    shared.conn.declare(&conn, &q.name).await?;
+    let conn = shared.consume.conn().await?;
+    shared.consume.declare(&conn, &q.name).await?;
     let channel = conn
         .connection
         .create_channel()
@@ -215,7 +215,7 @@ async fn consume_once(shared: &Arc<Shared>, q: &Arc<QueueState>) -> Result<(), B
         let _ = channel.close(200, "consumer restarting".into()).await;
     }
     if result.is_err() && !conn.healthy() {
-        shared.conn.discard(&conn);
+        shared.consume.discard(&conn);
     }
     result
 }
@@ -325,8 +325,15 @@ fn on_delivery(
     };
     let props = d.properties;
     let now = shared.clock.now();
-    let moved = match codec::decode(&props, d.data.clone(), how) {
+    // The body moves into the job; only an unreadable message needs it elsewhere.
+    let mut body = Some(d.data);
+    let decoded = codec::decode(&props, Vec::new(), how).map(|mut job| {
+        job.payload = body.take().unwrap_or_default();
+        job
+    });
+    let moved = match decoded {
         Err(why) => {
+            let data = body.take().unwrap_or_default();
             tracing::warn!(queue = %q.name, error = %why, "unreadable message dead-lettered");
             let mut h = props.headers().clone().unwrap_or_default();
             h.insert(
@@ -334,13 +341,13 @@ fn on_delivery(
                 AMQPValue::LongString(format!("unreadable message: {why}").into()),
             );
             let to = shared.conn.topo.name(&q.name, &Target::Dead);
-            let placeholder = codec::decode_dead(&props, d.data.clone(), &q.name);
+            let placeholder = codec::decode_dead(&props, data.clone(), &q.name);
             Some((
                 placeholder,
                 Outgoing {
                     to,
                     props: props.with_headers(h),
-                    body: d.data,
+                    body: data,
                 },
             ))
         }

@@ -176,7 +176,11 @@ impl AmqpOptions {
 
 /// State shared by the broker handle and its background tasks.
 pub(crate) struct Shared {
+    /// Publishing (enqueues, retries, dead letters), declares and counts.
     conn: Connector,
+    /// Consumer channels, on a connection of their own: each connection has one I/O thread,
+    /// and publishing and consuming at full speed keep one busy each.
+    consume: Connector,
     clock: Arc<dyn Clock>,
     queues: parking_lot::Mutex<HashMap<String, Arc<QueueState>>>,
     /// Live consumer channels by generation (the high bits of lease tokens).
@@ -216,6 +220,7 @@ impl AmqpBroker {
         let clock = opts.clock.clone();
         AmqpBroker {
             shared: Arc::new(Shared {
+                consume: Connector::new(opts.clone()),
                 conn: Connector::new(opts),
                 clock,
                 queues: parking_lot::Mutex::new(HashMap::new()),
@@ -233,6 +238,7 @@ impl AmqpBroker {
     pub async fn close(&self) {
         self.shared.closed.cancel();
         self.shared.conn.close().await;
+        self.shared.consume.close().await;
     }
 
     /// Connects now (instead of on first use) and declares the queues behind `queues`.
@@ -354,7 +360,10 @@ impl Drop for AmqpBroker {
         self.shared.closed.cancel();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let shared = self.shared.clone();
-            rt.spawn(async move { shared.conn.close().await });
+            rt.spawn(async move {
+                shared.conn.close().await;
+                shared.consume.close().await;
+            });
         }
     }
 }
