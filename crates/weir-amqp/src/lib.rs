@@ -2,10 +2,10 @@
 //! machines share queues.
 //!
 //! - **Topology.** Each weir queue is a durable quorum queue (classic on request), a dead-letter
-//!   queue `<queue>.dead`, and delay tiers `<queue>.delay.<ms>` that dead-letter back into it
-//!   (see [`topology`](crate::QueueType) notes in the crate's `topology` module). Messages
-//!   are persistent; the job id is the message id, the kind the AMQP `type`, the rest `x-weir-*`
-//!   headers.
+//!   queue `<queue>.dead`, and delay tiers `<queue>.delay.<ms>` (250 ms × 4ⁿ) of fixed TTL that
+//!   dead-letter back into it, hopping until the job is due. Messages are persistent; the job
+//!   id is the message id, the kind the AMQP `type`, the trace id the correlation id, the rest
+//!   one compact `x-weir` header.
 //! - **Publishing** waits for publisher confirms, pipelined, at most `confirm_window` in flight.
 //!   A nack, an unroutable message or a lost connection is an error to the caller, never a
 //!   silent drop.
