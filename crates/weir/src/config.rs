@@ -47,6 +47,11 @@ use weir_sync::{Backoff, Jitter, LimitSpec, Rate};
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The broker URL (`sqlite:…`, `amqp://…`), used when neither `--broker` nor
+    /// `WEIR_BROKER` gives one. Read when a command starts, not live. By default, none
+    /// (`sqlite:./weir.db`).
+    #[serde(default)]
+    pub broker: Option<String>,
     /// The log filter, e.g. `info` or `weir=debug`. By default, none (the command line's).
     #[serde(default)]
     pub log: Option<String>,

@@ -257,3 +257,36 @@ fn serve_autoscales_and_status_shows_it() {
     let table = text(&weir(&db, &["status"]).stdout);
     assert!(table.contains("LAST DECISION"), "{table}");
 }
+
+/// Without --broker or WEIR_BROKER, the configuration file's `broker` is used.
+#[test]
+fn the_config_file_names_the_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("from-config.db");
+    let cfg = dir.path().join("weir.toml");
+    std::fs::write(&cfg, format!("broker = \"sqlite:{}\"\n", db.display())).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .env_remove("WEIR_BROKER")
+        .arg("--config")
+        .arg(&cfg)
+        .args(["enqueue", "noop"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(status(&db)["queues"][0]["pending"], 1);
+    // --broker still wins over the file.
+    let other = dir.path().join("flag.db");
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .env_remove("WEIR_BROKER")
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--broker")
+        .arg(format!("sqlite:{}", other.display()))
+        .args(["enqueue", "noop"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(status(&other)["queues"][0]["pending"], 1);
+    assert_eq!(status(&db)["queues"][0]["pending"], 1);
+}

@@ -24,8 +24,9 @@ pub(crate) struct Args {
     /// The broker: `sqlite:PATH[?sync=full|normal]` (embedded, the default),
     /// `amqp://USER:PASS@HOST:PORT/VHOST[?queue_type=quorum|classic&prefix=…]` (RabbitMQ) or
     /// `memory:`.
-    #[arg(long, global = true, env = "WEIR_BROKER", default_value = weir::DEFAULT_BROKER_URL)]
-    broker: String,
+    /// By default, `broker` in the configuration file, else `sqlite:./weir.db`.
+    #[arg(long, global = true, env = "WEIR_BROKER")]
+    broker: Option<String>,
     /// The configuration file. By default, ./weir.toml if it exists.
     #[arg(long, global = true, env = "WEIR_CONFIG")]
     config: Option<PathBuf>,
@@ -106,9 +107,24 @@ impl Args {
         }
     }
 
+    /// The broker URL: --broker (or WEIR_BROKER), else `broker` in the configuration file,
+    /// else the embedded default.
+    fn broker_url(&self) -> anyhow::Result<String> {
+        if let Some(url) = &self.broker {
+            return Ok(url.clone());
+        }
+        if let Some(path) = self.config_path() {
+            if let Some(url) = Config::load(&path)?.broker {
+                return Ok(url);
+            }
+        }
+        Ok(weir::DEFAULT_BROKER_URL.to_owned())
+    }
+
     fn open(&self) -> anyhow::Result<Arc<dyn Broker>> {
-        weir::open_broker(&self.broker)
-            .with_context(|| format!("opening broker {}", weir::redact_url(&self.broker)))
+        let url = self.broker_url()?;
+        weir::open_broker(&url)
+            .with_context(|| format!("opening broker {}", weir::redact_url(&url)))
     }
 }
 

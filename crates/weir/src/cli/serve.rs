@@ -191,7 +191,7 @@ pub(crate) async fn run(
         follow = Some((watcher, applier));
         tracing::info!(path = %live.path().display(), "following the configuration file (and SIGHUP)");
     }
-    tracing::info!(broker = %weir::redact_url(&args.broker), "serving");
+    tracing::info!(broker = %weir::redact_url(&args.broker_url()?), "serving");
     let report = worker.run(shutdown_signal()).await;
     stop.cancel();
     if let Some((watcher, applier)) = follow {
