@@ -3,6 +3,7 @@
 
 mod backoff;
 mod capacity;
+mod keyed;
 mod limits;
 mod pool;
 

@@ -18,10 +18,8 @@ use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
-use parking_lot::Mutex;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::capacity::Capacity;
+use crate::keyed::{KeyPermit, KeyedSemaphore};
 
 /// A rate: `count` per `per`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,100 +63,12 @@ pub struct LimitSpec {
     pub rate: Option<Rate>,
 }
 
-/// A semaphore per key, made on first use and dropped when no one holds or waits for it, so
-/// that many short-lived keys do not grow memory.
-struct KeyedSemaphore {
-    capacity: Mutex<usize>,
-    keys: Mutex<HashMap<String, Arc<KeyEntry>>>,
-}
-
-struct KeyEntry {
-    cap: Capacity<Arc<Semaphore>>,
-    /// Permits held through this entry (changed under the `keys` lock).
-    users: Mutex<usize>,
-}
-
-impl KeyedSemaphore {
-    fn new(capacity: usize) -> Self {
-        KeyedSemaphore {
-            capacity: Mutex::new(capacity),
-            keys: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn try_acquire(self: &Arc<Self>, key: &str) -> Option<KeyPermit> {
-        let mut keys = self.keys.lock();
-        let capacity = *self.capacity.lock();
-        let entry = keys
-            .entry(key.to_owned())
-            .or_insert_with(|| {
-                Arc::new(KeyEntry {
-                    cap: Capacity::new(Arc::new(Semaphore::new(capacity)), capacity),
-                    users: Mutex::new(0),
-                })
-            })
-            .clone();
-        match entry.cap.gate.clone().try_acquire_owned() {
-            Ok(permit) => {
-                *entry.users.lock() += 1;
-                Some(KeyPermit {
-                    permit: Some(permit),
-                    entry,
-                    key: key.to_owned(),
-                    owner: self.clone(),
-                })
-            }
-            Err(_) => {
-                if *entry.users.lock() == 0 {
-                    keys.remove(key);
-                }
-                None
-            }
-        }
-    }
-
-    fn set_capacity(&self, n: usize) {
-        *self.capacity.lock() = n;
-        for e in self.keys.lock().values() {
-            e.cap.resize(n);
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.keys.lock().len()
-    }
-}
-
-/// A held concurrency permit of one key.
-struct KeyPermit {
-    permit: Option<OwnedSemaphorePermit>,
-    entry: Arc<KeyEntry>,
-    key: String,
-    owner: Arc<KeyedSemaphore>,
-}
-
-impl Drop for KeyPermit {
-    fn drop(&mut self) {
-        if let Some(p) = self.permit.take() {
-            if self.entry.cap.retire_one() {
-                p.forget();
-            }
-        }
-        let mut keys = self.owner.keys.lock();
-        let mut users = self.entry.users.lock();
-        *users -= 1;
-        if *users == 0 {
-            keys.remove(&self.key);
-        }
-    }
-}
-
 type Rates<C> =
     RateLimiter<String, DefaultKeyedStateStore<String>, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
 struct Limit<C: Clock> {
     spec: LimitSpec,
-    sem: Option<Arc<KeyedSemaphore>>,
+    sem: Option<KeyedSemaphore>,
     rate: Option<Arc<Rates<C>>>,
 }
 
@@ -236,7 +146,7 @@ impl<C: Clock + Clone> Limiter<C> {
                     sem.set_capacity(n);
                     Some(sem)
                 }
-                (Some(n), None) => Some(Arc::new(KeyedSemaphore::new(n))),
+                (Some(n), None) => Some(KeyedSemaphore::new(n)),
                 (None, _) => None,
             };
             let rate = match (spec.rate, prev) {
