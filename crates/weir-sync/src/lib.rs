@@ -3,10 +3,13 @@
 
 mod backoff;
 mod capacity;
+pub mod flow;
+mod group;
 mod keyed;
 mod limits;
 mod pool;
 
 pub use backoff::{Backoff, BackoffError, Jitter};
+pub use group::{GroupError, GroupMode, TaskFailure, TaskGroup};
 pub use limits::{Admission, LimitSpec, Limiter, Rate};
 pub use pool::{ElasticPool, PoolStats, Rejected, Slot};

@@ -52,9 +52,11 @@ pub use weir_runtime::{
     WorkerError, WorkerReport,
 };
 pub use weir_sqlite::{SqliteBroker, SqliteOptions, Synchronous};
+/// In-process pipelines with backpressure (see [`weir_sync::flow`]).
+pub use weir_sync::flow;
 pub use weir_sync::{
-    Admission, Backoff, BackoffError, ElasticPool, Jitter, LimitSpec, Limiter, PoolStats, Rate,
-    Rejected, Slot,
+    Admission, Backoff, BackoffError, ElasticPool, GroupError, GroupMode, Jitter, LimitSpec,
+    Limiter, PoolStats, Rate, Rejected, Slot, TaskFailure, TaskGroup,
 };
 
 /// The broker URL used when none is given: an embedded file in the working directory.
