@@ -95,7 +95,7 @@ impl<T> StageOptions<T> {
 }
 
 /// Live counters of one stage and of its output queue (the queue in front of the next stage).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct StageCounters {
     name: String,
     taken: AtomicU64,
@@ -103,8 +103,10 @@ pub struct StageCounters {
     shed: AtomicU64,
     working: AtomicUsize,
     peak_working: AtomicUsize,
-    queued: AtomicUsize,
     peak_queued: AtomicUsize,
+    /// Items in the output queue now, read from the channel itself: no counter shared
+    /// between the stage and its reader (that cache line would bounce on every item).
+    fill: Option<Box<dyn Fn() -> usize + Send + Sync>>,
     capacity: usize,
 }
 
@@ -129,6 +131,14 @@ pub struct StageStats {
     pub peak_working: usize,
 }
 
+impl std::fmt::Debug for StageCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("StageCounters")
+            .field(&self.snapshot())
+            .finish()
+    }
+}
+
 impl StageCounters {
     fn snapshot(&self) -> StageStats {
         StageStats {
@@ -136,21 +146,18 @@ impl StageCounters {
             taken: self.taken.load(Ordering::Relaxed),
             emitted: self.emitted.load(Ordering::Relaxed),
             shed: self.shed.load(Ordering::Relaxed),
-            queued: self.queued.load(Ordering::Relaxed),
+            queued: self.fill.as_ref().map_or(0, |f| f()),
             peak_queued: self.peak_queued.load(Ordering::Relaxed),
             capacity: self.capacity,
             peak_working: self.peak_working.load(Ordering::Relaxed),
         }
     }
 
-    fn enqueued(&self) {
-        let now = self.queued.fetch_add(1, Ordering::AcqRel) + 1;
-        self.peak_queued.fetch_max(now, Ordering::AcqRel);
-    }
-
-    /// An item left this stage's output queue (the next stage or the consumer took it).
-    fn dequeued(&self) {
-        self.queued.fetch_sub(1, Ordering::AcqRel);
+    /// Records the output queue's fill after a send (`fill` items in it or reserved).
+    fn enqueued(&self, fill: usize) {
+        if fill > self.peak_queued.load(Ordering::Relaxed) {
+            self.peak_queued.fetch_max(fill, Ordering::Relaxed);
+        }
     }
 
     /// This stage took an item in.
@@ -190,8 +197,9 @@ impl<T> Inlet<T> {
     async fn send(&self, item: T) -> bool {
         match self.tx.reserve().await {
             Ok(permit) => {
-                self.counters.enqueued();
                 permit.send(item);
+                self.counters
+                    .enqueued(self.tx.max_capacity() - self.tx.capacity());
                 true
             }
             Err(_) => false,
@@ -203,8 +211,6 @@ impl<T> Inlet<T> {
 /// consumed by [`collect`](Flow::collect), [`next`](Flow::next) or [`for_each`](Flow::for_each).
 pub struct Flow<T> {
     rx: mpsc::Receiver<T>,
-    /// The counters of the queue `rx` reads (the last stage's output queue).
-    counters: Arc<StageCounters>,
     stats: FlowStats,
 }
 
@@ -216,11 +222,16 @@ impl<T> std::fmt::Debug for Flow<T> {
     }
 }
 
-fn queue<T>(name: &str, capacity: usize, stats: &FlowStats) -> (Inlet<T>, Flow<T>) {
+fn queue<T: Send + 'static>(name: &str, capacity: usize, stats: &FlowStats) -> (Inlet<T>, Flow<T>) {
     let (tx, rx) = mpsc::channel(capacity);
+    let weak = tx.downgrade();
     let counters = Arc::new(StageCounters {
         name: name.to_owned(),
         capacity,
+        fill: Some(Box::new(move || {
+            weak.upgrade()
+                .map_or(0, |tx| tx.max_capacity() - tx.capacity())
+        })),
         ..Default::default()
     });
     stats.0.lock().push(counters.clone());
@@ -231,7 +242,6 @@ fn queue<T>(name: &str, capacity: usize, stats: &FlowStats) -> (Inlet<T>, Flow<T
         },
         Flow {
             rx,
-            counters,
             stats: stats.clone(),
         },
     )
@@ -273,7 +283,6 @@ impl<T: Send + 'static> Flow<T> {
     /// The next item, or `None` once the flow has ended.
     pub async fn next(&mut self) -> Option<T> {
         let item = self.rx.recv().await?;
-        self.counters.dequeued();
         Some(item)
     }
 
@@ -315,11 +324,26 @@ impl<T: Send + 'static> Flow<T> {
         F: Fn(T) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Option<O>> + Send + 'static,
     {
-        let (out, next) = queue(name, opts.capacity, &self.stats);
-        let counters = out.counters.clone();
+        let (out_q, next) = queue(name, opts.capacity, &self.stats);
+        let counters = out_q.counters.clone();
         let f = Arc::new(f);
         tokio::spawn(async move {
             use futures::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
+            if opts.concurrency == 1 {
+                // One at a time: no futures to juggle, nothing to box.
+                while let Some(item) = self.rx.recv().await {
+                    counters.took();
+                    counters.peak_working.store(1, Ordering::Relaxed);
+                    let out = run_one(&*f, item, opts.timeout, &opts.shed, &counters).await;
+                    if let Some(o) = out {
+                        if !emit(&out_q, o).await {
+                            return;
+                        }
+                    }
+                }
+                return;
+            }
+            let out = out_q;
             // Each item in work is a future giving what to emit (None: nothing, or shed).
             let mut ordered: FuturesOrdered<BoxFut<Option<O>>> = FuturesOrdered::new();
             let mut unordered: FuturesUnordered<BoxFut<Option<O>>> = FuturesUnordered::new();
@@ -348,8 +372,7 @@ impl<T: Send + 'static> Flow<T> {
                             input_open = false;
                             continue;
                         };
-                        self.counters.dequeued();
-                        counters.took();
+                                                counters.took();
                         let fut = work(f.clone(), item, opts.timeout, opts.shed.clone(), counters.clone());
                         if opts.ordered {
                             ordered.push_back(fut);
@@ -381,8 +404,7 @@ impl<T: Send + 'static> Flow<T> {
                 tokio::select! {
                     item = self.rx.recv() => match item {
                         Some(item) => {
-                            self.counters.dequeued();
-                            out.counters.took();
+                                                        out.counters.took();
                             if batch.is_empty() {
                                 deadline = Some(tokio::time::Instant::now() + max_wait);
                             }
@@ -424,7 +446,6 @@ impl<T: Send + 'static> Flow<T> {
         let (no, no_flow) = queue(&format!("{name}.no"), 64, &self.stats);
         tokio::spawn(async move {
             while let Some(item) = self.rx.recv().await {
-                self.counters.dequeued();
                 let to = if pred(&item) { &yes } else { &no };
                 to.counters.took();
                 if !to.send(item).await {
@@ -449,11 +470,11 @@ impl<T: Send + 'static> Flow<T> {
             while a_open || b_open {
                 let item = tokio::select! {
                     i = self.rx.recv(), if a_open => match i {
-                        Some(i) => { self.counters.dequeued(); out.counters.took(); i }
+                        Some(i) => { out.counters.took(); i }
                         None => { a_open = false; continue; }
                     },
                     i = other.rx.recv(), if b_open => match i {
-                        Some(i) => { other.counters.dequeued(); out.counters.took(); i }
+                        Some(i) => { out.counters.took(); i }
                         None => { b_open = false; continue; }
                     },
                 };
@@ -494,8 +515,9 @@ impl<T> FlowSender<T> {
     pub async fn send(&self, item: T) -> Result<(), T> {
         match self.0.tx.reserve().await {
             Ok(permit) => {
-                self.0.counters.enqueued();
                 permit.send(item);
+                let tx = &self.0.tx;
+                self.0.counters.enqueued(tx.max_capacity() - tx.capacity());
                 Ok(())
             }
             Err(_) => Err(item),
@@ -512,7 +534,7 @@ async fn emit<O>(out: &Inlet<O>, item: O) -> bool {
     sent
 }
 
-/// One item's work: the function, under the timeout; a timed-out item is shed.
+/// One item's work, boxed so a stage can hold many at once.
 fn work<T, O, F, Fut>(
     f: Arc<F>,
     item: T,
@@ -526,20 +548,34 @@ where
     F: Fn(T) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Option<O>> + Send + 'static,
 {
-    Box::pin(async move {
-        let Some(t) = timeout else {
-            return f(item).await;
-        };
-        let keep = matches!(shed, Shed::Divert(_)).then(|| item.clone());
-        match tokio::time::timeout(t, f(item)).await {
-            Ok(out) => out,
-            Err(_) => {
-                counters.shed.fetch_add(1, Ordering::Relaxed);
-                if let (Shed::Divert(side), Some(item)) = (shed, keep) {
-                    let _ = side.send(item).await;
-                }
-                None
+    Box::pin(async move { run_one(&*f, item, timeout, &shed, &counters).await })
+}
+
+/// One item's work: the function, under the timeout; a timed-out item is shed.
+async fn run_one<T, O, F, Fut>(
+    f: &F,
+    item: T,
+    timeout: Option<Duration>,
+    shed: &Shed<T>,
+    counters: &StageCounters,
+) -> Option<O>
+where
+    T: Clone,
+    F: Fn(T) -> Fut,
+    Fut: Future<Output = Option<O>>,
+{
+    let Some(t) = timeout else {
+        return f(item).await;
+    };
+    let keep = matches!(shed, Shed::Divert(_)).then(|| item.clone());
+    match tokio::time::timeout(t, f(item)).await {
+        Ok(out) => out,
+        Err(_) => {
+            counters.shed.fetch_add(1, Ordering::Relaxed);
+            if let (Shed::Divert(side), Some(item)) = (shed, keep) {
+                let _ = side.send(item).await;
             }
+            None
         }
-    })
+    }
 }

@@ -67,7 +67,12 @@ async fn timeouts_shed_and_count_or_divert() {
     );
     let stats = flow.stats();
     let got = flow.collect().await;
-    assert_eq!(got, (0..30u32).filter(|x| !x.is_multiple_of(3)).collect::<Vec<_>>());
+    assert_eq!(
+        got,
+        (0..30u32)
+            .filter(|x| !x.is_multiple_of(3))
+            .collect::<Vec<_>>()
+    );
     let call = &stats.stages()[1];
     assert_eq!((call.taken, call.emitted, call.shed), (30, 20, 10));
 
@@ -89,7 +94,12 @@ async fn timeouts_shed_and_count_or_divert() {
         diverted.push(x);
     }
     diverted.sort_unstable();
-    assert_eq!(diverted, (0..30u32).filter(|x| x.is_multiple_of(3)).collect::<Vec<_>>());
+    assert_eq!(
+        diverted,
+        (0..30u32)
+            .filter(|x| x.is_multiple_of(3))
+            .collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -141,7 +151,11 @@ async fn branch_merge_and_sub_pipelines() {
     let mut all = evens.merge(odds).collect().await;
     all.sort_unstable();
     let mut want: Vec<u32> = (0..50)
-        .chain((0..100u32).filter(|x| !x.is_multiple_of(2)).map(|x| 1000 + x))
+        .chain(
+            (0..100u32)
+                .filter(|x| !x.is_multiple_of(2))
+                .map(|x| 1000 + x),
+        )
         .collect();
     want.sort_unstable();
     assert_eq!(all, want);
