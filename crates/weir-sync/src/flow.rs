@@ -30,7 +30,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// What happens to an item whose stage ran out of time.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub enum Shed<T> {
     /// Drop it and count it as shed. The default.
     #[default]
@@ -39,14 +39,35 @@ pub enum Shed<T> {
     Divert(mpsc::Sender<T>),
 }
 
+impl<T> Clone for Shed<T> {
+    fn clone(&self) -> Self {
+        match self {
+            Shed::Drop => Shed::Drop,
+            Shed::Divert(tx) => Shed::Divert(tx.clone()),
+        }
+    }
+}
+
 /// Settings of one stage.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct StageOptions<T> {
     concurrency: usize,
     capacity: usize,
     ordered: bool,
     timeout: Option<Duration>,
     shed: Shed<T>,
+    /// Copies an input before work starts, for [`Shed::Divert`]: set by
+    /// [`shed`](StageOptions::shed), so only stages that divert need `T: Clone`.
+    keep: Option<fn(&T) -> T>,
+}
+
+impl<T> Clone for StageOptions<T> {
+    fn clone(&self) -> Self {
+        StageOptions {
+            shed: self.shed.clone(),
+            ..*self
+        }
+    }
 }
 
 impl<T> Default for StageOptions<T> {
@@ -58,6 +79,7 @@ impl<T> Default for StageOptions<T> {
             ordered: true,
             timeout: None,
             shed: Shed::Drop,
+            keep: None,
         }
     }
 }
@@ -87,8 +109,13 @@ impl<T> StageOptions<T> {
         self
     }
 
-    /// What to do with an item that timed out. By default, drop and count it.
-    pub fn shed(mut self, shed: Shed<T>) -> Self {
+    /// What to do with an item that timed out. By default, drop and count it. Diverting
+    /// sends the input as it came, so the stage keeps a copy of each item while it works.
+    pub fn shed(mut self, shed: Shed<T>) -> Self
+    where
+        T: Clone,
+    {
+        self.keep = matches!(shed, Shed::Divert(_)).then_some(<T as Clone>::clone as fn(&T) -> T);
         self.shed = shed;
         self
     }
@@ -260,7 +287,7 @@ impl<T: Send + 'static> Flow<T> {
         let (inlet, flow) = queue("source", 64, &stats);
         tokio::spawn(async move {
             for item in items {
-                if !inlet.send(item).await {
+                if !emit(&inlet, item).await {
                     return;
                 }
             }
@@ -306,7 +333,6 @@ impl<T: Send + 'static> Flow<T> {
     pub fn map<O, F, Fut>(self, name: &str, opts: StageOptions<T>, f: F) -> Flow<O>
     where
         O: Send + 'static,
-        T: Clone,
         F: Fn(T) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = O> + Send + 'static,
     {
@@ -320,7 +346,6 @@ impl<T: Send + 'static> Flow<T> {
     pub fn filter_map<O, F, Fut>(mut self, name: &str, opts: StageOptions<T>, f: F) -> Flow<O>
     where
         O: Send + 'static,
-        T: Clone,
         F: Fn(T) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Option<O>> + Send + 'static,
     {
@@ -334,7 +359,8 @@ impl<T: Send + 'static> Flow<T> {
                 while let Some(item) = self.rx.recv().await {
                     counters.took();
                     counters.peak_working.store(1, Ordering::Relaxed);
-                    let out = run_one(&*f, item, opts.timeout, &opts.shed, &counters).await;
+                    let out =
+                        run_one(&*f, item, opts.timeout, &opts.shed, opts.keep, &counters).await;
                     if let Some(o) = out {
                         if !emit(&out_q, o).await {
                             return;
@@ -373,7 +399,14 @@ impl<T: Send + 'static> Flow<T> {
                             continue;
                         };
                                                 counters.took();
-                        let fut = work(f.clone(), item, opts.timeout, opts.shed.clone(), counters.clone());
+                        let fut = work(
+                            f.clone(),
+                            item,
+                            opts.timeout,
+                            opts.shed.clone(),
+                            opts.keep,
+                            counters.clone(),
+                        );
                         if opts.ordered {
                             ordered.push_back(fut);
                         } else {
@@ -518,6 +551,7 @@ impl<T> FlowSender<T> {
                 permit.send(item);
                 let tx = &self.0.tx;
                 self.0.counters.enqueued(tx.max_capacity() - tx.capacity());
+                self.0.counters.emitted.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
             Err(_) => Err(item),
@@ -540,15 +574,16 @@ fn work<T, O, F, Fut>(
     item: T,
     timeout: Option<Duration>,
     shed: Shed<T>,
+    keep: Option<fn(&T) -> T>,
     counters: Arc<StageCounters>,
 ) -> BoxFut<Option<O>>
 where
-    T: Clone + Send + 'static,
+    T: Send + 'static,
     O: Send + 'static,
     F: Fn(T) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Option<O>> + Send + 'static,
 {
-    Box::pin(async move { run_one(&*f, item, timeout, &shed, &counters).await })
+    Box::pin(async move { run_one(&*f, item, timeout, &shed, keep, &counters).await })
 }
 
 /// One item's work: the function, under the timeout; a timed-out item is shed.
@@ -557,17 +592,17 @@ async fn run_one<T, O, F, Fut>(
     item: T,
     timeout: Option<Duration>,
     shed: &Shed<T>,
+    keep: Option<fn(&T) -> T>,
     counters: &StageCounters,
 ) -> Option<O>
 where
-    T: Clone,
     F: Fn(T) -> Fut,
     Fut: Future<Output = Option<O>>,
 {
     let Some(t) = timeout else {
         return f(item).await;
     };
-    let keep = matches!(shed, Shed::Divert(_)).then(|| item.clone());
+    let keep = keep.map(|copy| copy(&item));
     match tokio::time::timeout(t, f(item)).await {
         Ok(out) => out,
         Err(_) => {
