@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{task_tracker::TaskTrackerToken, TaskTracker};
 
 use crate::capacity::Capacity;
 
@@ -184,6 +184,7 @@ impl ElasticPool {
         Slot {
             permit: Some(permit),
             pool: self.clone(),
+            _tracked: self.inner.tracker.token(),
         }
     }
 
@@ -283,7 +284,9 @@ impl ElasticPool {
         self.inner.tracker.close();
     }
 
-    /// Waits until the pool is closed and every task it spawned has finished.
+    /// Waits until the pool is closed, every slot reserved before has been given back, and
+    /// every task spawned on one has finished. (A slot reserved before `close` may still spawn
+    /// after it; `wait` waits for that task too.)
     pub async fn wait(&self) {
         self.inner.tracker.wait().await;
     }
@@ -294,6 +297,9 @@ impl ElasticPool {
 pub struct Slot {
     permit: Option<OwnedSemaphorePermit>,
     pool: ElasticPool,
+    /// Counts the slot as tracked work from the moment it is reserved, so that
+    /// [`ElasticPool::wait`] also waits for slots reserved but not yet spawned.
+    _tracked: TaskTrackerToken,
 }
 
 impl std::fmt::Debug for Slot {
@@ -309,8 +315,8 @@ impl Slot {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        let tracker = self.pool.inner.tracker.clone();
-        tracker.spawn(async move {
+        // The slot (and its tracker token) lives in the task until the work is done.
+        tokio::spawn(async move {
             let out = future.await;
             drop(self);
             out

@@ -171,3 +171,31 @@ async fn a_full_queue_or_a_closed_pool_gives_the_future_back() {
     assert!(pool.reserve().await.is_none());
     pool.wait().await;
 }
+
+/// Shutdown: a slot reserved before `close` and spawned after it is still waited for, and
+/// nothing new is reserved once closed. Regression: `wait` used to count only spawned tasks,
+/// so it could return while a reserved slot was about to spawn.
+#[tokio::test(start_paused = true)]
+async fn wait_covers_slots_reserved_before_close() {
+    let pool = ElasticPool::new(2);
+    let slot = pool.reserve().await.expect("open");
+    pool.close();
+    assert!(pool.reserve().await.is_none(), "closed: nothing new");
+    let waiter = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.wait().await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    assert!(!waiter.is_finished(), "a reserved slot is outstanding work");
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = done.clone();
+    slot.spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    waiter.await.unwrap();
+    assert!(
+        done.load(std::sync::atomic::Ordering::SeqCst),
+        "wait returned before the work ended"
+    );
+}
