@@ -16,7 +16,7 @@ use weir_core::{
     Broker, BrokerError, Clock, Delivery, Lease, SettleOutcome, Settlement, TaskContext, TaskError,
     WorkerStatus,
 };
-use weir_sync::{ElasticPool, Slot};
+use weir_sync::{panic_message, ElasticPool, Slot};
 
 use crate::autoscale::{decide, Observed, ScalerState};
 use crate::registry::Registry;
@@ -57,16 +57,6 @@ pub(crate) struct Exec {
 pub(crate) fn backoff_pause(failures: u32) -> Duration {
     let ms = 100u64.saturating_mul(1 << failures.min(6).saturating_sub(1));
     Duration::from_millis(ms.min(5_000))
-}
-
-fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_owned()
-    }
 }
 
 /// Runs one attempt and hands its settlement to the settler. The pool slot is freed as soon as

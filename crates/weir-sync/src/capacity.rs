@@ -112,26 +112,11 @@ mod loom_models {
     use super::*;
     use loom::sync::Arc;
 
-    /// A semaphore's count, as loom sees it.
-    struct Count(AtomicUsize);
+    /// The loom stand-in for tokio's semaphore (shared with the keyed-semaphore models).
+    type Count = Arc<crate::keyed::prims::Semaphore>;
 
-    impl Gate for Count {
-        fn add(&self, n: usize) {
-            self.0.fetch_add(n, Ordering::AcqRel);
-        }
-        fn forget(&self, n: usize) -> usize {
-            let mut cur = self.0.load(Ordering::Acquire);
-            loop {
-                let take = cur.min(n);
-                match self
-                    .0
-                    .compare_exchange(cur, cur - take, Ordering::AcqRel, Ordering::Acquire)
-                {
-                    Ok(_) => return take,
-                    Err(now) => cur = now,
-                }
-            }
-        }
+    fn count(n: usize) -> Count {
+        Arc::new(crate::keyed::prims::Semaphore::new(n))
     }
 
     fn take(c: &Capacity<Count>) -> bool {
@@ -149,7 +134,7 @@ mod loom_models {
     #[test]
     fn resize_races_with_returns() {
         loom::model(|| {
-            let c = Arc::new(Capacity::new(Count(AtomicUsize::new(3)), 3));
+            let c = Arc::new(Capacity::new(count(3), 3));
             assert!(take(&c) && take(&c));
             let returner = {
                 let c = c.clone();
@@ -173,11 +158,7 @@ mod loom_models {
                 0,
                 "every slot is back, so all debt was paid or cancelled"
             );
-            assert_eq!(
-                c.gate.0.load(Ordering::Acquire),
-                2,
-                "capacity equals the size"
-            );
+            assert_eq!(c.gate.available_permits(), 2, "capacity equals the size");
         });
     }
 
@@ -185,7 +166,7 @@ mod loom_models {
     #[test]
     fn concurrent_resizes() {
         loom::model(|| {
-            let c = Arc::new(Capacity::new(Count(AtomicUsize::new(2)), 2));
+            let c = Arc::new(Capacity::new(count(2), 2));
             assert!(take(&c));
             let a = {
                 let c = c.clone();
@@ -200,7 +181,7 @@ mod loom_models {
             b.join().unwrap();
             let size = c.size();
             assert!(size == 4 || size == 1);
-            assert_eq!(c.gate.0.load(Ordering::Acquire), size - c.debt());
+            assert_eq!(c.gate.available_permits(), size - c.debt());
             assert_eq!(
                 c.debt(),
                 0,

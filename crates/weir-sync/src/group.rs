@@ -247,12 +247,13 @@ where
     }
 }
 
-fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+/// The message of a caught panic: its text if it panicked with a string, else a placeholder.
+pub fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = p.downcast_ref::<String>() {
         s.clone()
     } else {
-        "non-string panic".to_owned()
+        "non-string panic payload".to_owned()
     }
 }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 /// The primitives, swapped for loom's under `--cfg loom`.
 #[cfg(not(loom))]
-mod prims {
+pub(crate) mod prims {
     pub(crate) use parking_lot::Mutex;
     pub(crate) use std::sync::Arc;
     pub(crate) use tokio::sync::{OwnedSemaphorePermit as Permit, Semaphore};
@@ -20,7 +20,7 @@ mod prims {
 }
 
 #[cfg(loom)]
-mod prims {
+pub(crate) mod prims {
     use loom::sync::atomic::{AtomicUsize, Ordering};
     pub(crate) use loom::sync::Arc;
 
@@ -42,6 +42,9 @@ mod prims {
     impl Semaphore {
         pub(crate) fn new(n: usize) -> Self {
             Semaphore(AtomicUsize::new(n))
+        }
+        pub(crate) fn available_permits(&self) -> usize {
+            self.0.load(Ordering::Acquire)
         }
         pub(crate) fn add_permits(&self, n: usize) {
             self.0.fetch_add(n, Ordering::AcqRel);

@@ -10,6 +10,6 @@ mod limits;
 mod pool;
 
 pub use backoff::{Backoff, BackoffError, Jitter};
-pub use group::{GroupError, GroupMode, TaskFailure, TaskGroup};
+pub use group::{panic_message, GroupError, GroupMode, TaskFailure, TaskGroup};
 pub use limits::{Admission, LimitSpec, Limiter, Rate};
 pub use pool::{ElasticPool, PoolStats, Rejected, Slot};

@@ -4,11 +4,9 @@
 mod amqp_support;
 
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use amqp_support::*;
-use weir::AmqpBroker;
 
 fn rabbitmqctl(args: &[&str]) {
     let out = Command::new("rabbitmqctl")
@@ -32,15 +30,11 @@ async fn broker_restart_mid_run_loses_nothing() {
         return;
     }
     const N: u64 = 8_000;
-    let prefix = format!("weir-test-{}.", uuid::Uuid::new_v4().simple());
-    let url = url_in(&prefix);
-    let hits = Arc::new(Mutex::new(Hits::default()));
     // About 1,600 jobs/s with 16 workers: the run outlasts the restart.
-    let base = hit_server(hits.clone(), Duration::from_millis(10)).await;
-    let b = AmqpBroker::new(&url).unwrap();
-    enqueue_hits(&b, &base, N).await;
-    let worker = serve(&url, "16");
-    wait_for(&hits, 1_000, "some progress").await;
+    let run = start_run(N, Duration::from_millis(10)).await;
+    let (url, hits) = (&run.url, &run.hits);
+    let worker = serve(url, "16");
+    wait_for(hits, 1_000, "some progress").await;
     rabbitmqctl(&["stop_app"]);
     let at_stop = hits.lock().unwrap().seen.len();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -50,9 +44,7 @@ async fn broker_restart_mid_run_loses_nothing() {
         at_stop < N as usize,
         "the restart came too late to test anything"
     );
-    wait_for(&hits, N as usize, "all jobs after the restart").await;
+    wait_for(hits, N as usize, "all jobs after the restart").await;
     stop(worker);
-    assert_drained(&b).await;
-    b.delete_queues(&["default".into()]).await.unwrap();
-    b.close().await;
+    run.finish().await;
 }

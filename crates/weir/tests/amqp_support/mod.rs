@@ -160,3 +160,33 @@ pub async fn assert_drained(b: &AmqpBroker) {
         .unwrap()[0];
     assert_eq!((d.ready, d.delayed, d.dead), (0, 0, 0), "{d:?}");
 }
+
+/// One end-to-end run: a queue namespace of its own, a hit server answering after `delay`,
+/// and `n` jobs enqueued, each calling it once.
+pub struct Run {
+    pub url: String,
+    pub hits: Arc<Mutex<Hits>>,
+    pub broker: AmqpBroker,
+}
+
+pub async fn start_run(n: u64, delay: Duration) -> Run {
+    let prefix = format!("weir-test-{}.", uuid::Uuid::new_v4().simple());
+    let url = url_in(&prefix);
+    let hits = Arc::new(Mutex::new(Hits::default()));
+    let base = hit_server(hits.clone(), delay).await;
+    let broker = AmqpBroker::new(&url).unwrap();
+    enqueue_hits(&broker, &base, n).await;
+    Run { url, hits, broker }
+}
+
+impl Run {
+    /// Checks that nothing is left in the queues, then deletes them.
+    pub async fn finish(self) {
+        assert_drained(&self.broker).await;
+        self.broker
+            .delete_queues(&["default".into()])
+            .await
+            .unwrap();
+        self.broker.close().await;
+    }
+}
