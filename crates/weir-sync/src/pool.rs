@@ -1,7 +1,10 @@
 //! [`ElasticPool`]: a bounded, resizable pool of slots for async work.
 
+#[cfg(loom)]
+use loom::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+#[cfg(not(loom))]
+use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::task::{task_tracker::TaskTrackerToken, TaskTracker};
 
-use crate::capacity::Capacity;
+use crate::capacity::{Capacity, Gate};
 
 /// A snapshot of a pool.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -99,22 +102,184 @@ impl Sampler {
     }
 }
 
-struct Inner {
-    cap: Capacity<Arc<Semaphore>>,
-    busy: AtomicUsize,
-    queued: AtomicUsize,
-    max_queued: usize,
-    tracker: TaskTracker,
-    sampler: Mutex<Sampler>,
+/// The primitives a pool's reservations and shutdown are made of: tokio's semaphore and
+/// tokio-util's `TaskTracker` in production, loom stand-ins in the models below. The order of
+/// operations in [`Core`] is weir's own, and it is what the models check.
+pub(crate) trait Sem: Gate + Send + Sync + 'static {
+    /// One slot's permit; dropping it gives the slot back.
+    type Permit: Send + 'static;
+    /// Waits for a permit; `None` once closed.
+    fn acquire(&self) -> impl Future<Output = Option<Self::Permit>> + Send;
+    /// A permit if one is free now and the gate is open.
+    fn try_acquire(&self) -> Option<Self::Permit>;
+    /// Fails every waiting and later acquire.
+    fn close(&self);
+    /// Whether [`close`](Self::close) was called.
+    fn is_closed(&self) -> bool;
+    /// Permits free now.
+    fn available(&self) -> usize;
+    /// Destroys a permit instead of giving it back (a retired slot).
+    fn retire(permit: Self::Permit);
 }
 
-impl crate::capacity::Gate for Arc<Semaphore> {
+/// Counts outstanding work; `wait` returns once closed with nothing outstanding.
+pub(crate) trait Tracker: Send + Sync + 'static {
+    /// One unit of outstanding work, until dropped.
+    type Token: Send + 'static;
+    /// Counts one more unit of work (also after `close`).
+    fn token(&self) -> Self::Token;
+    /// Lets `wait` return once the count reaches zero.
+    fn close(&self);
+    /// Waits until closed and no token is left.
+    fn wait(&self) -> impl Future<Output = ()> + Send;
+}
+
+impl Gate for Arc<Semaphore> {
     fn add(&self, n: usize) {
         self.add_permits(n);
     }
     fn forget(&self, n: usize) -> usize {
         self.forget_permits(n)
     }
+}
+
+impl Sem for Arc<Semaphore> {
+    type Permit = OwnedSemaphorePermit;
+    fn acquire(&self) -> impl Future<Output = Option<Self::Permit>> + Send {
+        let sem = self.clone();
+        async move { sem.acquire_owned().await.ok() }
+    }
+    fn try_acquire(&self) -> Option<Self::Permit> {
+        self.clone().try_acquire_owned().ok()
+    }
+    fn close(&self) {
+        Semaphore::close(self);
+    }
+    fn is_closed(&self) -> bool {
+        Semaphore::is_closed(self)
+    }
+    fn available(&self) -> usize {
+        self.available_permits()
+    }
+    fn retire(permit: Self::Permit) {
+        permit.forget();
+    }
+}
+
+impl Tracker for TaskTracker {
+    type Token = TaskTrackerToken;
+    fn token(&self) -> Self::Token {
+        TaskTracker::token(self)
+    }
+    fn close(&self) {
+        TaskTracker::close(self);
+    }
+    fn wait(&self) -> impl Future<Output = ()> + Send {
+        TaskTracker::wait(self)
+    }
+}
+
+/// A reservation: the permit (if not yet given back) and the work token.
+pub(crate) struct Held<S: Sem, T: Tracker> {
+    permit: Option<S::Permit>,
+    /// Dropped last, after the permit is back, so `wait` never returns before the slot is.
+    _token: T::Token,
+}
+
+/// Decrements a counter when dropped, so a cancelled wait is not counted as waiting forever.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The reservation and shutdown protocol of a pool, generic over its primitives.
+pub(crate) struct Core<S, T> {
+    cap: Capacity<S>,
+    busy: AtomicUsize,
+    queued: AtomicUsize,
+    tracker: T,
+}
+
+impl<S: Sem, T: Tracker> Core<S, T> {
+    /// `gate` must start with exactly `size` permits.
+    pub(crate) fn new(gate: S, size: usize, tracker: T) -> Self {
+        Core {
+            cap: Capacity::new(gate, size),
+            busy: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
+            tracker,
+        }
+    }
+
+    /// Waits for a slot; `None` once closed. Cancel safe.
+    ///
+    /// The work token is taken *before* the permit. The other order has a race that the loom
+    /// model `wait_covers_every_reservation` finds: a permit taken just before `close`, then
+    /// `wait` seeing no work and returning, then the slot handed out after it. The token and
+    /// the permit live in two atomics (the tracker's and the semaphore's), and so do the two
+    /// halves of `close`; without a SeqCst fence on both sides, each side may read the other's
+    /// old value (a store-buffering race, also found by the model).
+    pub(crate) async fn reserve(&self) -> Option<Held<S, T>> {
+        let token = self.tracker.token();
+        fence(Ordering::SeqCst);
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        let waiting = Waiting(&self.queued);
+        let permit = self.cap.gate.acquire().await;
+        drop(waiting);
+        self.admit(permit?, token)
+    }
+
+    /// A slot now, if one is free and the pool is open.
+    pub(crate) fn try_reserve(&self) -> Option<Held<S, T>> {
+        let token = self.tracker.token();
+        fence(Ordering::SeqCst);
+        let permit = self.cap.gate.try_acquire()?;
+        self.admit(permit, token)
+    }
+
+    fn admit(&self, permit: S::Permit, token: T::Token) -> Option<Held<S, T>> {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        Some(Held {
+            permit: Some(permit),
+            _token: token,
+        })
+    }
+
+    /// Gives a slot back, or retires it if the pool shrank while it was out. The token goes
+    /// when `held` is dropped, after this.
+    pub(crate) fn release(&self, held: &mut Held<S, T>) {
+        if let Some(p) = held.permit.take() {
+            self.busy.fetch_sub(1, Ordering::AcqRel);
+            if self.cap.retire_one() {
+                S::retire(p);
+            }
+        }
+    }
+
+    /// Closes the gate, then the tracker (see [`reserve`](Self::reserve) for the fence).
+    pub(crate) fn close(&self) {
+        self.cap.gate.close();
+        fence(Ordering::SeqCst);
+        self.tracker.close();
+    }
+
+    pub(crate) async fn wait(&self) {
+        self.tracker.wait().await;
+    }
+
+    #[cfg(all(test, loom))]
+    fn busy(&self) -> usize {
+        self.busy.load(Ordering::Acquire)
+    }
+}
+
+struct Inner {
+    core: Core<Arc<Semaphore>, TaskTracker>,
+    max_queued: usize,
+    sampler: Mutex<Sampler>,
 }
 
 /// A pool of `size` slots for async work, resizable while it runs.
@@ -164,11 +329,8 @@ impl ElasticPool {
         let now = Instant::now();
         ElasticPool {
             inner: Arc::new(Inner {
-                cap: Capacity::new(Arc::new(Semaphore::new(size)), size),
-                busy: AtomicUsize::new(0),
-                queued: AtomicUsize::new(0),
+                core: Core::new(Arc::new(Semaphore::new(size)), size, TaskTracker::new()),
                 max_queued,
-                tracker: TaskTracker::new(),
                 sampler: Mutex::new(Sampler {
                     window: window.max(Duration::from_millis(1)),
                     last: now,
@@ -179,29 +341,22 @@ impl ElasticPool {
         }
     }
 
-    fn slot(&self, permit: OwnedSemaphorePermit) -> Slot {
-        self.inner.busy.fetch_add(1, Ordering::AcqRel);
+    fn slot(&self, held: Held<Arc<Semaphore>, TaskTracker>) -> Slot {
         Slot {
-            permit: Some(permit),
+            held,
             pool: self.clone(),
-            _tracked: self.inner.tracker.token(),
         }
     }
 
     /// Waits for a free slot; `None` once the pool is closed. Cancel safe: dropping the future
     /// takes no slot.
     pub async fn reserve(&self) -> Option<Slot> {
-        let sem = self.inner.cap.gate.clone();
-        self.inner.queued.fetch_add(1, Ordering::AcqRel);
-        let permit = sem.acquire_owned().await;
-        self.inner.queued.fetch_sub(1, Ordering::AcqRel);
-        permit.ok().map(|p| self.slot(p))
+        self.inner.core.reserve().await.map(|h| self.slot(h))
     }
 
     /// A free slot now, if there is one.
     pub fn try_reserve(&self) -> Option<Slot> {
-        let sem = self.inner.cap.gate.clone();
-        sem.try_acquire_owned().ok().map(|p| self.slot(p))
+        self.inner.core.try_reserve().map(|h| self.slot(h))
     }
 
     /// Waits for one slot, then takes up to `max` in all without waiting more. Cancel safe.
@@ -231,14 +386,15 @@ impl ElasticPool {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        if self.inner.cap.gate.is_closed() {
+        let core = &self.inner.core;
+        if core.cap.gate.is_closed() {
             return Err(Rejected {
                 future,
                 closed: true,
             });
         }
-        if self.inner.queued.load(Ordering::Acquire) >= self.inner.max_queued
-            && self.inner.cap.gate.available_permits() == 0
+        if core.queued.load(Ordering::Acquire) >= self.inner.max_queued
+            && core.cap.gate.available() == 0
         {
             return Err(Rejected {
                 future,
@@ -257,49 +413,48 @@ impl ElasticPool {
     /// Sets the size. Growing frees slots at once; shrinking takes free slots away at once and
     /// retires busy ones as they come back.
     pub fn resize(&self, size: usize) {
-        self.inner.cap.resize(size);
+        self.inner.core.cap.resize(size);
     }
 
     /// The current size (the number of slots once a pending shrink has retired busy ones).
     /// Unlike [`stats`](Self::stats), it does not take a utilisation sample.
     pub fn size(&self) -> usize {
-        self.inner.cap.size()
+        self.inner.core.cap.size()
     }
 
     /// Size, busy, queued and utilisation.
     pub fn stats(&self) -> PoolStats {
-        let size = self.inner.cap.size();
-        let busy = self.inner.busy.load(Ordering::Acquire);
+        let core = &self.inner.core;
+        let size = core.cap.size();
+        let busy = core.busy.load(Ordering::Acquire);
         PoolStats {
             size,
             busy,
-            queued: self.inner.queued.load(Ordering::Acquire),
+            queued: core.queued.load(Ordering::Acquire),
             utilisation: self.inner.sampler.lock().sample(Instant::now(), busy, size),
         }
     }
 
     /// Stops taking work: waiting and later reservations get nothing. Running tasks go on.
     pub fn close(&self) {
-        self.inner.cap.gate.close();
-        self.inner.tracker.close();
+        self.inner.core.close();
     }
 
     /// Waits until the pool is closed, every slot reserved before has been given back, and
     /// every task spawned on one has finished. (A slot reserved before `close` may still spawn
     /// after it; `wait` waits for that task too.)
     pub async fn wait(&self) {
-        self.inner.tracker.wait().await;
+        self.inner.core.wait().await;
     }
 }
 
 /// A reserved slot of an [`ElasticPool`]. Dropping it gives the slot back (or retires it if the
 /// pool has shrunk).
 pub struct Slot {
-    permit: Option<OwnedSemaphorePermit>,
-    pool: ElasticPool,
-    /// Counts the slot as tracked work from the moment it is reserved, so that
+    /// The permit and a work token, held from the moment the slot is reserved, so that
     /// [`ElasticPool::wait`] also waits for slots reserved but not yet spawned.
-    _tracked: TaskTrackerToken,
+    held: Held<Arc<Semaphore>, TaskTracker>,
+    pool: ElasticPool,
 }
 
 impl std::fmt::Debug for Slot {
@@ -326,12 +481,169 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let inner = &self.pool.inner;
-        inner.busy.fetch_sub(1, Ordering::AcqRel);
-        if let Some(p) = self.permit.take() {
-            if inner.cap.retire_one() {
-                p.forget();
+        self.pool.inner.core.release(&mut self.held);
+    }
+}
+
+/// loom models of the reservation and shutdown protocol (`RUSTFLAGS="--cfg loom" cargo test
+/// -p weir-sync --release --lib pool`). The stand-ins spin with `yield_now` where tokio would
+/// park; loom explores every interleaving of the pool's own steps around them.
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::*;
+    use crate::keyed::prims::{self, try_take};
+    use loom::future::block_on;
+    use loom::sync::atomic::AtomicBool;
+    use loom::sync::Arc as LArc;
+
+    /// tokio's semaphore: a count of permits and a closed flag.
+    struct LoomSem {
+        count: LArc<prims::Semaphore>,
+        closed: AtomicBool,
+    }
+
+    impl Gate for LArc<LoomSem> {
+        fn add(&self, n: usize) {
+            self.count.add_permits(n);
+        }
+        fn forget(&self, n: usize) -> usize {
+            self.count.forget_permits(n)
+        }
+    }
+
+    impl Sem for LArc<LoomSem> {
+        type Permit = prims::Permit;
+        fn acquire(&self) -> impl Future<Output = Option<Self::Permit>> + Send {
+            let sem = self.clone();
+            async move {
+                loop {
+                    if sem.closed.load(Ordering::Acquire) {
+                        return None;
+                    }
+                    if let Some(p) = try_take(&sem.count) {
+                        return Some(p);
+                    }
+                    loom::thread::yield_now();
+                }
             }
         }
+        fn try_acquire(&self) -> Option<Self::Permit> {
+            if self.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            try_take(&self.count)
+        }
+        fn close(&self) {
+            self.closed.store(true, Ordering::Release);
+        }
+        fn is_closed(&self) -> bool {
+            self.closed.load(Ordering::Acquire)
+        }
+        fn available(&self) -> usize {
+            self.count.available_permits()
+        }
+        fn retire(permit: Self::Permit) {
+            permit.forget();
+        }
+    }
+
+    /// tokio-util's `TaskTracker`, with its orderings: one word holding the closed bit and
+    /// twice the number of tokens.
+    #[derive(Default)]
+    struct LoomTracker {
+        state: AtomicUsize,
+    }
+
+    struct Token(LArc<LoomTracker>);
+
+    impl Drop for Token {
+        fn drop(&mut self) {
+            self.0.state.fetch_sub(2, Ordering::Release);
+        }
+    }
+
+    impl Tracker for LArc<LoomTracker> {
+        type Token = Token;
+        fn token(&self) -> Token {
+            self.state.fetch_add(2, Ordering::Relaxed);
+            Token(self.clone())
+        }
+        fn close(&self) {
+            self.state.fetch_or(1, Ordering::AcqRel);
+        }
+        fn wait(&self) -> impl Future<Output = ()> + Send {
+            let t = self.clone();
+            async move {
+                while t.state.load(Ordering::Acquire) != 1 {
+                    loom::thread::yield_now();
+                }
+            }
+        }
+    }
+
+    type LoomCore = Core<LArc<LoomSem>, LArc<LoomTracker>>;
+
+    fn core(size: usize) -> LArc<LoomCore> {
+        let sem = LArc::new(LoomSem {
+            count: LArc::new(prims::Semaphore::new(size)),
+            closed: AtomicBool::new(false),
+        });
+        LArc::new(Core::new(sem, size, LArc::new(LoomTracker::default())))
+    }
+
+    /// `close(); wait()` racing a reservation: either the reservation gets nothing, or `wait`
+    /// returns only after its slot is back. Never a slot handed out after `wait` returned.
+    #[test]
+    fn wait_covers_every_reservation() {
+        loom::model(|| {
+            let core = core(1);
+            let waited = LArc::new(AtomicBool::new(false));
+            let reserver = {
+                let (core, waited) = (core.clone(), waited.clone());
+                loom::thread::spawn(move || {
+                    if let Some(mut held) = block_on(core.reserve()) {
+                        assert!(
+                            !waited.load(Ordering::Acquire),
+                            "a slot was handed out after wait returned"
+                        );
+                        core.release(&mut held);
+                    }
+                })
+            };
+            core.close();
+            block_on(core.wait());
+            waited.store(true, Ordering::Release);
+            assert_eq!(core.busy(), 0, "wait returned with a slot still out");
+            reserver.join().unwrap();
+        });
+    }
+
+    /// Shutdown while the pool shrinks and a busy slot comes back: `wait` returns only after
+    /// the slot is back, and the books balance (no debt, capacity equal to the new size).
+    #[test]
+    fn shutdown_during_shrink() {
+        loom::model(|| {
+            let core = core(2);
+            let mut held = core.try_reserve().expect("a free slot");
+            let returner = {
+                let core = core.clone();
+                loom::thread::spawn(move || core.release(&mut held))
+            };
+            let resizer = {
+                let core = core.clone();
+                loom::thread::spawn(move || core.cap.resize(1))
+            };
+            core.close();
+            block_on(core.wait());
+            assert_eq!(core.busy(), 0, "wait returned with a slot still out");
+            returner.join().unwrap();
+            resizer.join().unwrap();
+            assert_eq!(core.cap.debt(), 0);
+            assert_eq!(core.cap.gate.available(), 1, "capacity equals the new size");
+            assert!(
+                core.try_reserve().is_none(),
+                "a closed pool hands out nothing"
+            );
+        });
     }
 }

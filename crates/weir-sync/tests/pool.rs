@@ -199,3 +199,23 @@ async fn wait_covers_slots_reserved_before_close() {
         "wait returned before the work ended"
     );
 }
+
+/// A cancelled `reserve` (its future dropped while waiting) leaves no phantom waiter behind:
+/// `queued` drops back, and `submit`'s queue bound counts only real waiters. Regression: the
+/// counter was decremented only when the wait ended, never when it was cancelled.
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_reserve_is_not_counted_as_waiting() {
+    let pool = ElasticPool::with_options(1, 1, Duration::from_secs(1));
+    let busy = pool.try_reserve().unwrap();
+    let timed_out = tokio::time::timeout(Duration::from_millis(10), pool.reserve()).await;
+    assert!(timed_out.is_err(), "the pool is full");
+    assert_eq!(pool.stats().queued, 0, "the cancelled wait is gone");
+    let waiting = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.submit(async { 1 }).await.map_err(|_| ()) }
+    });
+    tokio::task::yield_now().await;
+    assert_eq!(pool.stats().queued, 1);
+    drop(busy);
+    assert_eq!(waiting.await.unwrap().unwrap().await.unwrap(), 1);
+}
