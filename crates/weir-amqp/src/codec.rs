@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;
-use weir_core::{Job, JobId, JobState, Timestamp, DEFAULT_MAX_ATTEMPTS};
+use weir_core::{Job, JobId, JobState, Member, Timestamp, DEFAULT_MAX_ATTEMPTS};
 
 /// All of weir's metadata in one header: `a=SPENT,m=MAX,r=RUN_AT_MS,c=CREATED_MS` plus
-/// `p=PRIORITY` and `t=TIMEOUT_MS` when set. One short string rather than six typed headers:
+/// `p=PRIORITY`, `t=TIMEOUT_MS` and `w=WORKFLOW/INDEX` when set. One short string rather than six typed headers:
 /// parsing field tables was a tenth of a worker's CPU, and RabbitMQ stores less.
 const META: &str = "x-weir";
 const ERROR: &str = "x-weir-error";
@@ -38,6 +38,9 @@ pub(crate) fn encode(job: &Job) -> BasicProperties {
     if let Some(t) = job.timeout {
         let _ = write!(meta, ",t={}", t.as_millis());
     }
+    if let Some(m) = &job.member {
+        let _ = write!(meta, ",w={m}");
+    }
     let mut h = FieldTable::default();
     h.insert(META.into(), AMQPValue::LongString(meta.into()));
     if let Some(e) = &job.last_error {
@@ -61,6 +64,7 @@ struct Meta {
     created: Option<i64>,
     priority: Option<i64>,
     timeout_ms: Option<i64>,
+    member: Option<Member>,
 }
 
 fn parse_meta(text: &str) -> Result<Meta, String> {
@@ -69,6 +73,10 @@ fn parse_meta(text: &str) -> Result<Meta, String> {
         let (k, v) = field
             .split_once('=')
             .ok_or_else(|| format!("header {META}: `{field}` is not key=value"))?;
+        if k == "w" {
+            m.member = Some(v.parse().map_err(|e| format!("header {META}: {e}"))?);
+            continue;
+        }
         let n: i64 = v
             .parse()
             .map_err(|_| format!("header {META}: `{field}` is not a number"))?;
@@ -196,6 +204,7 @@ pub(crate) fn decode(
         result: None,
         lease_until: None,
         finished_at: None,
+        member: meta.member,
     })
 }
 
@@ -249,6 +258,7 @@ pub(crate) fn decode_dead(props: &BasicProperties, body: Vec<u8>, queue: &str) -
             result: None,
             lease_until: None,
             finished_at: None,
+            member: None,
         },
     }
 }
@@ -304,6 +314,10 @@ mod tests {
             .max_attempts(7)
             .timeout(Duration::from_millis(1500))
             .trace_id("t-1")
+            .member(Member {
+                workflow: JobId::new(),
+                index: 12,
+            })
             .into_job(Timestamp(1_700_000_000_123))
     }
 
@@ -331,6 +345,7 @@ mod tests {
         assert_eq!(back.run_at, job.run_at);
         assert_eq!(back.attempt, 1);
         assert_eq!(back.state, JobState::Running);
+        assert_eq!(back.member, job.member);
     }
 
     #[test]

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{JobId, JobState, Task, Timestamp};
+use crate::{JobId, JobState, Member, Task, Timestamp};
 
 /// The queue a job goes to when none is named.
 pub const DEFAULT_QUEUE: &str = "default";
@@ -51,6 +51,9 @@ pub struct Job {
     pub lease_until: Option<Timestamp>,
     /// When it reached Succeeded, Failed or Cancelled.
     pub finished_at: Option<Timestamp>,
+    /// The workflow this job is a member of, if any (see [`crate::workflow`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<Member>,
 }
 
 impl Job {
@@ -97,6 +100,8 @@ pub struct NewJob {
     pub unique_key: Option<String>,
     /// By default, a fresh trace id.
     pub trace_id: Option<String>,
+    /// The workflow this job is a member of (set by the workflow engine).
+    pub member: Option<Member>,
 }
 
 impl NewJob {
@@ -114,6 +119,7 @@ impl NewJob {
             timeout: None,
             unique_key: None,
             trace_id: None,
+            member: None,
         }
     }
 
@@ -170,6 +176,13 @@ impl NewJob {
         self
     }
 
+    /// Makes the job a member of a workflow (the engine does this; a job enqueued with a
+    /// member it does not belong to advances nothing).
+    pub fn member(mut self, member: Member) -> Self {
+        self.member = Some(member);
+        self
+    }
+
     /// Sets the id, for producers that must know it before enqueueing.
     pub fn id(mut self, id: JobId) -> Self {
         self.id = id;
@@ -206,6 +219,7 @@ impl NewJob {
             result: None,
             lease_until: None,
             finished_at: None,
+            member: self.member,
         }
     }
 }

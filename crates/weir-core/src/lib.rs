@@ -13,9 +13,11 @@ mod error;
 mod id;
 mod job;
 mod memory;
+mod memstore;
 mod ready;
 mod state;
 mod task;
+pub mod workflow;
 
 pub use broker::{
     redact_url, Broker, BrokerError, Delivery, Enqueued, FetchRequest, Inspect, Lease, ListFilter,
@@ -26,6 +28,8 @@ pub use error::{ErrorKind, TaskError};
 pub use id::{JobId, ParseJobIdError};
 pub use job::{Job, NewJob, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE};
 pub use memory::MemoryBroker;
+pub use memstore::MemoryStore;
 pub use ready::ReadyIndex;
 pub use state::{transition, Event, IllegalTransition, JobState};
 pub use task::{Task, TaskContext};
+pub use workflow::{Member, StateStore, WorkflowId};

@@ -12,9 +12,10 @@ use parking_lot::Mutex;
 use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use weir_core::workflow::MemberOutcome;
 use weir_core::{
-    Broker, BrokerError, Clock, Delivery, Lease, SettleOutcome, Settlement, TaskContext, TaskError,
-    WorkerStatus,
+    Broker, BrokerError, Clock, Delivery, Job, Lease, Member, SettleOutcome, Settlement,
+    TaskContext, TaskError, WorkerStatus,
 };
 use weir_sync::{panic_message, ElasticPool, Slot};
 
@@ -51,6 +52,7 @@ pub(crate) struct Exec {
     /// Set when the grace period is over: attempts stopped from then on are given back.
     pub(crate) stopping: std::sync::atomic::AtomicBool,
     pub(crate) counters: Counters,
+    pub(crate) workflows: Option<crate::Workflows>,
 }
 
 /// 100 ms doubling to 5 s: how long a dispatcher waits after consecutive store errors.
@@ -164,8 +166,45 @@ pub(crate) async fn execute(
                 &mut rand::rng(),
             )
         };
+    let settlement = match job.member {
+        Some(member) => advance(&exec, &job, member, settlement).await,
+        None => settlement,
+    };
     if settle_tx.send((lease, settlement)).await.is_err() {
         tracing::error!(job = %job.id, "settler gone; the lease will expire and the job run again");
+    }
+}
+
+/// Advances the workflow of a member that finished for good, before its settle: if that
+/// fails, the member is deferred (its attempt not spent) and its outcome is recorded when it
+/// runs again. Members that will run again (retry, release) advance nothing.
+async fn advance(exec: &Exec, job: &Job, member: Member, settlement: Settlement) -> Settlement {
+    let outcome = match &settlement {
+        Settlement::Succeeded { result } => MemberOutcome::Succeeded(result.clone()),
+        Settlement::Failed { error } => MemberOutcome::Failed(error.clone()),
+        _ => return settlement,
+    };
+    let pause = |why: String| {
+        let run_at = exec.clock.now().plus(Duration::from_secs(1));
+        tracing::warn!(job = %job.id, %member, "{why}; the member is deferred and runs again");
+        Settlement::Defer { run_at }
+    };
+    let Some(workflows) = &exec.workflows else {
+        return pause("this worker has no workflow state store".into());
+    };
+    match workflows.finished(member, outcome).await {
+        Ok(cancelled) => {
+            if !cancelled.is_empty() {
+                // Siblings running here stop now rather than at the next heartbeat.
+                for (lease, token) in exec.inflight.lock().values() {
+                    if cancelled.contains(&lease.id) {
+                        token.cancel();
+                    }
+                }
+            }
+            settlement
+        }
+        Err(e) => pause(format!("advancing the workflow failed: {e}")),
     }
 }
 

@@ -16,6 +16,7 @@ mod registry;
 mod retry;
 mod tuning;
 mod worker;
+mod workflow;
 
 pub use autoscale::{decide, AutoscaleConfig, Decision, Observed, Reason, ScalerState};
 pub use client::{Client, EnqueueError};
@@ -23,3 +24,4 @@ pub use registry::{Handler, KindOptions, Registry};
 pub use retry::settlement_for;
 pub use tuning::Tuning;
 pub use worker::{Observer, QueueSpec, Worker, WorkerBuilder, WorkerError, WorkerReport};
+pub use workflow::Workflows;

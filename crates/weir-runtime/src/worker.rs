@@ -21,6 +21,7 @@ use crate::autoscale::AutoscaleConfig;
 use crate::exec::{autoscale, backoff_pause, execute, heartbeat, settler, Counters, Exec};
 use crate::registry::Registry;
 use crate::tuning::Tuning;
+use crate::workflow::Workflows;
 
 /// Hooks called as jobs start and settle: for progress displays, benchmarks and tests. Keep
 /// them cheap; they run on the worker's hot path.
@@ -97,6 +98,7 @@ pub struct WorkerBuilder {
     clock: Arc<dyn Clock>,
     autoscale: HashMap<String, AutoscaleConfig>,
     autoscale_tick: Duration,
+    workflows: Option<Workflows>,
 }
 
 impl WorkerBuilder {
@@ -146,6 +148,14 @@ impl WorkerBuilder {
     /// Hooks called as jobs start and settle. By default, none.
     pub fn observer(mut self, o: Arc<dyn Observer>) -> Self {
         self.observer = o;
+        self
+    }
+
+    /// Advances durable workflows as their members finish (see [`Workflows`]). By default,
+    /// none: a workflow member this worker runs is deferred, with a warning, for a worker
+    /// that has a state store.
+    pub fn workflows(mut self, w: Workflows) -> Self {
+        self.workflows = Some(w);
         self
     }
 
@@ -266,6 +276,7 @@ impl Worker {
             clock: Arc::new(SystemClock),
             autoscale: HashMap::new(),
             autoscale_tick: Duration::from_secs(5),
+            workflows: None,
         }
     }
 
@@ -301,6 +312,7 @@ impl Worker {
             stopping: std::sync::atomic::AtomicBool::new(false),
             tuning: tuning.clone(),
             counters: Counters::default(),
+            workflows: b.workflows,
         });
         let stop_fetch = CancellationToken::new();
         let settler = tokio::spawn(settler(exec.clone(), settle_rx));

@@ -20,7 +20,10 @@ mod checkpoint;
 mod ops;
 mod rows;
 mod schema;
+mod store;
 mod writer;
+
+pub use store::SqliteStore;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

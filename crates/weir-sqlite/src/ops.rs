@@ -106,8 +106,9 @@ impl Writer {
         let mut seq = self.next_seq()?;
         let mut insert = self.conn.prepare_cached(
             "INSERT INTO jobs (seq, id, kind, queue, payload, priority, run_at, attempt,
-                               max_attempts, timeout_ms, unique_key, trace_id, created_at, state)
-             VALUES (?12, ?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10, ?11, 0)",
+                               max_attempts, timeout_ms, unique_key, trace_id, created_at, state,
+                               member)
+             VALUES (?12, ?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10, ?11, 0, ?13)",
         )?;
         for new in jobs {
             if let Some(key) = &new.unique_key {
@@ -133,6 +134,7 @@ impl Writer {
                 job.trace_id,
                 job.created_at.0,
                 seq,
+                job.member.map(|m| m.to_string()),
             ]);
             match inserted {
                 Ok(_) => {}

@@ -3,17 +3,17 @@
 use std::time::Duration;
 
 use rusqlite::Row;
-use weir_core::{Delivery, Job, JobId, JobState, Lease, Timestamp};
+use weir_core::{Delivery, Job, JobId, JobState, Lease, Member, Timestamp};
 
 /// The columns [`job_from_row`] reads, in order.
 pub(crate) const JOB_COLUMNS: &str = "seq, id, kind, queue, payload, priority, run_at, attempt, \
      max_attempts, timeout_ms, unique_key, trace_id, created_at, state, lease_until, last_error, \
-     result, finished_at";
+     result, finished_at, member";
 
 /// The columns a worker needs to run a job, read by [`delivery_from_row`]. Leaner than
 /// [`JOB_COLUMNS`]: the lease statement is on the hot path.
 pub(crate) const RUN_COLUMNS: &str = "seq, id, kind, queue, payload, priority, run_at, attempt, \
-     max_attempts, timeout_ms, trace_id, created_at";
+     max_attempts, timeout_ms, trace_id, created_at, member";
 
 /// Reads a row leased with [`RUN_COLUMNS`] as a delivery. `unique_key`, `last_error`,
 /// `result` and `finished_at` are not loaded.
@@ -41,6 +41,7 @@ pub(crate) fn delivery_from_row(r: &Row<'_>) -> rusqlite::Result<Delivery> {
         result: None,
         lease_until: None,
         finished_at: None,
+        member: member(r, 12)?,
     };
     Ok(Delivery {
         lease: Lease {
@@ -84,6 +85,18 @@ pub(crate) fn job_from_row(r: &Row<'_>) -> rusqlite::Result<(u64, Job)> {
         last_error: r.get(15)?,
         result: r.get(16)?,
         finished_at: r.get::<_, Option<i64>>(17)?.map(Timestamp),
+        member: member(r, 18)?,
     };
     Ok((seq as u64, job))
+}
+
+/// A job's workflow membership, stored as `"<workflow>/<index>"`.
+fn member(r: &Row<'_>, i: usize) -> rusqlite::Result<Option<Member>> {
+    r.get::<_, Option<String>>(i)?
+        .map(|s| {
+            s.parse().map_err(|e: String| {
+                rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
+            })
+        })
+        .transpose()
 }

@@ -51,6 +51,35 @@ const MIGRATIONS: &[&str] = &[
         updated_at    INTEGER NOT NULL,
         PRIMARY KEY (worker, queue)
      ) WITHOUT ROWID;",
+    // 2 -> 3: workflows (chain, group, chord). A job's membership, and the workflow state the
+    // embedded `SqliteStore` keeps in the same file.
+    "ALTER TABLE jobs ADD COLUMN member TEXT;
+     CREATE TABLE wf_workflows (
+        id          BLOB    PRIMARY KEY,
+        shape       INTEGER NOT NULL,
+        mode        INTEGER NOT NULL,
+        state       INTEGER NOT NULL,
+        children    INTEGER NOT NULL,
+        succeeded   INTEGER NOT NULL,
+        failed      INTEGER NOT NULL,
+        cancelled   INTEGER NOT NULL,
+        trace_id    TEXT    NOT NULL,
+        created_at  INTEGER NOT NULL,
+        finished_at INTEGER
+     ) WITHOUT ROWID;
+     CREATE TABLE wf_members (
+        workflow BLOB    NOT NULL,
+        idx      INTEGER NOT NULL,
+        job_id   BLOB    NOT NULL,
+        kind     TEXT    NOT NULL,
+        step     TEXT    NOT NULL,
+        state    INTEGER NOT NULL,
+        enqueued INTEGER NOT NULL,
+        result   BLOB,
+        error    TEXT,
+        PRIMARY KEY (workflow, idx)
+     ) WITHOUT ROWID;
+     CREATE INDEX wf_finished ON wf_workflows(finished_at) WHERE finished_at IS NOT NULL;",
 ];
 
 /// The schema version this build writes.

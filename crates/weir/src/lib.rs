@@ -42,16 +42,23 @@ pub use weir_amqp::{AmqpBroker, AmqpOptions, QueueType};
 pub use weir_core::{
     redact_url, transition, Broker, BrokerError, Clock, Delivery, Enqueued, ErrorKind, Event,
     FetchRequest, IllegalTransition, Inspect, Job, JobId, JobState, Lease, ListFilter, ManualClock,
-    MemoryBroker, NewJob, QueueCounts, QueueDepth, QueueStats, SettleOutcome, Settlement,
-    SystemClock, Task, TaskContext, TaskError, Timestamp, WorkerStatus, DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_QUEUE,
+    MemoryBroker, MemoryStore, NewJob, QueueCounts, QueueDepth, QueueStats, SettleOutcome,
+    Settlement, StateStore, SystemClock, Task, TaskContext, TaskError, Timestamp, WorkerStatus,
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE,
 };
 pub use weir_runtime::{
     decide, settlement_for, AutoscaleConfig, Client, Decision, EnqueueError, Handler, KindOptions,
     Observed, Observer, QueueSpec, Reason, Registry, ScalerState, Tuning, Worker, WorkerBuilder,
-    WorkerError, WorkerReport,
+    WorkerError, WorkerReport, Workflows,
 };
-pub use weir_sqlite::{SqliteBroker, SqliteOptions, Synchronous};
+pub use weir_sqlite::{SqliteBroker, SqliteOptions, SqliteStore, Synchronous};
+
+/// Durable workflows: `chain`, `group` and `chord` ([`WorkflowSpec`](workflow::WorkflowSpec)),
+/// run by a [`Workflows`] engine over a broker and a [`StateStore`].
+pub mod workflow {
+    pub use weir_core::workflow::*;
+    pub use weir_runtime::Workflows;
+}
 /// In-process pipelines with backpressure (see [`weir_sync::flow`]).
 pub use weir_sync::flow;
 pub use weir_sync::{

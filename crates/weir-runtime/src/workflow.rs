@@ -1,0 +1,138 @@
+//! [`Workflows`]: submits durable workflows and advances them as their members finish.
+
+use std::sync::Arc;
+
+use weir_core::workflow::{
+    Advance, Member, MemberOutcome, MemberStatus, StateStore, WorkflowId, WorkflowSpec,
+    WorkflowStatus,
+};
+use weir_core::{Broker, BrokerError, Clock, JobId, SystemClock};
+
+/// How many jobs one enqueue call carries when a workflow is submitted.
+const SUBMIT_BATCH: usize = 1_000;
+
+/// The workflow engine: a broker for the jobs and a [`StateStore`] for what links them.
+/// A worker given one (see [`WorkerBuilder::workflows`](crate::WorkerBuilder::workflows))
+/// advances a workflow when one of its members finishes for good, *before* that member's job
+/// is settled: if the store or the broker fails, the member is deferred and runs again, so an
+/// advance is never lost. Cheap to clone (handles).
+#[derive(Clone)]
+pub struct Workflows {
+    broker: Arc<dyn Broker>,
+    store: Arc<dyn StateStore>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Workflows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workflows").finish_non_exhaustive()
+    }
+}
+
+impl Workflows {
+    /// An engine over `broker` and `store`, on the system clock.
+    pub fn new(broker: Arc<dyn Broker>, store: Arc<dyn StateStore>) -> Self {
+        Workflows {
+            broker,
+            store,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Uses `clock` for submission and finish times.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn StateStore> {
+        &self.store
+    }
+
+    /// Validates `spec`, stores the workflow, then enqueues what runs first (a chain's first
+    /// step; every child of a group or chord). Returns once those jobs are durable. Every
+    /// member gets its own job id and the workflow's trace id. If the enqueue fails, the
+    /// workflow is marked failed, whatever was enqueued is cancelled where the broker allows,
+    /// and the error is returned.
+    pub async fn submit(&self, spec: &WorkflowSpec) -> Result<WorkflowId, BrokerError> {
+        spec.validate().map_err(BrokerError::Invalid)?;
+        let id = WorkflowId::new();
+        let trace = JobId::new().as_uuid().simple().to_string();
+        let (wf, jobs) = spec.plan(id, &trace, self.clock.now());
+        self.store.create(wf).await?;
+        let mut jobs = jobs.into_iter().peekable();
+        while jobs.peek().is_some() {
+            let chunk: Vec<_> = jobs.by_ref().take(SUBMIT_BATCH).collect();
+            if let Err(e) = self.broker.enqueue_many(chunk).await {
+                tracing::error!(workflow = %id, error = %e, "submitting the workflow failed; it is marked failed");
+                if let Ok(open) = self.store.abort(id, self.clock.now()).await {
+                    self.cancel_jobs(&open).await;
+                }
+                return Err(e);
+            }
+        }
+        Ok(id)
+    }
+
+    /// A workflow's status; `None` if the store has no such workflow.
+    pub async fn status(&self, id: WorkflowId) -> Result<Option<WorkflowStatus>, BrokerError> {
+        self.store.status(id).await
+    }
+
+    /// A workflow's members, in order, with their results and errors.
+    pub async fn members(&self, id: WorkflowId) -> Result<Vec<MemberStatus>, BrokerError> {
+        self.store.members(id).await
+    }
+
+    /// Records a member's final outcome and carries out what follows: enqueue the next step
+    /// or the callback (then mark it enqueued), or cancel the open siblings. Returns the job
+    /// ids cancelled, so the caller can stop those it runs itself.
+    pub(crate) async fn finished(
+        &self,
+        member: Member,
+        outcome: MemberOutcome,
+    ) -> Result<Vec<JobId>, BrokerError> {
+        let Advance {
+            enqueue,
+            cancel,
+            finished,
+        } = self
+            .store
+            .complete(member, outcome, self.clock.now())
+            .await?;
+        if let Some((next, job)) = enqueue {
+            self.broker.enqueue(job).await?;
+            self.store.mark_enqueued(next).await?;
+        }
+        if let Some(state) = finished {
+            tracing::info!(workflow = %member.workflow, state = state.as_str(), "workflow finished");
+        }
+        self.cancel_jobs(&cancel).await;
+        Ok(cancel)
+    }
+
+    /// Cancels jobs at the broker where it can (`Inspect::cancel`): pending ones become
+    /// Cancelled, and a running one loses its lease, so its worker fires its cancellation
+    /// token at the next heartbeat. Jobs already finished are left as they are.
+    async fn cancel_jobs(&self, ids: &[JobId]) {
+        if ids.is_empty() {
+            return;
+        }
+        let Some(inspect) = self.broker.inspect() else {
+            tracing::warn!(
+                jobs = ids.len(),
+                "this broker cannot cancel jobs by id: the workflow's open members will still run, and their outcomes are ignored"
+            );
+            return;
+        };
+        for id in ids {
+            match inspect.cancel(*id).await {
+                Ok(_) | Err(BrokerError::NotFound(_) | BrokerError::WrongState { .. }) => {}
+                Err(e) => {
+                    tracing::warn!(job = %id, error = %e, "cancelling a workflow member failed")
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! [`SqliteStore`]: workflow state in the embedded broker's file (tables `wf_workflows` and
+//! `wf_members`, see docs/embedded-format.md), on a connection of its own.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use weir_core::workflow::{
+    complete, result_value, Advance, FailureMode, Member, MemberOutcome, MemberRow, MemberStatus,
+    NewWorkflow, Progress, Shape, StateStore, StepSpec, WorkflowId, WorkflowState, WorkflowStatus,
+    WorkflowTx,
+};
+use weir_core::{BrokerError, JobId, JobState, Timestamp};
+
+use crate::{open_conn, schema, store_err, SqliteOptions};
+
+/// Workflow state in an embedded broker's SQLite file. Every call is one `IMMEDIATE`
+/// transaction on the store's own connection, so members finishing on several workers (or
+/// processes) advance a workflow one at a time. Cheap to clone (a handle).
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens the store in the file the options name (created and migrated if needed), the
+    /// same file a [`SqliteBroker`](crate::SqliteBroker) with these options uses.
+    pub fn open(opts: &SqliteOptions) -> Result<Self, BrokerError> {
+        let mut conn = open_conn(opts).map_err(|e| {
+            BrokerError::Invalid(format!("cannot open {}: {e}", opts.path().display()))
+        })?;
+        schema::migrate(&mut conn)
+            .map_err(|e| BrokerError::Invalid(format!("{}: {e}", opts.path().display())))?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn tx<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, BrokerError> + Send + 'static,
+    ) -> Result<T, BrokerError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock();
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(store_err)?;
+            let out = f(&tx)?;
+            tx.commit().map_err(store_err)?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| BrokerError::Other(format!("store task failed: {e}")))?
+    }
+}
+
+fn db(e: rusqlite::Error) -> BrokerError {
+    store_err(e)
+}
+
+fn corrupt(what: &str, v: i64) -> BrokerError {
+    BrokerError::Other(format!("workflow store: unknown {what} code {v}"))
+}
+
+struct Tx<'a, 'c>(&'a Transaction<'c>);
+
+impl WorkflowTx for Tx<'_, '_> {
+    fn progress(&mut self, id: WorkflowId) -> Result<Option<Progress>, BrokerError> {
+        let row = self
+            .0
+            .prepare_cached(
+                "SELECT shape, mode, state, children, succeeded, failed, cancelled, trace_id,
+                        finished_at
+                   FROM wf_workflows WHERE id = ?1",
+            )
+            .map_err(db)?
+            .query_row([id.as_bytes()], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get::<_, Option<i64>>(8)?,
+                ))
+            })
+            .optional()
+            .map_err(db)?;
+        let Some((shape, mode, state, children, succeeded, failed, cancelled, trace_id, fin)) = row
+        else {
+            return Ok(None);
+        };
+        Ok(Some(Progress {
+            shape: Shape::from_code(shape).ok_or_else(|| corrupt("shape", shape))?,
+            mode: FailureMode::from_code(mode).ok_or_else(|| corrupt("mode", mode))?,
+            state: WorkflowState::from_code(state).ok_or_else(|| corrupt("state", state))?,
+            children,
+            succeeded,
+            failed,
+            cancelled,
+            trace_id,
+            finished_at: fin.map(Timestamp),
+        }))
+    }
+
+    fn set_progress(&mut self, id: WorkflowId, p: &Progress) -> Result<(), BrokerError> {
+        self.0
+            .prepare_cached(
+                "UPDATE wf_workflows SET state = ?2, succeeded = ?3, failed = ?4, cancelled = ?5,
+                        finished_at = ?6
+                  WHERE id = ?1",
+            )
+            .map_err(db)?
+            .execute(params![
+                id.as_bytes(),
+                p.state.code(),
+                p.succeeded,
+                p.failed,
+                p.cancelled,
+                p.finished_at.map(|t| t.0)
+            ])
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn member(&mut self, m: Member) -> Result<Option<MemberRow>, BrokerError> {
+        let row = self
+            .0
+            .prepare_cached(
+                "SELECT job_id, state, enqueued, result, step FROM wf_members
+                  WHERE workflow = ?1 AND idx = ?2",
+            )
+            .map_err(db)?
+            .query_row(params![m.workflow.as_bytes(), m.index], |r| {
+                Ok((
+                    r.get::<_, [u8; 16]>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, bool>(2)?,
+                    r.get::<_, Option<Vec<u8>>>(3)?,
+                    r.get::<_, String>(4)?,
+                ))
+            })
+            .optional()
+            .map_err(db)?;
+        let Some((job, state, enqueued, result, step)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(MemberRow {
+            job_id: JobId::from_bytes(job),
+            state: JobState::from_code(state).ok_or_else(|| corrupt("member state", state))?,
+            enqueued,
+            result,
+            step: serde_json::from_str::<StepSpec>(&step)
+                .map_err(|e| BrokerError::Other(format!("workflow member {m}: step: {e}")))?,
+        }))
+    }
+
+    fn finish_member(
+        &mut self,
+        m: Member,
+        state: JobState,
+        result: Option<&[u8]>,
+        error: Option<&str>,
+    ) -> Result<(), BrokerError> {
+        self.0
+            .prepare_cached(
+                "UPDATE wf_members SET state = ?3, result = ?4, error = ?5
+                  WHERE workflow = ?1 AND idx = ?2",
+            )
+            .map_err(db)?
+            .execute(params![
+                m.workflow.as_bytes(),
+                m.index,
+                state.code(),
+                result,
+                error
+            ])
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn results(
+        &mut self,
+        id: WorkflowId,
+        children: u32,
+    ) -> Result<Vec<Option<Vec<u8>>>, BrokerError> {
+        let mut st = self
+            .0
+            .prepare_cached(
+                "SELECT result FROM wf_members WHERE workflow = ?1 AND idx < ?2 ORDER BY idx",
+            )
+            .map_err(db)?;
+        let rows = st
+            .query_map(params![id.as_bytes(), children], |r| r.get(0))
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+
+    fn cancel_open(&mut self, id: WorkflowId) -> Result<(u32, Vec<JobId>), BrokerError> {
+        let mut st = self
+            .0
+            .prepare_cached(
+                "UPDATE wf_members SET state = 5 WHERE workflow = ?1 AND state < 3
+                 RETURNING job_id, enqueued",
+            )
+            .map_err(db)?;
+        let rows = st
+            .query_map([id.as_bytes()], |r| {
+                Ok((r.get::<_, [u8; 16]>(0)?, r.get::<_, bool>(1)?))
+            })
+            .map_err(db)?;
+        let mut n = 0;
+        let mut jobs = Vec::new();
+        for row in rows {
+            let (job, enqueued) = row.map_err(db)?;
+            n += 1;
+            if enqueued {
+                jobs.push(JobId::from_bytes(job));
+            }
+        }
+        Ok((n, jobs))
+    }
+}
+
+#[async_trait]
+impl StateStore for SqliteStore {
+    async fn create(&self, wf: NewWorkflow) -> Result<(), BrokerError> {
+        self.tx(move |tx| {
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT INTO wf_workflows (id, shape, mode, state, children, succeeded,
+                                               failed, cancelled, trace_id, created_at)
+                     VALUES (?1, ?2, ?3, 0, ?4, 0, 0, 0, ?5, ?6) ON CONFLICT DO NOTHING",
+                )
+                .map_err(db)?
+                .execute(params![
+                    wf.id.as_bytes(),
+                    wf.shape.code(),
+                    wf.mode.code(),
+                    wf.children,
+                    wf.trace_id,
+                    wf.created_at.0
+                ])
+                .map_err(db)?;
+            if inserted == 0 {
+                return Err(BrokerError::Invalid(format!("workflow {} exists", wf.id)));
+            }
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT INTO wf_members (workflow, idx, job_id, kind, step, state, enqueued)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)",
+                )
+                .map_err(db)?;
+            for (i, m) in wf.members.iter().enumerate() {
+                let step = serde_json::to_string(&m.step)
+                    .map_err(|e| BrokerError::Invalid(format!("member {i}: {e}")))?;
+                st.execute(params![
+                    wf.id.as_bytes(),
+                    i as u32,
+                    m.job_id.as_bytes(),
+                    m.step.kind,
+                    step,
+                    m.enqueued
+                ])
+                .map_err(db)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn complete(
+        &self,
+        member: Member,
+        outcome: MemberOutcome,
+        now: Timestamp,
+    ) -> Result<Advance, BrokerError> {
+        self.tx(move |tx| complete(&mut Tx(tx), member, &outcome, now))
+            .await
+    }
+
+    async fn mark_enqueued(&self, member: Member) -> Result<(), BrokerError> {
+        self.tx(move |tx| {
+            tx.prepare_cached(
+                "UPDATE wf_members SET enqueued = 1 WHERE workflow = ?1 AND idx = ?2",
+            )
+            .map_err(db)?
+            .execute(params![member.workflow.as_bytes(), member.index])
+            .map_err(db)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn abort(&self, id: WorkflowId, now: Timestamp) -> Result<Vec<JobId>, BrokerError> {
+        self.tx(move |tx| {
+            let mut t = Tx(tx);
+            let Some(mut p) = t.progress(id)? else {
+                return Err(BrokerError::NotFound(id));
+            };
+            let (n, jobs) = t.cancel_open(id)?;
+            p.cancelled += n;
+            p.state = WorkflowState::Failed;
+            p.finished_at.get_or_insert(now);
+            t.set_progress(id, &p)?;
+            Ok(jobs)
+        })
+        .await
+    }
+
+    async fn status(&self, id: WorkflowId) -> Result<Option<WorkflowStatus>, BrokerError> {
+        self.tx(move |tx| {
+            let Some(p) = Tx(tx).progress(id)? else {
+                return Ok(None);
+            };
+            let created: i64 = tx
+                .query_row(
+                    "SELECT created_at FROM wf_workflows WHERE id = ?1",
+                    [id.as_bytes()],
+                    |r| r.get(0),
+                )
+                .map_err(db)?;
+            Ok(Some(WorkflowStatus {
+                id,
+                shape: p.shape,
+                mode: p.mode,
+                state: p.state,
+                children: p.children,
+                succeeded: p.succeeded,
+                failed: p.failed,
+                cancelled: p.cancelled,
+                trace_id: p.trace_id,
+                created_at: Timestamp(created),
+                finished_at: p.finished_at,
+            }))
+        })
+        .await
+    }
+
+    async fn members(&self, id: WorkflowId) -> Result<Vec<MemberStatus>, BrokerError> {
+        self.tx(move |tx| {
+            let mut st = tx
+                .prepare_cached(
+                    "SELECT idx, job_id, kind, state, enqueued, result, error FROM wf_members
+                      WHERE workflow = ?1 ORDER BY idx",
+                )
+                .map_err(db)?;
+            let rows = st
+                .query_map([id.as_bytes()], |r| {
+                    Ok((
+                        r.get::<_, u32>(0)?,
+                        r.get::<_, [u8; 16]>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, bool>(4)?,
+                        r.get::<_, Option<Vec<u8>>>(5)?,
+                        r.get::<_, Option<String>>(6)?,
+                    ))
+                })
+                .map_err(db)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (index, job, kind, state, enqueued, result, error) = row.map_err(db)?;
+                out.push(MemberStatus {
+                    index,
+                    job_id: JobId::from_bytes(job),
+                    kind,
+                    state: JobState::from_code(state)
+                        .ok_or_else(|| corrupt("member state", state))?,
+                    enqueued,
+                    result: result.as_deref().map(result_value),
+                    error,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn purge(&self, before: Timestamp) -> Result<u64, BrokerError> {
+        self.tx(move |tx| {
+            tx.execute(
+                "DELETE FROM wf_members WHERE workflow IN
+                   (SELECT id FROM wf_workflows WHERE finished_at < ?1)",
+                [before.0],
+            )
+            .map_err(db)?;
+            let n = tx
+                .execute(
+                    "DELETE FROM wf_workflows WHERE finished_at < ?1",
+                    [before.0],
+                )
+                .map_err(db)?;
+            Ok(n as u64)
+        })
+        .await
+    }
+}
