@@ -1,4 +1,5 @@
-//! Test helpers shared by weir's crates, and the broker conformance suite.
+//! Test helpers shared by weir's crates, the broker conformance suite, and the workflow-store
+//! conformance suite ([`store_suite!`]).
 //!
 //! Every broker runs the same suite: call [`conformance_suite!`] in a test file with a function
 //! that makes a fresh [`Fixture`]:
@@ -10,8 +11,10 @@
 
 pub mod conformance;
 mod faulty;
+pub mod store;
 
 pub use faulty::FaultyBroker;
+pub use store::StoreFixture;
 
 use std::any::Any;
 use std::sync::Arc;

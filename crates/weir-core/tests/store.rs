@@ -1,0 +1,12 @@
+//! The memory workflow store runs the shared store suite.
+
+use std::sync::Arc;
+
+use weir_core::MemoryStore;
+use weir_testkit::StoreFixture;
+
+async fn fixture() -> StoreFixture {
+    StoreFixture::new(Arc::new(MemoryStore::new()), ())
+}
+
+weir_testkit::store_suite!(fixture);

@@ -1,0 +1,543 @@
+//! weir's PostgreSQL workflow state store: results and workflow counters for deployments whose
+//! jobs go through RabbitMQ on many machines.
+//!
+//! [`PgStore`] implements [`StateStore`] with two tables, `weir_workflows` and
+//! `weir_members`, created on first connect. Each call is one transaction; advancing a
+//! workflow locks its row (`SELECT … FOR UPDATE`), so members finishing on different machines
+//! advance it one at a time. The decision logic is `weir_core::workflow::complete`, the same
+//! for every store.
+//!
+//! The blocking `postgres` client runs on tokio's blocking pool, one connection per concurrent
+//! call (kept for reuse): a store call is a few round trips inside one transaction, and the
+//! synchronous client keeps [`WorkflowTx`] synchronous for every store.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use postgres::{Client, NoTls, Transaction};
+use weir_core::workflow::{
+    complete, result_value, Advance, FailureMode, Member, MemberOutcome, MemberRow, MemberStatus,
+    NewWorkflow, Progress, Shape, StateStore, StepSpec, WorkflowId, WorkflowState, WorkflowStatus,
+    WorkflowTx,
+};
+use weir_core::{BrokerError, JobId, JobState, Timestamp};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS weir_workflows (
+    id          BYTEA    PRIMARY KEY,
+    shape       SMALLINT NOT NULL,
+    mode        SMALLINT NOT NULL,
+    state       SMALLINT NOT NULL,
+    children    BIGINT   NOT NULL,
+    succeeded   BIGINT   NOT NULL,
+    failed      BIGINT   NOT NULL,
+    cancelled   BIGINT   NOT NULL,
+    trace_id    TEXT     NOT NULL,
+    created_at  BIGINT   NOT NULL,
+    finished_at BIGINT
+);
+CREATE INDEX IF NOT EXISTS weir_workflows_finished ON weir_workflows (finished_at)
+    WHERE finished_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS weir_members (
+    workflow BYTEA    NOT NULL REFERENCES weir_workflows (id) ON DELETE CASCADE,
+    idx      BIGINT   NOT NULL,
+    job_id   BYTEA    NOT NULL,
+    kind     TEXT     NOT NULL,
+    step     TEXT     NOT NULL,
+    state    SMALLINT NOT NULL,
+    enqueued BOOLEAN  NOT NULL,
+    result   BYTEA,
+    error    TEXT,
+    PRIMARY KEY (workflow, idx)
+);";
+
+/// Where to connect: a libpq-style URL (`postgres://user@host:port/db`), plus weir's own
+/// optional `schema=NAME` query parameter, which puts the tables in that schema (created if
+/// missing) instead of the connection's default one.
+#[derive(Clone, Debug)]
+pub struct PgOptions {
+    url: String,
+    schema: Option<String>,
+}
+
+impl PgOptions {
+    /// Parses `postgres://…` or `postgresql://…`; `schema=` may be one of the query parameters.
+    ///
+    /// ```
+    /// let o = weir_postgres::PgOptions::from_url("postgres://u@h/db?schema=jobs").unwrap();
+    /// assert_eq!(o.schema(), Some("jobs"));
+    /// assert!(weir_postgres::PgOptions::from_url("mysql://h").is_err());
+    /// assert!(weir_postgres::PgOptions::from_url("postgres://h/db?schema=a;b").is_err());
+    /// ```
+    pub fn from_url(url: &str) -> Result<Self, String> {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(format!(
+                "`{url}` is not a PostgreSQL URL (expected postgres://user@host/db)"
+            ));
+        }
+        let (base, query) = match url.split_once('?') {
+            Some((b, q)) => (b, q),
+            None => (url, ""),
+        };
+        let mut schema = None;
+        let mut rest = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.strip_prefix("schema=") {
+                Some(s) => {
+                    if s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                        return Err(format!(
+                            "PostgreSQL URL: schema `{s}` must be letters, digits and `_`"
+                        ));
+                    }
+                    schema = Some(s.to_owned());
+                }
+                None => rest.push(pair),
+            }
+        }
+        let url = if rest.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", rest.join("&"))
+        };
+        url.parse::<postgres::Config>()
+            .map_err(|e| format!("PostgreSQL URL: {e}"))?;
+        Ok(PgOptions { url, schema })
+    }
+
+    /// The schema the tables live in, if not the default.
+    pub fn schema(&self) -> Option<&str> {
+        self.schema.as_deref()
+    }
+}
+
+/// Workflow state in PostgreSQL. Cheap to clone (a handle to its connections).
+#[derive(Clone)]
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    opts: PgOptions,
+    idle: Mutex<Vec<Client>>,
+}
+
+impl Drop for Inner {
+    /// The blocking client's drop blocks on its own runtime, which panics on a tokio thread;
+    /// idle connections are closed on a thread of their own instead.
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut *self.idle.lock());
+        if !idle.is_empty() {
+            let _ = std::thread::Builder::new()
+                .name("weir-pg-close".into())
+                .spawn(move || drop(idle));
+        }
+    }
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("schema", &self.inner.opts.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The server's own message when there is one (`postgres::Error`'s display is only "db
+/// error" then).
+fn db(e: postgres::Error) -> BrokerError {
+    match e.as_db_error() {
+        Some(d) => BrokerError::Unavailable(format!(
+            "postgres: {} ({}): {}",
+            d.message(),
+            d.code().code(),
+            d.detail().unwrap_or("")
+        )),
+        None => BrokerError::Unavailable(format!("postgres: {e}")),
+    }
+}
+
+fn corrupt(what: &str, v: i64) -> BrokerError {
+    BrokerError::Other(format!("workflow store: unknown {what} code {v}"))
+}
+
+impl PgStore {
+    /// Connects, creates the tables if they are missing (under an advisory lock, so many
+    /// workers starting at once do not race), and keeps the connection for reuse.
+    pub async fn connect(opts: PgOptions) -> Result<Self, BrokerError> {
+        let store = PgStore {
+            inner: Arc::new(Inner {
+                opts,
+                idle: Mutex::new(Vec::new()),
+            }),
+        };
+        store
+            .run(|c| {
+                let mut tx = c.transaction().map_err(db)?;
+                tx.execute("SELECT pg_advisory_xact_lock(7746765570)", &[])
+                    .map_err(db)?;
+                tx.batch_execute(SCHEMA).map_err(db)?;
+                tx.commit().map_err(db)
+            })
+            .await?;
+        Ok(store)
+    }
+
+    fn open(opts: &PgOptions) -> Result<Client, BrokerError> {
+        let mut c = Client::connect(&opts.url, NoTls).map_err(db)?;
+        if let Some(s) = &opts.schema {
+            // The name was checked to be [A-Za-z0-9_]+ when parsed.
+            c.batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS \"{s}\"; SET search_path TO \"{s}\""
+            ))
+            .map_err(db)?;
+        }
+        Ok(c)
+    }
+
+    /// Runs `f` on an idle connection (or a new one) on the blocking pool. A connection that
+    /// saw a database error is dropped rather than reused.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Client) -> Result<T, BrokerError> + Send + 'static,
+    ) -> Result<T, BrokerError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = inner.idle.lock().pop();
+            let mut conn = match conn {
+                Some(c) if !c.is_closed() => c,
+                _ => Self::open(&inner.opts)?,
+            };
+            let out = f(&mut conn);
+            // A refused request leaves the connection fine; a database error may not.
+            if !matches!(out, Err(BrokerError::Unavailable(_))) {
+                inner.idle.lock().push(conn);
+            }
+            out
+        })
+        .await
+        .map_err(|e| BrokerError::Other(format!("store task failed: {e}")))?
+    }
+
+    async fn tx<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<T, BrokerError> + Send + 'static,
+    ) -> Result<T, BrokerError> {
+        self.run(move |c| {
+            let mut tx = c.transaction().map_err(db)?;
+            let out = f(&mut tx)?;
+            tx.commit().map_err(db)?;
+            Ok(out)
+        })
+        .await
+    }
+}
+
+struct Tx<'a, 'c>(&'a mut Transaction<'c>);
+
+impl WorkflowTx for Tx<'_, '_> {
+    fn progress(&mut self, id: WorkflowId) -> Result<Option<Progress>, BrokerError> {
+        let Some(r) = self
+            .0
+            .query_opt(
+                "SELECT shape, mode, state, children, succeeded, failed, cancelled, trace_id,
+                        finished_at
+                   FROM weir_workflows WHERE id = $1 FOR UPDATE",
+                &[&id.as_bytes().as_slice()],
+            )
+            .map_err(db)?
+        else {
+            return Ok(None);
+        };
+        let (shape, mode, state): (i16, i16, i16) = (r.get(0), r.get(1), r.get(2));
+        let n = |i: usize| r.get::<_, i64>(i) as u32;
+        Ok(Some(Progress {
+            shape: Shape::from_code(shape.into()).ok_or_else(|| corrupt("shape", shape.into()))?,
+            mode: FailureMode::from_code(mode.into())
+                .ok_or_else(|| corrupt("mode", mode.into()))?,
+            state: WorkflowState::from_code(state.into())
+                .ok_or_else(|| corrupt("state", state.into()))?,
+            children: n(3),
+            succeeded: n(4),
+            failed: n(5),
+            cancelled: n(6),
+            trace_id: r.get(7),
+            finished_at: r.get::<_, Option<i64>>(8).map(Timestamp),
+        }))
+    }
+
+    fn set_progress(&mut self, id: WorkflowId, p: &Progress) -> Result<(), BrokerError> {
+        self.0
+            .execute(
+                "UPDATE weir_workflows SET state = $2, succeeded = $3, failed = $4,
+                        cancelled = $5, finished_at = $6
+                  WHERE id = $1",
+                &[
+                    &id.as_bytes().as_slice(),
+                    &(p.state.code() as i16),
+                    &i64::from(p.succeeded),
+                    &i64::from(p.failed),
+                    &i64::from(p.cancelled),
+                    &p.finished_at.map(|t| t.0),
+                ],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn member(&mut self, m: Member) -> Result<Option<MemberRow>, BrokerError> {
+        let Some(r) = self
+            .0
+            .query_opt(
+                "SELECT job_id, state, enqueued, result, step FROM weir_members
+                  WHERE workflow = $1 AND idx = $2",
+                &[&m.workflow.as_bytes().as_slice(), &i64::from(m.index)],
+            )
+            .map_err(db)?
+        else {
+            return Ok(None);
+        };
+        let state: i16 = r.get(1);
+        Ok(Some(MemberRow {
+            job_id: job_id(r.get(0))?,
+            state: JobState::from_code(state.into())
+                .ok_or_else(|| corrupt("member state", state.into()))?,
+            enqueued: r.get(2),
+            result: r.get(3),
+            step: serde_json::from_str::<StepSpec>(r.get(4))
+                .map_err(|e| BrokerError::Other(format!("workflow member {m}: step: {e}")))?,
+        }))
+    }
+
+    fn finish_member(
+        &mut self,
+        m: Member,
+        state: JobState,
+        result: Option<&[u8]>,
+        error: Option<&str>,
+    ) -> Result<(), BrokerError> {
+        self.0
+            .execute(
+                "UPDATE weir_members SET state = $3, result = $4, error = $5
+                  WHERE workflow = $1 AND idx = $2",
+                &[
+                    &m.workflow.as_bytes().as_slice(),
+                    &i64::from(m.index),
+                    &i16::from(state.code()),
+                    &result,
+                    &error,
+                ],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn results(
+        &mut self,
+        id: WorkflowId,
+        children: u32,
+    ) -> Result<Vec<Option<Vec<u8>>>, BrokerError> {
+        Ok(self
+            .0
+            .query(
+                "SELECT result FROM weir_members WHERE workflow = $1 AND idx < $2 ORDER BY idx",
+                &[&id.as_bytes().as_slice(), &i64::from(children)],
+            )
+            .map_err(db)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    fn cancel_open(&mut self, id: WorkflowId) -> Result<(u32, Vec<JobId>), BrokerError> {
+        let rows = self
+            .0
+            .query(
+                "UPDATE weir_members SET state = 5 WHERE workflow = $1 AND state < 3
+                 RETURNING job_id, enqueued",
+                &[&id.as_bytes().as_slice()],
+            )
+            .map_err(db)?;
+        let mut jobs = Vec::new();
+        for r in &rows {
+            if r.get::<_, bool>(1) {
+                jobs.push(job_id(r.get(0))?);
+            }
+        }
+        Ok((rows.len() as u32, jobs))
+    }
+}
+
+fn job_id(bytes: &[u8]) -> Result<JobId, BrokerError> {
+    <[u8; 16]>::try_from(bytes)
+        .map(JobId::from_bytes)
+        .map_err(|_| {
+            BrokerError::Other(format!("workflow store: a job id of {} bytes", bytes.len()))
+        })
+}
+
+fn status_from(id: WorkflowId, p: Progress, created_at: i64) -> WorkflowStatus {
+    WorkflowStatus {
+        id,
+        shape: p.shape,
+        mode: p.mode,
+        state: p.state,
+        children: p.children,
+        succeeded: p.succeeded,
+        failed: p.failed,
+        cancelled: p.cancelled,
+        trace_id: p.trace_id,
+        created_at: Timestamp(created_at),
+        finished_at: p.finished_at,
+    }
+}
+
+#[async_trait]
+impl StateStore for PgStore {
+    async fn create(&self, wf: NewWorkflow) -> Result<(), BrokerError> {
+        self.tx(move |tx| {
+            let id = wf.id.as_bytes().to_vec();
+            let n = tx
+                .execute(
+                    "INSERT INTO weir_workflows (id, shape, mode, state, children, succeeded,
+                                                 failed, cancelled, trace_id, created_at)
+                     VALUES ($1, $2, $3, 0, $4, 0, 0, 0, $5, $6) ON CONFLICT DO NOTHING",
+                    &[
+                        &id,
+                        &(wf.shape.code() as i16),
+                        &(wf.mode.code() as i16),
+                        &i64::from(wf.children),
+                        &wf.trace_id,
+                        &wf.created_at.0,
+                    ],
+                )
+                .map_err(db)?;
+            if n == 0 {
+                return Err(BrokerError::Invalid(format!("workflow {} exists", wf.id)));
+            }
+            // One statement for every member: arrays, unnested server-side.
+            let mut idx = Vec::with_capacity(wf.members.len());
+            let mut jobs = Vec::with_capacity(wf.members.len());
+            let mut kinds = Vec::with_capacity(wf.members.len());
+            let mut steps = Vec::with_capacity(wf.members.len());
+            let mut enqueued = Vec::with_capacity(wf.members.len());
+            for (i, m) in wf.members.iter().enumerate() {
+                idx.push(i as i64);
+                jobs.push(m.job_id.as_bytes().to_vec());
+                kinds.push(m.step.kind.clone());
+                steps.push(
+                    serde_json::to_string(&m.step)
+                        .map_err(|e| BrokerError::Invalid(format!("member {i}: {e}")))?,
+                );
+                enqueued.push(m.enqueued);
+            }
+            tx.execute(
+                "INSERT INTO weir_members (workflow, idx, job_id, kind, step, state, enqueued)
+                 SELECT $1, i, j, k, s, 0, e
+                   FROM UNNEST($2::BIGINT[], $3::BYTEA[], $4::TEXT[], $5::TEXT[], $6::BOOLEAN[])
+                        AS t(i, j, k, s, e)",
+                &[&id, &idx, &jobs, &kinds, &steps, &enqueued],
+            )
+            .map_err(db)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn complete(
+        &self,
+        member: Member,
+        outcome: MemberOutcome,
+        now: Timestamp,
+    ) -> Result<Advance, BrokerError> {
+        self.tx(move |tx| complete(&mut Tx(tx), member, &outcome, now))
+            .await
+    }
+
+    async fn mark_enqueued(&self, member: Member) -> Result<(), BrokerError> {
+        self.tx(move |tx| {
+            tx.execute(
+                "UPDATE weir_members SET enqueued = TRUE WHERE workflow = $1 AND idx = $2",
+                &[
+                    &member.workflow.as_bytes().as_slice(),
+                    &i64::from(member.index),
+                ],
+            )
+            .map_err(db)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn abort(&self, id: WorkflowId, now: Timestamp) -> Result<Vec<JobId>, BrokerError> {
+        self.tx(move |tx| {
+            let mut t = Tx(tx);
+            let Some(mut p) = t.progress(id)? else {
+                return Err(BrokerError::NotFound(id));
+            };
+            let (n, jobs) = t.cancel_open(id)?;
+            p.cancelled += n;
+            p.state = WorkflowState::Failed;
+            p.finished_at.get_or_insert(now);
+            t.set_progress(id, &p)?;
+            Ok(jobs)
+        })
+        .await
+    }
+
+    async fn status(&self, id: WorkflowId) -> Result<Option<WorkflowStatus>, BrokerError> {
+        self.tx(move |tx| {
+            let Some(p) = Tx(tx).progress(id)? else {
+                return Ok(None);
+            };
+            let created: i64 = tx
+                .query_one(
+                    "SELECT created_at FROM weir_workflows WHERE id = $1",
+                    &[&id.as_bytes().as_slice()],
+                )
+                .map_err(db)?
+                .get(0);
+            Ok(Some(status_from(id, p, created)))
+        })
+        .await
+    }
+
+    async fn members(&self, id: WorkflowId) -> Result<Vec<MemberStatus>, BrokerError> {
+        self.run(move |c| {
+            let rows = c
+                .query(
+                    "SELECT idx, job_id, kind, state, enqueued, result, error FROM weir_members
+                      WHERE workflow = $1 ORDER BY idx",
+                    &[&id.as_bytes().as_slice()],
+                )
+                .map_err(db)?;
+            rows.iter()
+                .map(|r| {
+                    let state: i16 = r.get(3);
+                    Ok(MemberStatus {
+                        index: r.get::<_, i64>(0) as u32,
+                        job_id: job_id(r.get(1))?,
+                        kind: r.get(2),
+                        state: JobState::from_code(state.into())
+                            .ok_or_else(|| corrupt("member state", state.into()))?,
+                        enqueued: r.get(4),
+                        result: r.get::<_, Option<&[u8]>>(5).map(result_value),
+                        error: r.get(6),
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn purge(&self, before: Timestamp) -> Result<u64, BrokerError> {
+        self.run(move |c| {
+            c.execute(
+                "DELETE FROM weir_workflows WHERE finished_at < $1",
+                &[&before.0],
+            )
+            .map_err(db)
+        })
+        .await
+    }
+}
