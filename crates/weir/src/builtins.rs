@@ -3,6 +3,7 @@
 //! | kind | payload | behaviour |
 //! |---|---|---|
 //! | `noop` | anything | succeeds at once |
+//! | `echo` | anything | succeeds at once with its payload as the result (a chord callback sees its children's results) |
 //! | `sleep` | `{"ms": N}` | sleeps N ms (stops early, retryably, when cancelled) |
 //! | `fail` | `{"times": N}` | fails transiently on attempts 1..=N, then succeeds |
 //! | `shell` | `{"cmd": "..", "args": [..]}` | runs an allow-listed command without a shell: exit 0 = ok, 75 = retry, other = permanent |
@@ -82,6 +83,9 @@ pub fn register(registry: &mut Registry, config: &Config) -> Result<(), String> 
 pub fn register_live(registry: &mut Registry, config: Arc<ArcSwap<Config>>) -> Result<(), String> {
     registry.register_fn("noop", |_: IgnoredAny, _cx: TaskContext| async {
         Ok::<_, TaskError>(())
+    });
+    registry.register_fn("echo", |p: serde_json::Value, _cx: TaskContext| async {
+        Ok::<_, TaskError>(p)
     });
     registry.register_fn("sleep", |p: Sleep, cx: TaskContext| async move {
         tokio::select! {

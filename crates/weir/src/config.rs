@@ -52,6 +52,11 @@ pub struct Config {
     /// (`sqlite:./weir.db`).
     #[serde(default)]
     pub broker: Option<String>,
+    /// The workflow state store URL (`sqlite:…`, `postgres://…`), used when neither
+    /// `--store` nor `WEIR_STORE` gives one. By default, none: the embedded broker's own
+    /// file, and no store with RabbitMQ.
+    #[serde(default)]
+    pub store: Option<String>,
     /// The log filter, e.g. `info` or `weir=debug`. By default, none (the command line's).
     #[serde(default)]
     pub log: Option<String>,

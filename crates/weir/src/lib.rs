@@ -46,6 +46,7 @@ pub use weir_core::{
     Settlement, StateStore, SystemClock, Task, TaskContext, TaskError, Timestamp, WorkerStatus,
     DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE,
 };
+pub use weir_postgres::{PgOptions, PgStore};
 pub use weir_runtime::{
     decide, settlement_for, AutoscaleConfig, Client, Decision, EnqueueError, Handler, KindOptions,
     Observed, Observer, QueueSpec, Reason, Registry, ScalerState, Tuning, Worker, WorkerBuilder,
@@ -92,6 +93,26 @@ pub fn open_broker(url: &str) -> Result<Arc<dyn Broker>, BrokerError> {
     let scheme = url.split_once(':').map_or(url, |(s, _)| s);
     Err(BrokerError::Invalid(format!(
         "unsupported broker URL `{url}`: scheme `{scheme}` is not one of sqlite:, amqp:, amqps:, memory:"
+    )))
+}
+
+/// Opens the workflow state store a URL names: `sqlite:PATH` (the embedded broker's file,
+/// or a file of its own), `postgres://…[?schema=NAME]` (for many machines) or `memory:`.
+pub async fn open_store(url: &str) -> Result<Arc<dyn StateStore>, BrokerError> {
+    if url.starts_with("sqlite:") {
+        let opts = SqliteOptions::from_url(url).map_err(BrokerError::Invalid)?;
+        return Ok(Arc::new(SqliteStore::open(&opts)?));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let opts = weir_postgres::PgOptions::from_url(url).map_err(BrokerError::Invalid)?;
+        return Ok(Arc::new(weir_postgres::PgStore::connect(opts).await?));
+    }
+    if url == "memory:" || url == "memory://" {
+        return Ok(Arc::new(MemoryStore::new()));
+    }
+    let scheme = url.split_once(':').map_or(url, |(s, _)| s);
+    Err(BrokerError::Invalid(format!(
+        "unsupported store URL `{url}`: scheme `{scheme}` is not one of sqlite:, postgres:, memory:"
     )))
 }
 

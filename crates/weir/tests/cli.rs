@@ -290,3 +290,110 @@ fn the_config_file_names_the_broker() {
     assert_eq!(status(&other)["queues"][0]["pending"], 1);
     assert_eq!(status(&db)["queues"][0]["pending"], 1);
 }
+
+/// `weir workflow submit FILE` stores a chord on the embedded default; `weir serve` runs it;
+/// `weir inspect ID` shows its progress and result; `--wait` exits 1 for a failed workflow.
+/// A bad file is refused with its name and what is wrong, and nothing is enqueued.
+#[test]
+fn workflows_submit_serve_inspect() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("wf.db");
+    let file = dir.path().join("chord.json");
+    let children: Vec<String> = (0..50)
+        .map(|n| format!(r#"{{"kind":"echo","payload":{n}}}"#))
+        .collect();
+    std::fs::write(
+        &file,
+        format!(
+            r#"{{"shape":"chord","steps":[{}],"callback":{{"kind":"echo"}}}}"#,
+            children.join(",")
+        ),
+    )
+    .unwrap();
+    let out = weir(&db, &["workflow", "submit", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_owned();
+    let shown = text(&weir(&db, &["inspect", &id, "--limit", "60"]).stdout);
+    assert!(shown.contains("state        running"), "{shown}");
+    assert!(shown.contains("0/50 children finished"), "{shown}");
+    assert!(
+        shown.contains("(not enqueued yet)"),
+        "the callback waits: {shown}"
+    );
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .arg("--broker")
+        .arg(format!("sqlite:{}", db.display()))
+        .args(["--log", "warn", "serve", "--workers", "8"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    // A failing chain, submitted while the worker runs: --wait reports it, exit 1.
+    let chain = dir.path().join("chain.json");
+    std::fs::write(
+        &chain,
+        r#"{"shape":"chain","steps":[{"kind":"echo","payload":1},{"kind":"fail","max_attempts":1},{"kind":"echo"}]}"#,
+    )
+    .unwrap();
+    let out = weir(
+        &db,
+        &[
+            "workflow",
+            "submit",
+            chain.to_str().unwrap(),
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let failed = text(&out.stdout);
+    assert!(failed.contains("state        failed"), "{failed}");
+    assert!(
+        failed.contains("payload for kind `fail` does not decode"),
+        "step 1 got step 0's result (1), not a `fail` payload: {failed}"
+    );
+    assert!(
+        failed.contains("(never enqueued)"),
+        "step 2 was cancelled: {failed}"
+    );
+
+    let start = std::time::Instant::now();
+    let done = loop {
+        let out = weir(&db, &["inspect", &id, "--json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if v["workflow"]["state"] != "running" {
+            break v;
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(60), "{v}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(done["workflow"]["state"], "succeeded", "{done}");
+    let expected: Vec<serde_json::Value> = (0..50).map(|n| n.into()).collect();
+    assert_eq!(
+        done["members"][50]["result"],
+        serde_json::Value::Array(expected)
+    );
+    let shown = text(&weir(&db, &["inspect", &id]).stdout);
+    assert!(shown.contains("result       [0,1,2,"), "{shown}");
+
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"shape":"chain","steps":[{"kind":"a"},{"kind":"b","payload":2}]}"#,
+    )
+    .unwrap();
+    let out = weir(&db, &["workflow", "submit", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("bad.json") && err.contains("step 1 (`b`) has a `payload`"),
+        "{err}"
+    );
+    std::fs::write(&bad, "{\"shape\":\"chain\",\n\"steps\": 3}").unwrap();
+    let err = text(&weir(&db, &["workflow", "submit", bad.to_str().unwrap()]).stderr);
+    assert!(err.contains("line 2"), "{err}");
+}

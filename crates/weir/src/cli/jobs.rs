@@ -21,11 +21,14 @@ pub(crate) struct StatusArgs {
 
 #[derive(ClapArgs, Debug)]
 pub(crate) struct InspectArgs {
-    /// The job id.
+    /// The job or workflow id.
     id: JobId,
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// For a workflow: how many members that did not succeed to list (as text).
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
 }
 
 #[derive(ClapArgs, Debug)]
@@ -181,11 +184,17 @@ fn print_job(j: &Job) {
 
 pub(crate) async fn inspect(args: &Args, a: &InspectArgs) -> anyhow::Result<ExitCode> {
     let broker = args.open()?;
+    if let Some(store) = args.store().await? {
+        if let Some(s) = store.status(a.id).await? {
+            super::workflow::show(&*store, s, a.json, a.limit).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
     let i = broker
         .inspect()
         .context("this broker cannot look up jobs by id")?;
     let Some(j) = i.get(a.id).await? else {
-        anyhow::bail!("no job with id {}", a.id);
+        anyhow::bail!("no job or workflow with id {}", a.id);
     };
     if a.json {
         println!("{}", serde_json::to_string(&j)?);

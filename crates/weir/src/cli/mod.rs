@@ -6,6 +6,7 @@ mod demo;
 mod enqueue;
 mod jobs;
 mod serve;
+mod workflow;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,7 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use weir::config::Config;
-use weir::Broker;
+use weir::{Broker, StateStore};
 
 /// weir: durable, high-concurrency task processing.
 #[derive(Parser, Debug)]
@@ -27,6 +28,11 @@ pub(crate) struct Args {
     /// By default, `broker` in the configuration file, else `sqlite:./weir.db`.
     #[arg(long, global = true, env = "WEIR_BROKER")]
     broker: Option<String>,
+    /// The workflow state store: `sqlite:PATH`, `postgres://USER@HOST/DB[?schema=NAME]` or
+    /// `memory:`. By default, `store` in the configuration file, else the embedded broker's
+    /// own file; with RabbitMQ there is no default (workflows need one).
+    #[arg(long, global = true, env = "WEIR_STORE")]
+    store: Option<String>,
     /// The configuration file. By default, ./weir.toml if it exists.
     #[arg(long, global = true, env = "WEIR_CONFIG")]
     config: Option<PathBuf>,
@@ -46,8 +52,11 @@ enum Command {
     Enqueue(enqueue::EnqueueArgs),
     /// Job counts by queue and state.
     Status(jobs::StatusArgs),
-    /// Show one job.
+    /// Show one job, or one workflow's progress.
     Inspect(jobs::InspectArgs),
+    /// Durable workflows: chain, group, chord.
+    #[command(subcommand)]
+    Workflow(workflow::WorkflowCommand),
     /// List jobs, newest first (e.g. the dead-letter set: --state failed).
     List(jobs::ListArgs),
     /// Run a failed job again.
@@ -121,6 +130,39 @@ impl Args {
         Ok(weir::DEFAULT_BROKER_URL.to_owned())
     }
 
+    /// The store URL: --store (or WEIR_STORE), else `store` in the configuration file, else
+    /// the broker's URL if the broker is embedded (its file holds the workflow tables).
+    fn store_url(&self) -> anyhow::Result<Option<String>> {
+        if let Some(url) = &self.store {
+            return Ok(Some(url.clone()));
+        }
+        if let Some(path) = self.config_path() {
+            if let Some(url) = Config::load(&path)?.store {
+                return Ok(Some(url));
+            }
+        }
+        let broker = self.broker_url()?;
+        Ok(broker.starts_with("sqlite:").then_some(broker))
+    }
+
+    /// The workflow store, if one is configured or implied.
+    async fn store(&self) -> anyhow::Result<Option<Arc<dyn StateStore>>> {
+        let Some(url) = self.store_url()? else {
+            return Ok(None);
+        };
+        let store = weir::open_store(&url)
+            .await
+            .with_context(|| format!("opening store {}", weir::redact_url(&url)))?;
+        Ok(Some(store))
+    }
+
+    /// The workflow store, or an error saying how to configure one.
+    async fn require_store(&self) -> anyhow::Result<Arc<dyn StateStore>> {
+        self.store().await?.context(
+            "workflows need a state store: give --store postgres://… (or sqlite:PATH), WEIR_STORE, or `store` in weir.toml",
+        )
+    }
+
     fn open(&self) -> anyhow::Result<Arc<dyn Broker>> {
         let url = self.broker_url()?;
         weir::open_broker(&url)
@@ -171,6 +213,7 @@ async fn run(args: Args, log: Option<LogHandle>) -> anyhow::Result<ExitCode> {
         Command::Enqueue(a) => enqueue::run(&args, a).await,
         Command::Status(a) => jobs::status(&args, a).await,
         Command::Inspect(a) => jobs::inspect(&args, a).await,
+        Command::Workflow(c) => workflow::run(&args, c).await,
         Command::List(a) => jobs::list(&args, a).await,
         Command::Retry(a) => jobs::retry(&args, a).await,
         Command::Cancel(a) => jobs::cancel(&args, a).await,

@@ -140,7 +140,8 @@ pub(crate) async fn run(
         None if !config.queues.is_empty() => config.queues.keys().cloned().collect(),
         None => vec![weir::DEFAULT_QUEUE.to_owned()],
     };
-    let mut builder = Worker::builder(broker, registry)
+    let store = args.store().await?;
+    let mut builder = Worker::builder(broker.clone(), registry)
         .lease(a.lease)
         .shutdown_grace(a.grace)
         .autoscale_tick(a.tick);
@@ -166,6 +167,12 @@ pub(crate) async fn run(
         if let Some(c) = scale {
             builder = builder.autoscale(q.as_str(), c);
         }
+    }
+    match store {
+        Some(store) => builder = builder.workflows(weir::Workflows::new(broker, store)),
+        None => tracing::warn!(
+            "no workflow state store (--store, WEIR_STORE or `store` in weir.toml): workflow members that reach this worker are deferred until a worker with one takes them"
+        ),
     }
     let worker = builder.build()?;
     let tuning = worker.tuning();

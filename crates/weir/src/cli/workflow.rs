@@ -1,0 +1,183 @@
+//! `weir workflow submit FILE`, and the workflow view of `weir inspect`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args as ClapArgs, Subcommand};
+use weir::workflow::{MemberStatus, WorkflowSpec, WorkflowState, WorkflowStatus, Workflows};
+use weir::{JobState, StateStore};
+
+use super::Args;
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum WorkflowCommand {
+    /// Submit a workflow described in a JSON file (see docs/workflows.md); prints its id.
+    Submit(SubmitArgs),
+}
+
+#[derive(ClapArgs, Debug)]
+pub(crate) struct SubmitArgs {
+    /// The JSON file: {"shape": "chain"|"group"|"chord", "steps": [...], "callback": {...},
+    /// "mode": "fail_fast"|"collect_all", "queue": "..."}.
+    file: PathBuf,
+    /// Wait until the workflow finishes, then print it as `weir inspect` does; exit 1 if it
+    /// failed.
+    #[arg(long)]
+    wait: bool,
+    /// With --wait, give up after this long (exit 2), e.g. 30s or 10m.
+    #[arg(long, value_parser = super::parse_duration, default_value = "1h")]
+    timeout: Duration,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Reads and validates a workflow file; errors name the file and, for JSON errors, the line
+/// and column.
+fn read_spec(path: &PathBuf) -> anyhow::Result<WorkflowSpec> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading workflow file {}", path.display()))?;
+    let spec: WorkflowSpec =
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    spec.validate()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(spec)
+}
+
+pub(crate) async fn run(args: &Args, cmd: &WorkflowCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        WorkflowCommand::Submit(a) => submit(args, a).await,
+    }
+}
+
+async fn submit(args: &Args, a: &SubmitArgs) -> anyhow::Result<ExitCode> {
+    // Read the file before connecting: a bad file is reported without touching the broker.
+    let spec = read_spec(&a.file)?;
+    let broker = args.open()?;
+    let store = args.require_store().await?;
+    let wf = Workflows::new(broker, store.clone());
+    let id = wf.submit(&spec).await?;
+    if !a.wait {
+        if a.json {
+            println!("{}", serde_json::json!({ "id": id }));
+        } else {
+            println!("{id}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let deadline = tokio::time::Instant::now() + a.timeout;
+    loop {
+        let s = store
+            .status(id)
+            .await?
+            .context("the workflow vanished from the store")?;
+        if s.state != WorkflowState::Running {
+            show(&*store, s.clone(), a.json, 20).await?;
+            return Ok(if s.state == WorkflowState::Succeeded {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        if tokio::time::Instant::now() >= deadline {
+            eprintln!("workflow {id} still running after {:?}", a.timeout);
+            show(&*store, s, a.json, 20).await?;
+            return Ok(ExitCode::from(2));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Prints a workflow: its progress, then (as text) the members that did not succeed, at most
+/// `limit` of them, and the result.
+pub(crate) async fn show(
+    store: &dyn StateStore,
+    s: WorkflowStatus,
+    json: bool,
+    limit: usize,
+) -> anyhow::Result<()> {
+    let members = store.members(s.id).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&serde_json::json!({ "workflow": s, "members": members }))?
+        );
+        return Ok(());
+    }
+    let mode = match s.mode {
+        weir::workflow::FailureMode::FailFast => "fail_fast",
+        weir::workflow::FailureMode::CollectAll => "collect_all",
+    };
+    println!("workflow     {}", s.id);
+    println!("shape        {} ({mode})", s.shape.as_str());
+    println!("state        {}", s.state.as_str());
+    let finished = s.succeeded + s.failed;
+    println!(
+        "progress     {finished}/{} {} finished: {} succeeded, {} failed, {} members cancelled",
+        s.children,
+        if s.shape == weir::workflow::Shape::Chain {
+            "steps"
+        } else {
+            "children"
+        },
+        s.succeeded,
+        s.failed,
+        s.cancelled
+    );
+    println!("trace_id     {}", s.trace_id);
+    println!("created_at   {}", s.created_at);
+    if let Some(t) = s.finished_at {
+        println!("finished_at  {t}");
+    }
+    let open: Vec<&MemberStatus> = members
+        .iter()
+        .filter(|m| m.state != JobState::Succeeded)
+        .collect();
+    if !open.is_empty() {
+        println!("members not succeeded ({}):", open.len());
+        for m in open.iter().take(limit) {
+            println!(
+                "  {:>6}  {:<10} {:<16} {}  {}",
+                m.index,
+                m.state.as_str(),
+                m.kind,
+                m.job_id,
+                m.error.as_deref().unwrap_or(match (m.enqueued, m.state) {
+                    (true, _) => "",
+                    (false, JobState::Cancelled) => "(never enqueued)",
+                    (false, _) => "(not enqueued yet)",
+                })
+            );
+        }
+        if open.len() > limit {
+            println!("  … {} more (--json shows all)", open.len() - limit);
+        }
+    }
+    if s.state == WorkflowState::Succeeded {
+        let result = match s.shape {
+            weir::workflow::Shape::Group => serde_json::Value::Array(
+                members
+                    .iter()
+                    .map(|m| m.result.clone().unwrap_or_default())
+                    .collect(),
+            ),
+            _ => members
+                .last()
+                .and_then(|m| m.result.clone())
+                .unwrap_or_default(),
+        };
+        let text = result.to_string();
+        if text.len() > 2000 {
+            println!(
+                "result       {}… ({} bytes; --json shows all)",
+                &text[..2000],
+                text.len()
+            );
+        } else {
+            println!("result       {text}");
+        }
+    }
+    Ok(())
+}
