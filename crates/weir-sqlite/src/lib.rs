@@ -270,6 +270,11 @@ impl SqliteBroker {
         })
     }
 
+    /// A workflow store in this broker's file (see [`SqliteStore::beside`]).
+    pub fn store(&self) -> Result<SqliteStore, BrokerError> {
+        SqliteStore::beside(&self.shared.opts)
+    }
+
     /// The options it was opened with.
     pub fn options(&self) -> &SqliteOptions {
         &self.shared.opts

@@ -30,8 +30,9 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens the store in the file the options name (created and migrated if needed), the
-    /// same file a [`SqliteBroker`](crate::SqliteBroker) with these options uses.
+    /// Opens the store in the file the options name (created and migrated if needed), with
+    /// the options' durability. For the file of a broker used alongside, prefer
+    /// [`SqliteStore::beside`] (or [`SqliteBroker::store`](crate::SqliteBroker::store)).
     pub fn open(opts: &SqliteOptions) -> Result<Self, BrokerError> {
         let mut conn = open_conn(opts).map_err(|e| {
             BrokerError::Invalid(format!("cannot open {}: {e}", opts.path().display()))
@@ -41,6 +42,22 @@ impl SqliteStore {
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
         })
+    }
+
+    /// Opens the store in the file of a broker opened with `opts`, for use with that broker
+    /// only. Its commits skip the fsync: the workflow engine always follows a store write
+    /// with a durable broker commit in the same WAL (the member's settle, the submission's
+    /// enqueue), and that fsync makes every earlier frame durable too. If the process dies
+    /// before it, the store write may be lost, but then so is the settle, and the member runs
+    /// again and writes it again.
+    pub fn beside(opts: &SqliteOptions) -> Result<Self, BrokerError> {
+        let store = Self::open(opts)?;
+        store
+            .conn
+            .lock()
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| BrokerError::Invalid(format!("{}: {e}", opts.path().display())))?;
+        Ok(store)
     }
 
     async fn tx<T: Send + 'static>(

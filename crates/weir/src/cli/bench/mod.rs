@@ -14,9 +14,11 @@ use serde::Deserialize;
 use tokio::sync::Notify;
 use weir::{
     AmqpBroker, AmqpOptions, Broker, Lease, MemoryBroker, NewJob, Observer, Registry,
-    SettleOutcome, Settlement, SqliteBroker, SqliteOptions, Synchronous, TaskContext, TaskError,
-    Worker,
+    SettleOutcome, Settlement, SqliteBroker, SqliteOptions, StateStore, Synchronous, TaskContext,
+    TaskError, Worker,
 };
+
+mod chord;
 
 use super::Args;
 
@@ -49,6 +51,11 @@ pub(crate) struct BenchArgs {
     /// Print the result as one JSON object on the last line.
     #[arg(long)]
     json: bool,
+    /// Run a durable chord of this many children instead (embedded broker and store, or
+    /// --amqp with --store): first the same number of plain jobs as a baseline, then the
+    /// chord; reports children per second and the callback latency.
+    #[arg(long, value_name = "CHILDREN", value_parser = clap::value_parser!(u32).range(1..=99_999))]
+    chord: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -82,8 +89,9 @@ impl Observer for Done {
     }
 }
 
-pub(crate) async fn run(_args: &Args, a: &BenchArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: &Args, a: &BenchArgs) -> anyhow::Result<ExitCode> {
     let _dir;
+    let mut store: Option<Arc<dyn StateStore>> = None;
     let mut amqp = None;
     let (broker, target): (Arc<dyn Broker>, String) = if a.memory {
         (Arc::new(MemoryBroker::new()), "memory".into())
@@ -117,12 +125,29 @@ pub(crate) async fn run(_args: &Args, a: &BenchArgs) -> anyhow::Result<ExitCode>
         } else {
             Synchronous::Full
         };
-        let b = SqliteBroker::open_with(SqliteOptions::new(&path).synchronous(sync))?;
+        let opts = SqliteOptions::new(&path).synchronous(sync);
+        let b = SqliteBroker::open_with(opts)?;
+        if a.chord.is_some() {
+            store = Some(Arc::new(b.store()?));
+        }
         (
             Arc::new(b),
             format!("sqlite (sync={}) at {}", a.sync, path.display()),
         )
     };
+    if let Some(n) = a.chord {
+        let store = match store {
+            Some(s) => s,
+            None if a.memory => Arc::new(weir::MemoryStore::new()),
+            None => args.require_store().await?,
+        };
+        let out = chord::run(broker.clone(), store, n, a, &target).await;
+        if let Some(b) = amqp {
+            b.delete_queues(&["bench".to_owned()]).await?;
+            b.close().await;
+        }
+        return out;
+    }
     let latency = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
     let mut registry = Registry::new();
     {
