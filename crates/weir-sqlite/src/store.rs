@@ -1,10 +1,7 @@
 //! [`SqliteStore`]: workflow state in the embedded broker's file (tables `wf_workflows` and
 //! `wf_members`, see docs/embedded-format.md), on a connection of its own.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
-use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use weir_core::workflow::{
     complete, result_value, Advance, FailureMode, Member, MemberOutcome, MemberRow, MemberStatus,
@@ -15,13 +12,24 @@ use weir_core::{BrokerError, JobId, JobState, Timestamp};
 
 use crate::{open_conn, schema, store_err, SqliteOptions};
 
-/// Workflow state in an embedded broker's SQLite file. Every call is one `IMMEDIATE`
-/// transaction on the store's own connection, so members finishing on several workers (or
-/// processes) advance a workflow one at a time. Cheap to clone (a handle).
+/// Workflow state in an embedded broker's SQLite file, on a connection of its own owned by
+/// one thread. Calls queue up for that thread, which runs whatever has queued in one
+/// `IMMEDIATE` transaction, each call in a savepoint of its own (a failing call rolls back
+/// alone): one commit for many members finishing at once, the broker's group commit again.
+/// Members finishing on several workers (or processes) advance a workflow one at a time.
+/// Cheap to clone (a handle); the thread ends when the last handle is dropped.
 #[derive(Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    calls: flume::Sender<Call>,
 }
+
+/// One queued call: runs inside the batch's transaction (or learns that it could not be
+/// opened), says whether it succeeded, and hands back what to reply once the commit is known.
+type Call = Box<dyn FnOnce(Result<&Transaction<'_>, &str>) -> (bool, Reply) + Send>;
+type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
+
+/// Most calls in one transaction.
+const BATCH: usize = 512;
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -34,14 +42,7 @@ impl SqliteStore {
     /// the options' durability. For the file of a broker used alongside, prefer
     /// [`SqliteStore::beside`] (or [`SqliteBroker::store`](crate::SqliteBroker::store)).
     pub fn open(opts: &SqliteOptions) -> Result<Self, BrokerError> {
-        let mut conn = open_conn(opts).map_err(|e| {
-            BrokerError::Invalid(format!("cannot open {}: {e}", opts.path().display()))
-        })?;
-        schema::migrate(&mut conn)
-            .map_err(|e| BrokerError::Invalid(format!("{}: {e}", opts.path().display())))?;
-        Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+        Self::start(opts, false)
     }
 
     /// Opens the store in the file of a broker opened with `opts`, for use with that broker
@@ -51,31 +52,89 @@ impl SqliteStore {
     /// before it, the store write may be lost, but then so is the settle, and the member runs
     /// again and writes it again.
     pub fn beside(opts: &SqliteOptions) -> Result<Self, BrokerError> {
-        let store = Self::open(opts)?;
-        store
-            .conn
-            .lock()
-            .pragma_update(None, "synchronous", "NORMAL")
-            .map_err(|e| BrokerError::Invalid(format!("{}: {e}", opts.path().display())))?;
-        Ok(store)
+        Self::start(opts, true)
+    }
+
+    fn start(opts: &SqliteOptions, beside: bool) -> Result<Self, BrokerError> {
+        let invalid = |e: String| BrokerError::Invalid(format!("{}: {e}", opts.path().display()));
+        let mut conn = open_conn(opts).map_err(|e| invalid(format!("cannot open: {e}")))?;
+        schema::migrate(&mut conn).map_err(invalid)?;
+        if beside {
+            conn.pragma_update(None, "synchronous", "NORMAL")
+                .map_err(|e| invalid(e.to_string()))?;
+        }
+        let (calls, rx) = flume::unbounded::<Call>();
+        std::thread::Builder::new()
+            .name("weir-sqlite-store".into())
+            .spawn(move || serve(conn, rx))
+            .map_err(|e| BrokerError::Other(format!("cannot start the store thread: {e}")))?;
+        Ok(SqliteStore { calls })
     }
 
     async fn tx<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, BrokerError> + Send + 'static,
     ) -> Result<T, BrokerError> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = conn.lock();
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(store_err)?;
-            let out = f(&tx)?;
-            tx.commit().map_err(store_err)?;
-            Ok(out)
-        })
-        .await
-        .map_err(|e| BrokerError::Other(format!("store task failed: {e}")))?
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let call: Call = Box::new(move |tx| {
+            let out = match tx {
+                Ok(tx) => f(tx),
+                Err(e) => Err(BrokerError::Unavailable(e.to_owned())),
+            };
+            let ok = out.is_ok();
+            let reply: Reply = Box::new(move |commit_error| {
+                let _ = reply.send(match (commit_error, out) {
+                    (Some(e), Ok(_)) => Err(BrokerError::Unavailable(e.to_owned())),
+                    (_, out) => out,
+                });
+            });
+            (ok, reply)
+        });
+        self.calls.send(call).map_err(|_| BrokerError::Closed)?;
+        answer
+            .await
+            .map_err(|_| BrokerError::Other("the store thread stopped".into()))?
+    }
+}
+
+/// The store thread: takes what has queued, runs it in one transaction, commits, replies.
+fn serve(mut conn: Connection, rx: flume::Receiver<Call>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter().take(BATCH - 1));
+        let mut replies = Vec::with_capacity(batch.len());
+        match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Err(e) => {
+                let e = e.to_string();
+                for call in batch {
+                    replies.push(call(Err(&e)).1);
+                }
+                replies.into_iter().for_each(|r| r(None));
+            }
+            Ok(tx) => {
+                // Cached statements: parsing these at every call showed in profiles.
+                let run = |sql: &str| tx.prepare_cached(sql).and_then(|mut st| st.execute([]));
+                for call in batch {
+                    if let Err(e) = run("SAVEPOINT call") {
+                        let e = e.to_string();
+                        replies.push(call(Err(&e)).1);
+                        continue;
+                    }
+                    let (ok, reply) = call(Ok(&tx));
+                    let closed = match ok {
+                        true => run("RELEASE call"),
+                        false => run("ROLLBACK TO call").and_then(|_| run("RELEASE call")),
+                    };
+                    if let Err(e) = closed {
+                        tracing::error!(error = %e, "workflow store: closing a savepoint failed");
+                    }
+                    replies.push(reply);
+                }
+                let committed = tx.commit().map_err(|e| e.to_string());
+                let err = committed.as_ref().err().map(String::as_str);
+                replies.into_iter().for_each(|r| r(err));
+            }
+        }
     }
 }
 
