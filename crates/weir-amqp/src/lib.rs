@@ -584,7 +584,8 @@ fn copy_for(
     let topo = &shared.conn.topo;
     let mut copy = job.clone();
     let target = match s {
-        Settlement::Succeeded { .. } => return None,
+        // Acked and gone: RabbitMQ keeps no finished jobs.
+        Settlement::Succeeded { .. } | Settlement::Cancel { .. } => return None,
         Settlement::Retry { run_at, error } => {
             copy.run_at = run_at;
             copy.last_error = Some(error);

@@ -118,6 +118,12 @@ pub enum Settlement {
         /// When it may run.
         run_at: Timestamp,
     },
+    /// Not run, and never to run: finished as Cancelled (its workflow failed, on a broker
+    /// that cannot cancel jobs by id). Brokers that keep jobs record `reason` as its error.
+    Cancel {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// What happened to one settle.

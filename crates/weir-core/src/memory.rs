@@ -269,6 +269,7 @@ impl Broker for MemoryBroker {
                 Settlement::Retry { .. } => Event::Retry,
                 Settlement::Failed { .. } => Event::Fail,
                 Settlement::Release | Settlement::Defer { .. } => Event::Release,
+                Settlement::Cancel { .. } => Event::Cancel,
             };
             if let Settlement::Retry { run_at, .. } = &s {
                 // Set before the transition re-indexes the job.
@@ -289,9 +290,9 @@ impl Broker for MemoryBroker {
             let job = g.apply(lease.token, event, now)?;
             match s {
                 Settlement::Succeeded { result } => job.result = result,
-                Settlement::Retry { error, .. } | Settlement::Failed { error } => {
-                    job.last_error = Some(error)
-                }
+                Settlement::Retry { error, .. }
+                | Settlement::Failed { error }
+                | Settlement::Cancel { reason: error } => job.last_error = Some(error),
                 Settlement::Release | Settlement::Defer { .. } => woke = true,
             }
             woke |= event == Event::Retry;

@@ -187,6 +187,15 @@ impl StateStore for MemoryStore {
         Ok(jobs)
     }
 
+    async fn member_state(&self, m: Member) -> Result<Option<JobState>, BrokerError> {
+        Ok(self
+            .workflows
+            .lock()
+            .get(&m.workflow)
+            .and_then(|s| s.members.get(m.index as usize))
+            .map(|x| x.state))
+    }
+
     async fn status(&self, id: WorkflowId) -> Result<Option<WorkflowStatus>, BrokerError> {
         Ok(self.workflows.lock().get(&id).map(|s| {
             let p = &s.progress;

@@ -784,6 +784,10 @@ pub trait StateStore: Send + Sync + 'static {
     /// Fails a running workflow whose jobs could not be enqueued at submission; returns the
     /// job ids of its open members.
     async fn abort(&self, id: WorkflowId, now: Timestamp) -> Result<Vec<JobId>, BrokerError>;
+    /// A member's state (Pending until it finishes; Cancelled once a fail-fast cancelled it);
+    /// `None` if unknown. Workers on brokers that cannot cancel jobs by id ask this before
+    /// running a member.
+    async fn member_state(&self, member: Member) -> Result<Option<JobState>, BrokerError>;
     /// A workflow's status.
     async fn status(&self, id: WorkflowId) -> Result<Option<WorkflowStatus>, BrokerError>;
     /// Its members, in order.

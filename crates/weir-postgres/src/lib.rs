@@ -485,6 +485,23 @@ impl StateStore for PgStore {
         .await
     }
 
+    async fn member_state(&self, m: Member) -> Result<Option<JobState>, BrokerError> {
+        self.run(move |c| {
+            let row = c
+                .query_opt(
+                    "SELECT state FROM weir_members WHERE workflow = $1 AND idx = $2",
+                    &[&m.workflow.as_bytes().as_slice(), &i64::from(m.index)],
+                )
+                .map_err(db)?;
+            row.map(|r| {
+                let code: i16 = r.get(0);
+                JobState::from_code(code.into()).ok_or_else(|| corrupt("member state", code.into()))
+            })
+            .transpose()
+        })
+        .await
+    }
+
     async fn status(&self, id: WorkflowId) -> Result<Option<WorkflowStatus>, BrokerError> {
         self.tx(move |tx| {
             let Some(p) = Tx(tx).progress(id)? else {

@@ -34,6 +34,7 @@ pub(crate) struct Counters {
     pub(crate) stale: AtomicU64,
     pub(crate) released: AtomicU64,
     pub(crate) deferred: AtomicU64,
+    pub(crate) cancelled: AtomicU64,
     pub(crate) scaled_up: AtomicU64,
     pub(crate) scaled_down: AtomicU64,
 }
@@ -78,6 +79,23 @@ pub(crate) async fn execute(
         .insert(lease.token, (lease, token.clone()));
     exec.counters.started.fetch_add(1, Ordering::Relaxed);
     exec.observer.started(&job, exec.clock.now());
+    // On a broker that cannot cancel by id, a member of a failed workflow is still delivered:
+    // it is finished as Cancelled here, unrun.
+    if let (Some(member), Some(wf)) = (job.member, &exec.workflows) {
+        if exec.broker.inspect().is_none() {
+            if let Some(reason) = wf.cancelled(member).await {
+                drop(slot);
+                if settle_tx
+                    .send((lease, Settlement::Cancel { reason }))
+                    .await
+                    .is_err()
+                {
+                    tracing::error!(job = %job.id, "settler gone; the lease will expire");
+                }
+                return;
+            }
+        }
+    }
     let kind = exec.registry.get(&job.kind);
     // Limits: held for the whole attempt, or the job is deferred without running. Never
     // waited for here: waiting would park this pool slot (see weir_sync::Limiter).
@@ -256,6 +274,9 @@ pub(crate) async fn settler(exec: Arc<Exec>, mut rx: mpsc::Receiver<(Lease, Sett
                 }
                 (_, Settlement::Release) => {
                     c.released.fetch_add(1, Ordering::Relaxed);
+                }
+                (_, Settlement::Cancel { .. }) => {
+                    c.cancelled.fetch_add(1, Ordering::Relaxed);
                 }
             }
             exec.observer.settled(lease, settlement, out);

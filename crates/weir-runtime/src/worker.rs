@@ -80,6 +80,8 @@ pub struct WorkerReport {
     pub released: u64,
     /// Attempts deferred because their limits were full.
     pub deferred: u64,
+    /// Jobs finished as Cancelled without running (their workflow had failed).
+    pub cancelled: u64,
     /// Times the autoscaler grew a pool.
     pub scaled_up: u64,
     /// Times the autoscaler shrank a pool.
@@ -488,6 +490,7 @@ fn report(c: &Counters) -> WorkerReport {
         stale: c.stale.load(Ordering::Relaxed),
         released: c.released.load(Ordering::Relaxed),
         deferred: c.deferred.load(Ordering::Relaxed),
+        cancelled: c.cancelled.load(Ordering::Relaxed),
         scaled_up: c.scaled_up.load(Ordering::Relaxed),
         scaled_down: c.scaled_down.load(Ordering::Relaxed),
     }

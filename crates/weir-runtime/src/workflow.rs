@@ -6,7 +6,7 @@ use weir_core::workflow::{
     Advance, Member, MemberOutcome, MemberStatus, StateStore, WorkflowId, WorkflowSpec,
     WorkflowStatus,
 };
-use weir_core::{Broker, BrokerError, Clock, JobId, SystemClock};
+use weir_core::{Broker, BrokerError, Clock, JobId, JobState, SystemClock};
 
 /// How many jobs one enqueue call carries when a workflow is submitted.
 const SUBMIT_BATCH: usize = 1_000;
@@ -83,6 +83,22 @@ impl Workflows {
     /// A workflow's members, in order, with their results and errors.
     pub async fn members(&self, id: WorkflowId) -> Result<Vec<MemberStatus>, BrokerError> {
         self.store.members(id).await
+    }
+
+    /// Why a member must not run (its workflow failed and cancelled it), if so. A store error
+    /// lets it run: its outcome is then recorded, or ignored, when it finishes.
+    pub(crate) async fn cancelled(&self, member: Member) -> Option<String> {
+        match self.store.member_state(member).await {
+            Ok(Some(JobState::Cancelled)) => Some(format!(
+                "cancelled: workflow {} failed before this member ran",
+                member.workflow
+            )),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(%member, error = %e, "cannot check the member's workflow; running it");
+                None
+            }
+        }
     }
 
     /// Records a member's final outcome and carries out what follows: enqueue the next step

@@ -278,6 +278,12 @@ impl Writer {
                 params![seq, lease.attempt, now.0, error],
                 lease.token,
             )?,
+            Settlement::Cancel { reason } => self.finish(
+                "UPDATE jobs SET state = 5, lease_until = NULL, finished_at = ?3, last_error = ?4
+                  WHERE seq = ?1 AND attempt = ?2 AND state = 1 RETURNING unique_key",
+                params![seq, lease.attempt, now.0, reason],
+                lease.token,
+            )?,
             Settlement::Retry { run_at, error } => self.requeue(
                 "UPDATE jobs SET state = 2, lease_until = NULL, run_at = ?3, last_error = ?4
                   WHERE seq = ?1 AND attempt = ?2 AND state = 1 RETURNING queue, priority",

@@ -395,6 +395,20 @@ impl StateStore for SqliteStore {
         .await
     }
 
+    async fn member_state(&self, m: Member) -> Result<Option<JobState>, BrokerError> {
+        self.tx(move |tx| {
+            let code: Option<i64> = tx
+                .prepare_cached("SELECT state FROM wf_members WHERE workflow = ?1 AND idx = ?2")
+                .map_err(db)?
+                .query_row(params![m.workflow.as_bytes(), m.index], |r| r.get(0))
+                .optional()
+                .map_err(db)?;
+            code.map(|c| JobState::from_code(c).ok_or_else(|| corrupt("member state", c)))
+                .transpose()
+        })
+        .await
+    }
+
     async fn status(&self, id: WorkflowId) -> Result<Option<WorkflowStatus>, BrokerError> {
         self.tx(move |tx| {
             let Some(p) = Tx(tx).progress(id)? else {

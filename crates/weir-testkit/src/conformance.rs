@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use weir_core::{
-    Broker, Clock, Delivery, FetchRequest, Inspect, JobId, JobState, ListFilter, NewJob,
+    Broker, Clock, Delivery, FetchRequest, Inspect, JobId, JobState, ListFilter, Member, NewJob,
     SettleOutcome, Settlement,
 };
 
@@ -402,6 +402,62 @@ pub async fn release_gives_job_back(f: Fixture) {
     assert_eq!(again[0].lease.attempt, 1);
 }
 
+/// A cancel settle finishes a job unrun: it is never delivered again, and brokers that keep
+/// jobs show it Cancelled with the reason.
+pub async fn cancel_settlement_finishes_unrun(f: Fixture) {
+    let b = &*f.broker;
+    let id = b.enqueue(job("cset")).await.unwrap().id;
+    let d = fetch_some(&f, "cset", 1).await.pop().unwrap();
+    let reason = "its workflow failed".to_owned();
+    assert_eq!(
+        settle(
+            b,
+            &d,
+            Settlement::Cancel {
+                reason: reason.clone()
+            }
+        )
+        .await,
+        SettleOutcome::Applied
+    );
+    assert!(fetch_some(&f, "cset", 1).await.is_empty(), "gone");
+    if !f.real_time {
+        // (A real-time broker would make this a minute's sleep.)
+        f.advance(LEASE * 2).await;
+        assert!(
+            fetch_some(&f, "cset", 1).await.is_empty(),
+            "not even after the lease"
+        );
+    }
+    if let Some(i) = inspect(&f, "cancel_settlement_finishes_unrun") {
+        let j = i.get(id).await.unwrap().unwrap();
+        assert_eq!(j.state, JobState::Cancelled);
+        assert_eq!(j.last_error, Some(reason));
+    }
+}
+
+/// A workflow member's membership travels with its job.
+pub async fn workflow_membership_round_trips(f: Fixture) {
+    let b = &*f.broker;
+    let m = Member {
+        workflow: JobId::new(),
+        index: 41,
+    };
+    b.enqueue(job("member").member(m)).await.unwrap();
+    b.enqueue(job("member")).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let more = fetch_some(&f, "member", 2).await;
+        assert!(!more.is_empty(), "both jobs are delivered");
+        got.extend(more);
+    }
+    let members: HashSet<_> = got.iter().map(|d| d.job.member).collect();
+    assert_eq!(members, HashSet::from([Some(m), None]));
+    for d in &got {
+        settle(b, d, ok()).await;
+    }
+}
+
 /// A deferred job (a limit was full) waits until its time without spending an attempt.
 pub async fn defer_waits_without_spending_an_attempt(f: Fixture) {
     let b = &*f.broker;
@@ -684,6 +740,8 @@ macro_rules! conformance_suite {
                 retry_scheduling,
                 release_gives_job_back,
                 defer_waits_without_spending_an_attempt,
+                cancel_settlement_finishes_unrun,
+                workflow_membership_round_trips,
                 unique_keys,
                 dead_lettering,
                 cancel,

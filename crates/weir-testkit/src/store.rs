@@ -209,6 +209,15 @@ pub async fn fail_fast_cancels_open_members(f: StoreFixture) {
     assert_eq!(members[0].state, JobState::Succeeded);
     let st = s.status(id).await.unwrap().unwrap();
     assert_eq!((st.succeeded, st.failed, st.cancelled), (1, 1, 4));
+    assert_eq!(
+        s.member_state(m(id, 3)).await.unwrap(),
+        Some(JobState::Cancelled)
+    );
+    assert_eq!(
+        s.member_state(m(id, 0)).await.unwrap(),
+        Some(JobState::Succeeded)
+    );
+    assert_eq!(s.member_state(m(id, 9)).await.unwrap(), None);
     let late = s.complete(m(id, 3), ok(3), T0).await.unwrap();
     assert_eq!(late, Advance::default());
     assert_eq!(s.status(id).await.unwrap().unwrap(), st, "nothing changed");

@@ -124,3 +124,90 @@ async fn a_chord_of_1000_children_on_rabbitmq_with_a_postgres_store() {
     broker.delete_queues(&["default".into()]).await.unwrap();
     broker.close().await;
 }
+
+/// Fail-fast on RabbitMQ, which cannot cancel a queued message by id: the siblings still in
+/// the queue when a child fails are delivered, found cancelled in the store, and finished as
+/// Cancelled without running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_fast_on_rabbitmq_finishes_queued_siblings_unrun() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use weir::workflow::{StepSpec, WorkflowSpec, WorkflowState, Workflows};
+    use weir::{Broker, Registry, StateStore, TaskContext, TaskError, Worker};
+
+    let ns = uuid::Uuid::new_v4().simple().to_string();
+    let schema = format!("weir_test_{ns}");
+    let _drop = DropSchema(schema.clone());
+    let store: Arc<dyn StateStore> = weir::open_store(&format!("{}?schema={schema}", pg_url()))
+        .await
+        .unwrap();
+    let amqp = Arc::new(AmqpBroker::new(&url_in(&format!("weir-test-{ns}."))).unwrap());
+    let broker: Arc<dyn Broker> = amqp.clone();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let mut registry = Registry::new();
+    registry.register_fn("refuse", |_: serde_json::Value, _cx: TaskContext| async {
+        Err::<(), _>(TaskError::permanent("refused"))
+    });
+    let counter = ran.clone();
+    registry.register_fn("count", move |_: serde_json::Value, _cx: TaskContext| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async { Ok::<_, TaskError>(()) }
+    });
+    let wf = Workflows::new(broker.clone(), store.clone());
+    let mut children = vec![StepSpec::new("refuse", serde_json::json!(null))];
+    children.extend((0..20).map(|_| StepSpec::new("count", serde_json::json!(null))));
+    let id = wf.submit(&WorkflowSpec::group(children)).await.unwrap();
+    let worker = Worker::builder(broker.clone(), registry)
+        .queue("default", 1)
+        .workflows(wf.clone())
+        .build()
+        .unwrap();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(worker.run(async move {
+        let _ = rx.await;
+    }));
+    let start = Instant::now();
+    let report = loop {
+        let s = wf.status(id).await.unwrap().unwrap();
+        // Finished, and the queue has been worked off.
+        let depth = amqp
+            .queue_stats()
+            .unwrap()
+            .depths(&["default".into()])
+            .await
+            .unwrap()[0]
+            .ready;
+        if s.state != WorkflowState::Running && depth == 0 {
+            assert_eq!(s.state, WorkflowState::Failed);
+            assert_eq!((s.failed, s.cancelled), (1, 20), "{s:?}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let _ = stop.send(());
+            break run.await.unwrap();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{s:?}, {depth} queued"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let ran = ran.load(Ordering::SeqCst);
+    assert!(ran <= 2, "{ran} siblings ran after the failure");
+    assert_eq!(
+        report.cancelled as usize + ran,
+        20,
+        "every other sibling was finished unrun: {report:?}"
+    );
+    let d = &amqp
+        .queue_stats()
+        .unwrap()
+        .depths(&["default".into()])
+        .await
+        .unwrap()[0];
+    assert_eq!(
+        (d.ready, d.dead),
+        (0, 1),
+        "only the failed child is dead-lettered: {d:?}"
+    );
+    amqp.delete_queues(&["default".into()]).await.unwrap();
+    amqp.close().await;
+}

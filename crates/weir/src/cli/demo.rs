@@ -67,7 +67,7 @@ impl Observer for Tally {
             Settlement::Succeeded { .. } => self.succeeded.fetch_add(1, Ordering::Relaxed),
             Settlement::Retry { .. } => self.retried.fetch_add(1, Ordering::Relaxed),
             Settlement::Failed { .. } => self.failed.fetch_add(1, Ordering::Relaxed),
-            Settlement::Release | Settlement::Defer { .. } => 0,
+            Settlement::Release | Settlement::Defer { .. } | Settlement::Cancel { .. } => 0,
         };
         if self.finished() >= self.total {
             self.done.notify_one();

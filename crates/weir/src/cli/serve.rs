@@ -212,14 +212,15 @@ pub(crate) async fn run(
     }
     tracing::info!(?report, "stopped");
     println!(
-        "stopped: {} started, {} succeeded, {} retried, {} failed, {} released, {} deferred, {} stale",
+        "stopped: {} started, {} succeeded, {} retried, {} failed, {} released, {} deferred, {} stale, {} cancelled",
         report.started,
         report.succeeded,
         report.retried,
         report.failed,
         report.released,
         report.deferred,
-        report.stale
+        report.stale,
+        report.cancelled
     );
     Ok(ExitCode::SUCCESS)
 }
