@@ -313,6 +313,17 @@ pub trait Inspect: Send + Sync {
     /// queue. Returns how many were deleted.
     async fn purge(&self, state: JobState, queue: Option<&str>) -> Result<u64, BrokerError>;
 
+    /// Deletes jobs in a finished `state` that finished before `before` (retention); returns
+    /// how many. By default, `Unsupported`.
+    async fn purge_finished_before(
+        &self,
+        state: JobState,
+        before: Timestamp,
+    ) -> Result<u64, BrokerError> {
+        let _ = (state, before);
+        Err(BrokerError::Unsupported("purging by age".into()))
+    }
+
     /// The latest report of every worker process and queue, newest first. By default,
     /// [`BrokerError::Unsupported`].
     async fn workers(&self) -> Result<Vec<WorkerStatus>, BrokerError> {

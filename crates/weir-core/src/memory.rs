@@ -420,6 +420,24 @@ impl Inspect for MemoryBroker {
     }
 
     async fn purge(&self, state: JobState, queue: Option<&str>) -> Result<u64, BrokerError> {
+        self.purge_where(state, |j| queue.is_none_or(|q| q == j.queue))
+    }
+
+    async fn purge_finished_before(
+        &self,
+        state: JobState,
+        before: Timestamp,
+    ) -> Result<u64, BrokerError> {
+        self.purge_where(state, |j| j.finished_at.is_some_and(|t| t < before))
+    }
+}
+
+impl MemoryBroker {
+    fn purge_where(
+        &self,
+        state: JobState,
+        keep_out: impl Fn(&Job) -> bool,
+    ) -> Result<u64, BrokerError> {
         if !state.is_finished() {
             return Err(BrokerError::Invalid(format!(
                 "purge takes a finished state (succeeded, failed, cancelled), not {state}"
@@ -429,7 +447,7 @@ impl Inspect for MemoryBroker {
         let doomed: Vec<u64> = g
             .jobs
             .iter()
-            .filter(|(_, j)| j.state == state && queue.is_none_or(|q| q == j.queue))
+            .filter(|(_, j)| j.state == state && keep_out(j))
             .map(|(t, _)| *t)
             .collect();
         for t in &doomed {

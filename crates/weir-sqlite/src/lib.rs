@@ -36,7 +36,8 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
 use weir_core::{
     Broker, BrokerError, Clock, Delivery, Enqueued, FetchRequest, Inspect, Job, JobId, JobState,
-    Lease, ListFilter, NewJob, QueueCounts, SettleOutcome, Settlement, SystemClock, WorkerStatus,
+    Lease, ListFilter, NewJob, QueueCounts, SettleOutcome, Settlement, SystemClock, Timestamp,
+    WorkerStatus,
 };
 
 use crate::rows::{job_from_row, JOB_COLUMNS};
@@ -459,6 +460,15 @@ impl Inspect for SqliteBroker {
 
     async fn purge(&self, state: JobState, queue: Option<&str>) -> Result<u64, BrokerError> {
         let queue = queue.map(str::to_owned);
-        self.call(|r| Cmd::Purge(state, queue, r)).await
+        self.call(|r| Cmd::Purge(state, queue, None, r)).await
+    }
+
+    async fn purge_finished_before(
+        &self,
+        state: JobState,
+        before: Timestamp,
+    ) -> Result<u64, BrokerError> {
+        self.call(move |r| Cmd::Purge(state, None, Some(before), r))
+            .await
     }
 }

@@ -33,7 +33,8 @@ pub(crate) enum Cmd {
     Heartbeat(Vec<Lease>, Duration, Reply<Vec<bool>>),
     Retry(JobId, Reply<Job>),
     Cancel(JobId, Reply<Job>),
-    Purge(JobState, Option<String>, Reply<u64>),
+    /// Deletes finished jobs in a state, of one queue or all, finished before a time or ever.
+    Purge(JobState, Option<String>, Option<Timestamp>, Reply<u64>),
     Backlog(Vec<String>, Reply<Vec<u64>>),
     Report(WorkerStatus, Reply<()>),
 }
@@ -81,7 +82,7 @@ fn cmd_fail(cmd: Cmd, err: &str) {
         Cmd::Settle(_, r) => drop(r.send(Err(e))),
         Cmd::Heartbeat(_, _, r) => drop(r.send(Err(e))),
         Cmd::Retry(_, r) | Cmd::Cancel(_, r) => drop(r.send(Err(e))),
-        Cmd::Purge(_, _, r) => drop(r.send(Err(e))),
+        Cmd::Purge(_, _, _, r) => drop(r.send(Err(e))),
         Cmd::Backlog(_, r) => drop(r.send(Err(e))),
         Cmd::Report(_, r) => drop(r.send(Err(e))),
     }
@@ -534,7 +535,7 @@ impl Writer {
                 let _ = reply.send(Ok(counts));
                 return Ok(None);
             }
-            Cmd::Purge(state, queue, reply) => {
+            Cmd::Purge(state, queue, before, reply) => {
                 let r = if !state.is_finished() {
                     Err(BrokerError::Invalid(format!(
                         "purge takes a finished state (succeeded, failed, cancelled), not {state}"
@@ -552,9 +553,10 @@ impl Writer {
                     let n = self
                         .conn
                         .prepare_cached(
-                            "DELETE FROM jobs WHERE state = ?1 AND (?2 IS NULL OR queue = ?2)",
+                            "DELETE FROM jobs WHERE state = ?1 AND (?2 IS NULL OR queue = ?2)
+                                AND (?3 IS NULL OR finished_at < ?3)",
                         )?
-                        .execute(params![state.code(), queue])?;
+                        .execute(params![state.code(), queue, before.map(|t| t.0)])?;
                     Ok(n as u64)
                 };
                 Done::Count(reply, r)

@@ -436,6 +436,37 @@ pub async fn cancel_settlement_finishes_unrun(f: Fixture) {
     }
 }
 
+/// Retention: only jobs finished before the cut-off go, and only in the state asked for.
+pub async fn purge_by_age(f: Fixture) {
+    let Some(i) = inspect(&f, "purge_by_age") else {
+        return;
+    };
+    let b = &*f.broker;
+    let old = b.enqueue(job("age")).await.unwrap().id;
+    let d = fetch_some(&f, "age", 1).await.pop().unwrap();
+    settle(b, &d, ok()).await;
+    f.advance(Duration::from_secs(10)).await;
+    let cut = f.clock.now();
+    f.advance(Duration::from_secs(10)).await;
+    let new = b.enqueue(job("age")).await.unwrap().id;
+    let d = fetch_some(&f, "age", 1).await.pop().unwrap();
+    settle(b, &d, ok()).await;
+    assert_eq!(
+        i.purge_finished_before(JobState::Failed, cut)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        i.purge_finished_before(JobState::Succeeded, cut)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(i.get(old).await.unwrap().is_none(), "the old one went");
+    assert!(i.get(new).await.unwrap().is_some(), "the new one stays");
+}
+
 /// A workflow member's membership travels with its job.
 pub async fn workflow_membership_round_trips(f: Fixture) {
     let b = &*f.broker;
@@ -742,6 +773,7 @@ macro_rules! conformance_suite {
                 defer_waits_without_spending_an_attempt,
                 cancel_settlement_finishes_unrun,
                 workflow_membership_round_trips,
+                purge_by_age,
                 unique_keys,
                 dead_lettering,
                 cancel,

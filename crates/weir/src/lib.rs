@@ -116,6 +116,52 @@ pub async fn open_store(url: &str) -> Result<Arc<dyn StateStore>, BrokerError> {
     )))
 }
 
+/// How long finished work is kept. Succeeded and cancelled jobs (with their results) and
+/// finished workflows older than this are deleted by [`sweep`]; failed jobs, the dead-letter
+/// set, stay until an operator purges them (`weir purge --state failed`).
+pub mod retention {
+    use std::time::Duration;
+
+    use crate::{Broker, BrokerError, JobState, StateStore, Timestamp};
+
+    /// The default retention of `weir serve`: 7 days.
+    pub const DEFAULT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+    /// What one sweep deleted.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Swept {
+        /// Jobs deleted.
+        pub jobs: u64,
+        /// Workflows deleted (with their members).
+        pub workflows: u64,
+    }
+
+    /// Deletes what finished more than `keep` before `now`: succeeded and cancelled jobs if
+    /// the broker keeps jobs (RabbitMQ does not), and finished workflows if there is a store.
+    pub async fn sweep(
+        broker: &dyn Broker,
+        store: Option<&dyn StateStore>,
+        keep: Duration,
+        now: Timestamp,
+    ) -> Result<Swept, BrokerError> {
+        let before = Timestamp(now.0.saturating_sub(keep.as_millis() as i64));
+        let mut out = Swept::default();
+        if let Some(i) = broker.inspect() {
+            for state in [JobState::Succeeded, JobState::Cancelled] {
+                match i.purge_finished_before(state, before).await {
+                    Ok(n) => out.jobs += n,
+                    Err(BrokerError::Unsupported(_)) => break,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if let Some(s) = store {
+            out.workflows = s.purge(before).await?;
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

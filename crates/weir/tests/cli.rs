@@ -131,6 +131,30 @@ fn bad_input_is_named_and_loses_nothing() {
         "{}",
         text(&out.stderr)
     );
+    let out = weir(&db, &["serve", "--retention", "0s"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("use `off` to keep everything"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = weir(
+        &db,
+        &[
+            "purge",
+            "--state",
+            "succeeded",
+            "--queue",
+            "q",
+            "--older-than",
+            "1d",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "--queue and --older-than do not combine"
+    );
     let out = weir(&db, &["inspect", "not-an-id"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(

@@ -270,6 +270,43 @@ async fn collect_all_reports_every_error() {
     run.finish().await;
 }
 
+/// Retention deletes finished jobs (with their results) and finished workflows, and only
+/// those older than the cut-off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_sweeps_finished_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, store) = embedded(&dir);
+    let wf = Workflows::new(broker.clone(), store.clone());
+    let run = start(broker.clone(), &wf, Arc::default(), 4);
+    let id = wf
+        .submit(&WorkflowSpec::chain(vec![
+            StepSpec::new("add_one", json!(1)),
+            StepSpec::kind("add_one"),
+        ]))
+        .await
+        .unwrap();
+    until_finished(&wf, id).await;
+    run.finish().await;
+    let hour = Duration::from_secs(3600);
+    let now = weir::Timestamp::now();
+    let none = weir::retention::sweep(&*broker, Some(&*store), hour, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        none,
+        weir::retention::Swept::default(),
+        "nothing is an hour old"
+    );
+    let later = now.plus(2 * hour);
+    let swept = weir::retention::sweep(&*broker, Some(&*store), hour, later)
+        .await
+        .unwrap();
+    assert_eq!((swept.jobs, swept.workflows), (2, 1));
+    assert!(wf.status(id).await.unwrap().is_none());
+    let counts = broker.inspect().unwrap().counts().await.unwrap();
+    assert!(counts.iter().all(|q| q.succeeded == 0), "{counts:?}");
+}
+
 #[tokio::test]
 async fn an_invalid_workflow_is_refused_and_nothing_is_enqueued() {
     let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());

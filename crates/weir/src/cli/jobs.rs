@@ -59,8 +59,11 @@ pub(crate) struct PurgeArgs {
     #[arg(long)]
     state: JobState,
     /// Only this queue.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "older_than")]
     queue: Option<String>,
+    /// Only jobs that finished more than this long ago, e.g. 7d.
+    #[arg(long, value_parser = super::parse_duration)]
+    older_than: Option<std::time::Duration>,
 }
 
 /// Status from a broker that can count its queues but not its jobs (RabbitMQ).
@@ -267,7 +270,17 @@ pub(crate) async fn cancel(args: &Args, a: &IdArg) -> anyhow::Result<ExitCode> {
 pub(crate) async fn purge(args: &Args, a: &PurgeArgs) -> anyhow::Result<ExitCode> {
     let broker = args.open()?;
     let i = broker.inspect().context("this broker cannot purge jobs")?;
-    let n = i.purge(a.state, a.queue.as_deref()).await?;
+    let n = match a.older_than {
+        None => i.purge(a.state, a.queue.as_deref()).await?,
+        Some(d) => {
+            let before = weir::Timestamp(
+                weir::Timestamp::now()
+                    .0
+                    .saturating_sub(d.as_millis() as i64),
+            );
+            i.purge_finished_before(a.state, before).await?
+        }
+    };
     println!("purged {n} {} jobs", a.state);
     Ok(ExitCode::SUCCESS)
 }

@@ -2,12 +2,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use clap::Args as ClapArgs;
 use tokio_util::sync::CancellationToken;
 use weir::config::Config;
 use weir::reload::LiveConfig;
-use weir::{AutoscaleConfig, ElasticPool, Registry, Tuning, Worker};
+use weir::{AutoscaleConfig, Broker, ElasticPool, Registry, StateStore, Tuning, Worker};
 
 use super::{parse_duration, Args, LogHandle};
 
@@ -37,6 +38,55 @@ pub(crate) struct ServeArgs {
     /// and given back.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     grace: Duration,
+    /// How long succeeded and cancelled jobs (with their results) and finished workflows are
+    /// kept, e.g. 7d or 12h; `off` keeps them for good. Failed jobs stay until purged.
+    #[arg(long, default_value = "7d", value_parser = parse_retention)]
+    retention: Retention,
+}
+
+/// `--retention`: a duration, or `off`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Retention(Option<Duration>);
+
+fn parse_retention(s: &str) -> Result<Retention, String> {
+    match s {
+        "off" => Ok(Retention(None)),
+        _ => match parse_duration(s)? {
+            d if d < Duration::from_secs(1) => Err(format!(
+                "retention `{s}` is under a second; use `off` to keep everything"
+            )),
+            d => Ok(Retention(Some(d))),
+        },
+    }
+}
+
+/// Deletes expired finished work every eighth of the retention (between 1 s and 10 min)
+/// until `stop`. Errors are logged and the next round tries again.
+async fn sweep_forever(
+    broker: Arc<dyn Broker>,
+    store: Option<Arc<dyn StateStore>>,
+    keep: Duration,
+    stop: CancellationToken,
+) {
+    let every = (keep / 8).clamp(Duration::from_secs(1), Duration::from_secs(600));
+    loop {
+        let now = weir::Timestamp::now();
+        match weir::retention::sweep(&*broker, store.as_deref(), keep, now).await {
+            Ok(s) if s.jobs + s.workflows > 0 => {
+                tracing::info!(
+                    jobs = s.jobs,
+                    workflows = s.workflows,
+                    "retention: deleted finished work"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "retention sweep failed; trying again later"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
 }
 
 /// Resolves on the first SIGINT or SIGTERM; a second one exits the process at once.
@@ -168,8 +218,8 @@ pub(crate) async fn run(
             builder = builder.autoscale(q.as_str(), c);
         }
     }
-    match store {
-        Some(store) => builder = builder.workflows(weir::Workflows::new(broker, store)),
+    match store.clone() {
+        Some(store) => builder = builder.workflows(weir::Workflows::new(broker.clone(), store)),
         None => tracing::warn!(
             "no workflow state store (--store, WEIR_STORE or `store` in weir.toml): workflow members that reach this worker are deferred until a worker with one takes them"
         ),
@@ -198,9 +248,20 @@ pub(crate) async fn run(
         follow = Some((watcher, applier));
         tracing::info!(path = %live.path().display(), "following the configuration file (and SIGHUP)");
     }
+    let sweeper = a.retention.0.map(|keep| {
+        tokio::spawn(sweep_forever(
+            broker.clone(),
+            store.clone(),
+            keep,
+            stop.clone(),
+        ))
+    });
     tracing::info!(broker = %weir::redact_url(&args.broker_url()?), "serving");
     let report = worker.run(shutdown_signal()).await;
     stop.cancel();
+    if let Some(s) = sweeper {
+        let _ = s.await;
+    }
     if let Some((watcher, applier)) = follow {
         match watcher.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "the configuration watcher failed"),
