@@ -7,6 +7,7 @@
 //! in-process broker for tests and embedding, built on the same [`ReadyIndex`] the embedded
 //! SQLite broker uses.
 
+mod batch;
 mod broker;
 mod clock;
 mod error;

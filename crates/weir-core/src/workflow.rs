@@ -17,6 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub use crate::batch::{BatchConn, Batcher};
 use crate::{BrokerError, JobId, JobState, NewJob, Timestamp};
 
 /// A workflow's id: a UUIDv7 like a job's.

@@ -2,24 +2,23 @@
 //! jobs go through RabbitMQ on many machines.
 //!
 //! [`PgStore`] implements [`StateStore`] with two tables, `weir_workflows` and
-//! `weir_members`, created on first connect. Each call is one transaction; advancing a
-//! workflow locks its row (`SELECT … FOR UPDATE`), so members finishing on different machines
-//! advance it one at a time. The decision logic is `weir_core::workflow::complete`, the same
-//! for every store.
+//! `weir_members`, created on first connect. Advancing a workflow locks its row (`SELECT …
+//! FOR UPDATE`), so members finishing on different machines advance it one at a time. The
+//! decision logic is `weir_core::workflow::complete`, the same for every store.
 //!
-//! The blocking `postgres` client runs on tokio's blocking pool, one connection per concurrent
-//! call (kept for reuse): a store call is a few round trips inside one transaction, and the
-//! synchronous client keeps [`WorkflowTx`] synchronous for every store.
-
-use std::sync::Arc;
+//! The blocking `postgres` client runs on a thread of the store's own (a [`Batcher`]): a
+//! store call is a few round trips inside a transaction, and the synchronous client keeps
+//! [`WorkflowTx`] synchronous for every store.
 
 use async_trait::async_trait;
-use parking_lot::Mutex;
-use postgres::{Client, NoTls, Transaction};
+use std::collections::HashMap;
+
+use postgres::types::ToSql;
+use postgres::{Client, NoTls, Row, Statement};
 use weir_core::workflow::{
-    complete, result_value, Advance, FailureMode, Member, MemberOutcome, MemberRow, MemberStatus,
-    NewWorkflow, Progress, Shape, StateStore, StepSpec, WorkflowId, WorkflowState, WorkflowStatus,
-    WorkflowTx,
+    complete, result_value, Advance, BatchConn, Batcher, FailureMode, Member, MemberOutcome,
+    MemberRow, MemberStatus, NewWorkflow, Progress, Shape, StateStore, StepSpec, WorkflowId,
+    WorkflowState, WorkflowStatus, WorkflowTx,
 };
 use weir_core::{BrokerError, JobId, JobState, Timestamp};
 
@@ -111,34 +110,97 @@ impl PgOptions {
     }
 }
 
-/// Workflow state in PostgreSQL. Cheap to clone (a handle to its connections).
+/// Workflow state in PostgreSQL. One connection, owned by a thread of its own, runs every
+/// call: what has queued meanwhile goes into one transaction, each call in a savepoint (a
+/// [`Batcher`]). Members of one workflow all lock its row, so their transactions would queue
+/// on that lock anyway; batching them turns one commit per member into one per batch. Cheap to
+/// clone (a handle); the thread ends when the last handle is dropped.
 #[derive(Clone)]
 pub struct PgStore {
-    inner: Arc<Inner>,
+    batcher: Batcher<Conn>,
+    schema: Option<String>,
 }
 
-struct Inner {
+/// Most calls in one transaction.
+const BATCH: usize = 256;
+
+/// The store's connection, reconnected before a batch when it was lost, with its prepared
+/// statements: a query given as text costs the postgres client a prepare round trip each
+/// time, which doubled the cost of advancing a workflow.
+struct Conn {
     opts: PgOptions,
-    idle: Mutex<Vec<Client>>,
+    client: Option<Client>,
+    prepared: HashMap<&'static str, Statement>,
 }
 
-impl Drop for Inner {
-    /// The blocking client's drop blocks on its own runtime, which panics on a tokio thread;
-    /// idle connections are closed on a thread of their own instead.
-    fn drop(&mut self) {
-        let idle = std::mem::take(&mut *self.idle.lock());
-        if !idle.is_empty() {
-            let _ = std::thread::Builder::new()
-                .name("weir-pg-close".into())
-                .spawn(move || drop(idle));
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+impl Conn {
+    fn client(&mut self) -> &mut Client {
+        self.client
+            .as_mut()
+            .expect("ensure() connects before every batch")
+    }
+
+    fn prep(&mut self, sql: &'static str) -> Result<Statement, postgres::Error> {
+        if let Some(st) = self.prepared.get(sql) {
+            return Ok(st.clone());
         }
+        let st = self.client().prepare(sql)?;
+        self.prepared.insert(sql, st.clone());
+        Ok(st)
+    }
+
+    fn query(&mut self, sql: &'static str, p: Params<'_>) -> Result<Vec<Row>, postgres::Error> {
+        let st = self.prep(sql)?;
+        self.client().query(&st, p)
+    }
+
+    fn query_opt(
+        &mut self,
+        sql: &'static str,
+        p: Params<'_>,
+    ) -> Result<Option<Row>, postgres::Error> {
+        let st = self.prep(sql)?;
+        self.client().query_opt(&st, p)
+    }
+
+    fn query_one(&mut self, sql: &'static str, p: Params<'_>) -> Result<Row, postgres::Error> {
+        let st = self.prep(sql)?;
+        self.client().query_one(&st, p)
+    }
+
+    fn execute(&mut self, sql: &'static str, p: Params<'_>) -> Result<u64, postgres::Error> {
+        let st = self.prep(sql)?;
+        self.client().execute(&st, p)
+    }
+}
+
+impl BatchConn for Conn {
+    fn control(&mut self, sql: &str) -> Result<(), String> {
+        let r = self
+            .client()
+            .batch_execute(sql)
+            .map_err(|e| db(e).to_string());
+        if self.client().is_closed() {
+            self.client = None;
+        }
+        r
+    }
+
+    fn ensure(&mut self) -> Result<(), String> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.prepared.clear();
+            self.client = Some(open(&self.opts).map_err(|e| e.to_string())?);
+        }
+        Ok(())
     }
 }
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgStore")
-            .field("schema", &self.inner.opts.schema)
+            .field("schema", &self.schema)
             .finish_non_exhaustive()
     }
 }
@@ -161,81 +223,55 @@ fn corrupt(what: &str, v: i64) -> BrokerError {
     BrokerError::Other(format!("workflow store: unknown {what} code {v}"))
 }
 
+/// A new connection, in the options' schema.
+fn open(opts: &PgOptions) -> Result<Client, BrokerError> {
+    let mut c = Client::connect(&opts.url, NoTls).map_err(db)?;
+    if let Some(s) = &opts.schema {
+        // The name was checked to be [A-Za-z0-9_]+ when parsed.
+        c.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS \"{s}\"; SET search_path TO \"{s}\""
+        ))
+        .map_err(db)?;
+    }
+    Ok(c)
+}
+
 impl PgStore {
     /// Connects, creates the tables if they are missing (under an advisory lock, so many
-    /// workers starting at once do not race), and keeps the connection for reuse.
+    /// workers starting at once do not race), and starts the store's thread with that
+    /// connection. A connection lost later is replaced before the next batch.
     pub async fn connect(opts: PgOptions) -> Result<Self, BrokerError> {
-        let store = PgStore {
-            inner: Arc::new(Inner {
+        let schema = opts.schema.clone();
+        let batcher = tokio::task::spawn_blocking(move || {
+            let mut client = open(&opts)?;
+            let mut tx = client.transaction().map_err(db)?;
+            tx.execute("SELECT pg_advisory_xact_lock(7746765570)", &[])
+                .map_err(db)?;
+            tx.batch_execute(SCHEMA).map_err(db)?;
+            tx.commit().map_err(db)?;
+            let conn = Conn {
                 opts,
-                idle: Mutex::new(Vec::new()),
-            }),
-        };
-        store
-            .run(|c| {
-                let mut tx = c.transaction().map_err(db)?;
-                tx.execute("SELECT pg_advisory_xact_lock(7746765570)", &[])
-                    .map_err(db)?;
-                tx.batch_execute(SCHEMA).map_err(db)?;
-                tx.commit().map_err(db)
-            })
-            .await?;
-        Ok(store)
-    }
-
-    fn open(opts: &PgOptions) -> Result<Client, BrokerError> {
-        let mut c = Client::connect(&opts.url, NoTls).map_err(db)?;
-        if let Some(s) = &opts.schema {
-            // The name was checked to be [A-Za-z0-9_]+ when parsed.
-            c.batch_execute(&format!(
-                "CREATE SCHEMA IF NOT EXISTS \"{s}\"; SET search_path TO \"{s}\""
-            ))
-            .map_err(db)?;
-        }
-        Ok(c)
-    }
-
-    /// Runs `f` on an idle connection (or a new one) on the blocking pool. A connection that
-    /// saw a database error is dropped rather than reused.
-    async fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Client) -> Result<T, BrokerError> + Send + 'static,
-    ) -> Result<T, BrokerError> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = inner.idle.lock().pop();
-            let mut conn = match conn {
-                Some(c) if !c.is_closed() => c,
-                _ => Self::open(&inner.opts)?,
+                client: Some(client),
+                prepared: HashMap::new(),
             };
-            let out = f(&mut conn);
-            // A refused request leaves the connection fine; a database error may not.
-            if !matches!(out, Err(BrokerError::Unavailable(_))) {
-                inner.idle.lock().push(conn);
-            }
-            out
+            Batcher::start("weir-pg-store", conn, "BEGIN", BATCH)
         })
         .await
-        .map_err(|e| BrokerError::Other(format!("store task failed: {e}")))?
+        .map_err(|e| BrokerError::Other(format!("store task failed: {e}")))??;
+        Ok(PgStore { batcher, schema })
     }
 
     async fn tx<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Transaction<'_>) -> Result<T, BrokerError> + Send + 'static,
+        f: impl FnOnce(&mut Conn) -> Result<T, BrokerError> + Send + 'static,
     ) -> Result<T, BrokerError> {
-        self.run(move |c| {
-            let mut tx = c.transaction().map_err(db)?;
-            let out = f(&mut tx)?;
-            tx.commit().map_err(db)?;
-            Ok(out)
-        })
-        .await
+        self.batcher.call(f).await
     }
 }
 
-struct Tx<'a, 'c>(&'a mut Transaction<'c>);
+struct Tx<'a>(&'a mut Conn);
 
-impl WorkflowTx for Tx<'_, '_> {
+impl WorkflowTx for Tx<'_> {
     fn progress(&mut self, id: WorkflowId) -> Result<Option<Progress>, BrokerError> {
         let Some(r) = self
             .0
@@ -486,7 +522,7 @@ impl StateStore for PgStore {
     }
 
     async fn member_state(&self, m: Member) -> Result<Option<JobState>, BrokerError> {
-        self.run(move |c| {
+        self.tx(move |c| {
             let row = c
                 .query_opt(
                     "SELECT state FROM weir_members WHERE workflow = $1 AND idx = $2",
@@ -520,7 +556,7 @@ impl StateStore for PgStore {
     }
 
     async fn members(&self, id: WorkflowId) -> Result<Vec<MemberStatus>, BrokerError> {
-        self.run(move |c| {
+        self.tx(move |c| {
             let rows = c
                 .query(
                     "SELECT idx, job_id, kind, state, enqueued, result, error FROM weir_members
@@ -548,7 +584,7 @@ impl StateStore for PgStore {
     }
 
     async fn purge(&self, before: Timestamp) -> Result<u64, BrokerError> {
-        self.run(move |c| {
+        self.tx(move |c| {
             c.execute(
                 "DELETE FROM weir_workflows WHERE finished_at < $1",
                 &[&before.0],

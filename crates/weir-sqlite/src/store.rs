@@ -2,11 +2,11 @@
 //! `wf_members`, see docs/embedded-format.md), on a connection of its own.
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension};
 use weir_core::workflow::{
-    complete, result_value, Advance, FailureMode, Member, MemberOutcome, MemberRow, MemberStatus,
-    NewWorkflow, Progress, Shape, StateStore, StepSpec, WorkflowId, WorkflowState, WorkflowStatus,
-    WorkflowTx,
+    complete, result_value, Advance, BatchConn, Batcher, FailureMode, Member, MemberOutcome,
+    MemberRow, MemberStatus, NewWorkflow, Progress, Shape, StateStore, StepSpec, WorkflowId,
+    WorkflowState, WorkflowStatus, WorkflowTx,
 };
 use weir_core::{BrokerError, JobId, JobState, Timestamp};
 
@@ -14,22 +14,31 @@ use crate::{open_conn, schema, store_err, SqliteOptions};
 
 /// Workflow state in an embedded broker's SQLite file, on a connection of its own owned by
 /// one thread. Calls queue up for that thread, which runs whatever has queued in one
-/// `IMMEDIATE` transaction, each call in a savepoint of its own (a failing call rolls back
-/// alone): one commit for many members finishing at once, the broker's group commit again.
-/// Members finishing on several workers (or processes) advance a workflow one at a time.
-/// Cheap to clone (a handle); the thread ends when the last handle is dropped.
+/// `IMMEDIATE` transaction, each call in a savepoint of its own (a [`Batcher`]): one commit for
+/// many members finishing at once, the broker's group commit again. Members finishing on
+/// several workers (or processes) advance a workflow one at a time. Cheap to clone (a handle);
+/// the thread ends when the last handle is dropped.
 #[derive(Clone)]
 pub struct SqliteStore {
-    calls: flume::Sender<Call>,
+    batcher: Batcher<Conn>,
 }
-
-/// One queued call: runs inside the batch's transaction (or learns that it could not be
-/// opened), says whether it succeeded, and hands back what to reply once the commit is known.
-type Call = Box<dyn FnOnce(Result<&Transaction<'_>, &str>) -> (bool, Reply) + Send>;
-type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
 
 /// Most calls in one transaction.
 const BATCH: usize = 512;
+
+/// The store's connection, as the batcher drives it.
+struct Conn(Connection);
+
+impl BatchConn for Conn {
+    fn control(&mut self, sql: &str) -> Result<(), String> {
+        // Cached: parsing these at every call showed in profiles.
+        self.0
+            .prepare_cached(sql)
+            .and_then(|mut st| st.execute([]))
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -63,78 +72,15 @@ impl SqliteStore {
             conn.pragma_update(None, "synchronous", "NORMAL")
                 .map_err(|e| invalid(e.to_string()))?;
         }
-        let (calls, rx) = flume::unbounded::<Call>();
-        std::thread::Builder::new()
-            .name("weir-sqlite-store".into())
-            .spawn(move || serve(conn, rx))
-            .map_err(|e| BrokerError::Other(format!("cannot start the store thread: {e}")))?;
-        Ok(SqliteStore { calls })
+        let batcher = Batcher::start("weir-sqlite-store", Conn(conn), "BEGIN IMMEDIATE", BATCH)?;
+        Ok(SqliteStore { batcher })
     }
 
     async fn tx<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, BrokerError> + Send + 'static,
+        f: impl FnOnce(&Connection) -> Result<T, BrokerError> + Send + 'static,
     ) -> Result<T, BrokerError> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let call: Call = Box::new(move |tx| {
-            let out = match tx {
-                Ok(tx) => f(tx),
-                Err(e) => Err(BrokerError::Unavailable(e.to_owned())),
-            };
-            let ok = out.is_ok();
-            let reply: Reply = Box::new(move |commit_error| {
-                let _ = reply.send(match (commit_error, out) {
-                    (Some(e), Ok(_)) => Err(BrokerError::Unavailable(e.to_owned())),
-                    (_, out) => out,
-                });
-            });
-            (ok, reply)
-        });
-        self.calls.send(call).map_err(|_| BrokerError::Closed)?;
-        answer
-            .await
-            .map_err(|_| BrokerError::Other("the store thread stopped".into()))?
-    }
-}
-
-/// The store thread: takes what has queued, runs it in one transaction, commits, replies.
-fn serve(mut conn: Connection, rx: flume::Receiver<Call>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        batch.extend(rx.try_iter().take(BATCH - 1));
-        let mut replies = Vec::with_capacity(batch.len());
-        match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-            Err(e) => {
-                let e = e.to_string();
-                for call in batch {
-                    replies.push(call(Err(&e)).1);
-                }
-                replies.into_iter().for_each(|r| r(None));
-            }
-            Ok(tx) => {
-                // Cached statements: parsing these at every call showed in profiles.
-                let run = |sql: &str| tx.prepare_cached(sql).and_then(|mut st| st.execute([]));
-                for call in batch {
-                    if let Err(e) = run("SAVEPOINT call") {
-                        let e = e.to_string();
-                        replies.push(call(Err(&e)).1);
-                        continue;
-                    }
-                    let (ok, reply) = call(Ok(&tx));
-                    let closed = match ok {
-                        true => run("RELEASE call"),
-                        false => run("ROLLBACK TO call").and_then(|_| run("RELEASE call")),
-                    };
-                    if let Err(e) = closed {
-                        tracing::error!(error = %e, "workflow store: closing a savepoint failed");
-                    }
-                    replies.push(reply);
-                }
-                let committed = tx.commit().map_err(|e| e.to_string());
-                let err = committed.as_ref().err().map(String::as_str);
-                replies.into_iter().for_each(|r| r(err));
-            }
-        }
+        self.batcher.call(move |c| f(&c.0)).await
     }
 }
 
@@ -146,9 +92,9 @@ fn corrupt(what: &str, v: i64) -> BrokerError {
     BrokerError::Other(format!("workflow store: unknown {what} code {v}"))
 }
 
-struct Tx<'a, 'c>(&'a Transaction<'c>);
+struct Tx<'a>(&'a Connection);
 
-impl WorkflowTx for Tx<'_, '_> {
+impl WorkflowTx for Tx<'_> {
     fn progress(&mut self, id: WorkflowId) -> Result<Option<Progress>, BrokerError> {
         let row = self
             .0

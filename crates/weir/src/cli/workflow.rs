@@ -13,7 +13,8 @@ use super::Args;
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum WorkflowCommand {
-    /// Submit a workflow described in a JSON file (see docs/workflows.md); prints its id.
+    /// Submit a workflow described in a JSON file (see the README's Workflows section);
+    /// prints its id.
     Submit(SubmitArgs),
 }
 

@@ -1,0 +1,161 @@
+//! [`Batcher`]: group commit for workflow stores. Members finishing at once each need a small
+//! transaction, and on every store the commit (an fsync, a row lock held across a round trip)
+//! costs more than the work. A batcher owns one connection on a thread of its own and runs
+//! whatever calls have queued meanwhile in one transaction, each call in a savepoint so that a
+//! failing call rolls back alone. Written here, once, for the SQLite and PostgreSQL stores.
+
+use std::sync::mpsc;
+
+use crate::BrokerError;
+
+/// A connection a [`Batcher`] drives.
+pub trait BatchConn: Send + 'static {
+    /// Runs one transaction-control statement (`BEGIN`, `SAVEPOINT …`, `COMMIT`, …).
+    fn control(&mut self, sql: &str) -> Result<(), String>;
+    /// Called before each batch: reconnects a connection that was lost. By default, nothing.
+    fn ensure(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// One queued call: runs inside the batch's transaction (or learns why there is none), says
+/// whether it succeeded, and hands back what to reply once the commit's outcome is known.
+type Call<C> = Box<dyn FnOnce(Result<&mut C, &str>) -> (bool, Reply) + Send>;
+type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
+
+/// A handle to a batching thread. Cheap to clone; the thread ends when the last handle is
+/// dropped, after answering what was queued.
+pub struct Batcher<C> {
+    calls: mpsc::Sender<Call<C>>,
+}
+
+impl<C> Clone for Batcher<C> {
+    fn clone(&self) -> Self {
+        Batcher {
+            calls: self.calls.clone(),
+        }
+    }
+}
+
+impl<C: BatchConn> Batcher<C> {
+    /// Starts the thread `name`, owning `conn`. Each batch starts with `begin` (e.g. `BEGIN
+    /// IMMEDIATE` on SQLite) and holds at most `max` calls.
+    pub fn start(
+        name: &str,
+        conn: C,
+        begin: &'static str,
+        max: usize,
+    ) -> Result<Self, BrokerError> {
+        let (calls, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || serve(conn, rx, begin, max.max(1)))
+            .map_err(|e| BrokerError::Other(format!("cannot start the {name} thread: {e}")))?;
+        Ok(Batcher { calls })
+    }
+
+    /// Runs `f` in the next batch's transaction and returns its result once that transaction
+    /// has committed. An error from `f` undoes only what `f` did. Cancel safe in the sense
+    /// that dropping the future does not undo the call: it still runs and commits.
+    pub async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut C) -> Result<T, BrokerError> + Send + 'static,
+    ) -> Result<T, BrokerError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let call: Call<C> = Box::new(move |conn| {
+            let out = match conn {
+                Ok(c) => f(c),
+                Err(e) => Err(BrokerError::Unavailable(e.to_owned())),
+            };
+            let ok = out.is_ok();
+            let reply: Reply = Box::new(move |commit_error| {
+                let _ = reply.send(match (commit_error, out) {
+                    (Some(e), Ok(_)) => Err(BrokerError::Unavailable(e.to_owned())),
+                    (_, out) => out,
+                });
+            });
+            (ok, reply)
+        });
+        self.calls.send(call).map_err(|_| BrokerError::Closed)?;
+        answer
+            .await
+            .map_err(|_| BrokerError::Other("the store thread stopped".into()))?
+    }
+}
+
+fn serve<C: BatchConn>(mut conn: C, rx: mpsc::Receiver<Call<C>>, begin: &str, max: usize) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter().take(max - 1));
+        let mut replies = Vec::with_capacity(batch.len());
+        if let Err(e) = conn.ensure().and_then(|_| conn.control(begin)) {
+            for call in batch {
+                replies.push(call(Err(&e)).1);
+            }
+            replies.into_iter().for_each(|r| r(None));
+            continue;
+        }
+        for call in batch {
+            if let Err(e) = conn.control("SAVEPOINT weir_call") {
+                replies.push(call(Err(&e)).1);
+                continue;
+            }
+            let (ok, reply) = call(Ok(&mut conn));
+            // A savepoint that cannot be closed breaks the transaction: the commit says so.
+            let _ = if ok {
+                conn.control("RELEASE SAVEPOINT weir_call")
+            } else {
+                conn.control("ROLLBACK TO SAVEPOINT weir_call")
+                    .and_then(|_| conn.control("RELEASE SAVEPOINT weir_call"))
+            };
+            replies.push(reply);
+        }
+        let committed = conn.control("COMMIT");
+        if committed.is_err() {
+            let _ = conn.control("ROLLBACK");
+        }
+        let err = committed.as_ref().err().map(String::as_str);
+        replies.into_iter().for_each(|r| r(err));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Records the statements it is given; fails `COMMIT` when told to.
+    struct Log(Arc<Mutex<Vec<String>>>, bool);
+
+    impl BatchConn for Log {
+        fn control(&mut self, sql: &str) -> Result<(), String> {
+            self.0.lock().unwrap().push(sql.to_owned());
+            if sql == "COMMIT" && self.1 {
+                return Err("disk full".into());
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_call_rolls_back_alone_and_a_failed_commit_fails_all() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let b = Batcher::start("test-batch", Log(log.clone(), false), "BEGIN", 8).unwrap();
+        assert_eq!(b.call(|_| Ok(1)).await.unwrap(), 1);
+        let e = b
+            .call(|_| Err::<(), _>(BrokerError::Invalid("no".into())))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, BrokerError::Invalid(_)));
+        let seen = log.lock().unwrap().clone();
+        assert!(
+            seen.contains(&"ROLLBACK TO SAVEPOINT weir_call".to_owned()),
+            "{seen:?}"
+        );
+        assert_eq!(seen.iter().filter(|s| *s == "COMMIT").count(), 2);
+
+        let b = Batcher::start("test-batch", Log(Arc::default(), true), "BEGIN", 8).unwrap();
+        let e = b.call(|_| Ok(1)).await.unwrap_err();
+        assert!(e.to_string().contains("disk full"), "{e}");
+    }
+}
