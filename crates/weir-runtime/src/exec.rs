@@ -79,21 +79,13 @@ pub(crate) async fn execute(
         .insert(lease.token, (lease, token.clone()));
     exec.counters.started.fetch_add(1, Ordering::Relaxed);
     exec.observer.started(&job, exec.clock.now());
-    // On a broker that cannot cancel by id, a member of a failed workflow is still delivered:
-    // it is finished as Cancelled here, unrun.
-    if let (Some(member), Some(wf)) = (job.member, &exec.workflows) {
-        if exec.broker.inspect().is_none() {
-            if let Some(reason) = wf.cancelled(member).await {
-                drop(slot);
-                if settle_tx
-                    .send((lease, Settlement::Cancel { reason }))
-                    .await
-                    .is_err()
-                {
-                    tracing::error!(job = %job.id, "settler gone; the lease will expire");
-                }
-                return;
+    if let Some(member) = job.member {
+        if let Some(instead) = member_gate(&exec, &job, member).await {
+            drop(slot);
+            if settle_tx.send((lease, instead)).await.is_err() {
+                tracing::error!(job = %job.id, "settler gone; the lease will expire");
             }
+            return;
         }
     }
     let kind = exec.registry.get(&job.kind);
@@ -193,27 +185,54 @@ pub(crate) async fn execute(
     }
 }
 
+/// A deferral of 1 to 5 s (jittered, so members do not come back all at once), without
+/// spending an attempt.
+fn defer_member(exec: &Exec, job: &Job, member: Member, why: &str) -> Settlement {
+    let pause = Duration::from_millis(rand::rng().random_range(1_000..5_000));
+    tracing::warn!(job = %job.id, %member, ?pause, "{why}; the member is deferred");
+    Settlement::Defer {
+        run_at: exec.clock.now().plus(pause),
+    }
+}
+
+/// What to settle instead of running a workflow member, if anything: a worker without a
+/// state store defers it (it could not record the outcome), and on a broker that cannot
+/// cancel by id a member of a failed workflow is still delivered, so it is finished as
+/// Cancelled here, unrun.
+async fn member_gate(exec: &Exec, job: &Job, member: Member) -> Option<Settlement> {
+    let Some(wf) = &exec.workflows else {
+        return Some(defer_member(
+            exec,
+            job,
+            member,
+            "this worker has no workflow state store",
+        ));
+    };
+    if exec.broker.inspect().is_some() {
+        return None;
+    }
+    let reason = wf.cancelled(member).await?;
+    Some(Settlement::Cancel { reason })
+}
+
 /// Advances the workflow of a member that finished for good, before its settle: if that
-/// fails, the member is deferred (its attempt not spent) and its outcome is recorded when it
-/// runs again. Members that will run again (retry, release) advance nothing.
+/// fails, the member is deferred (its attempt not spent), runs again, and its outcome is
+/// recorded then. Members that will run again (retry, release) advance nothing.
 async fn advance(exec: &Exec, job: &Job, member: Member, settlement: Settlement) -> Settlement {
     let outcome = match &settlement {
         Settlement::Succeeded { result } => MemberOutcome::Succeeded(result.clone()),
         Settlement::Failed { error } => MemberOutcome::Failed(error.clone()),
         _ => return settlement,
     };
-    let pause = |why: String| {
-        let run_at = exec.clock.now().plus(Duration::from_secs(1));
-        tracing::warn!(job = %job.id, %member, "{why}; the member is deferred and runs again");
-        Settlement::Defer { run_at }
-    };
     let Some(workflows) = &exec.workflows else {
-        return pause("this worker has no workflow state store".into());
+        // member_gate deferred it before it ran.
+        return settlement;
     };
     match workflows.finished(member, outcome).await {
         Ok(cancelled) => {
             if !cancelled.is_empty() {
                 // Siblings running here stop now rather than at the next heartbeat.
+                let cancelled: std::collections::HashSet<_> = cancelled.into_iter().collect();
                 for (lease, token) in exec.inflight.lock().values() {
                     if cancelled.contains(&lease.id) {
                         token.cancel();
@@ -222,7 +241,12 @@ async fn advance(exec: &Exec, job: &Job, member: Member, settlement: Settlement)
             }
             settlement
         }
-        Err(e) => pause(format!("advancing the workflow failed: {e}")),
+        Err(e) => defer_member(
+            exec,
+            job,
+            member,
+            &format!("advancing the workflow failed: {e}"),
+        ),
     }
 }
 

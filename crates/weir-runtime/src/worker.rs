@@ -154,8 +154,8 @@ impl WorkerBuilder {
     }
 
     /// Advances durable workflows as their members finish (see [`Workflows`]). By default,
-    /// none: a workflow member this worker runs is deferred, with a warning, for a worker
-    /// that has a state store.
+    /// none: a workflow member this worker fetches is deferred unrun, with a warning, for a
+    /// worker that has a state store.
     pub fn workflows(mut self, w: Workflows) -> Self {
         self.workflows = Some(w);
         self

@@ -398,7 +398,7 @@ impl<T: Send + 'static> Flow<T> {
                             input_open = false;
                             continue;
                         };
-                                                counters.took();
+                        counters.took();
                         let fut = work(
                             f.clone(),
                             item,
@@ -437,7 +437,7 @@ impl<T: Send + 'static> Flow<T> {
                 tokio::select! {
                     item = self.rx.recv() => match item {
                         Some(item) => {
-                                                        out.counters.took();
+                            out.counters.took();
                             if batch.is_empty() {
                                 deadline = Some(tokio::time::Instant::now() + max_wait);
                             }

@@ -117,8 +117,9 @@ pub async fn open_store(url: &str) -> Result<Arc<dyn StateStore>, BrokerError> {
 }
 
 /// How long finished work is kept. Succeeded and cancelled jobs (with their results) and
-/// finished workflows older than this are deleted by [`sweep`]; failed jobs, the dead-letter
-/// set, stay until an operator purges them (`weir purge --state failed`).
+/// finished workflows older than this are deleted by [`sweep`](retention::sweep); failed
+/// jobs, the dead-letter set, stay until an operator purges them (`weir purge --state
+/// failed`).
 pub mod retention {
     use std::time::Duration;
 

@@ -307,6 +307,36 @@ async fn retention_sweeps_finished_work() {
     assert!(counts.iter().all(|q| q.succeeded == 0), "{counts:?}");
 }
 
+/// A worker with no state store cannot record a member's outcome: it defers the member
+/// unrun (no attempt spent) for a worker that can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_without_a_store_defers_members_unrun() {
+    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
+    let member = weir::workflow::Member {
+        workflow: WorkflowId::new(),
+        index: 0,
+    };
+    let id = broker
+        .enqueue(weir::NewJob::new("wait_cancel", "null").member(member))
+        .await
+        .unwrap()
+        .id;
+    let saw = Arc::new(AtomicUsize::new(0));
+    let worker = Worker::builder(broker.clone(), registry(saw.clone()))
+        .queue("default", 2)
+        .build()
+        .unwrap();
+    let report = worker
+        .run(tokio::time::sleep(Duration::from_millis(300)))
+        .await;
+    assert_eq!(report.deferred, 1, "{report:?}");
+    assert_eq!(report.succeeded + report.failed + report.retried, 0);
+    let job = broker.inspect().unwrap().get(id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Pending);
+    assert_eq!(job.attempt, 0, "no attempt spent");
+    assert!(job.run_at > weir::Timestamp::now(), "deferred to later");
+}
+
 #[tokio::test]
 async fn an_invalid_workflow_is_refused_and_nothing_is_enqueued() {
     let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());

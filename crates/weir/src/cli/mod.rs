@@ -131,7 +131,8 @@ impl Args {
     }
 
     /// The store URL: --store (or WEIR_STORE), else `store` in the configuration file, else
-    /// the broker's URL if the broker is embedded (its file holds the workflow tables).
+    /// the broker's URL if the broker is embedded (its file holds the workflow tables), or a
+    /// memory store beside the memory broker.
     fn store_url(&self) -> anyhow::Result<Option<String>> {
         if let Some(url) = &self.store {
             return Ok(Some(url.clone()));
@@ -142,7 +143,12 @@ impl Args {
             }
         }
         let broker = self.broker_url()?;
-        Ok(broker.starts_with("sqlite:").then_some(broker))
+        Ok(match broker.as_str() {
+            b if b.starts_with("sqlite:") => Some(broker),
+            // In-process only, like the broker itself.
+            "memory:" | "memory://" => Some("memory:".to_owned()),
+            _ => None,
+        })
     }
 
     /// The workflow store, if one is configured or implied.
