@@ -54,6 +54,21 @@ pub(crate) struct Exec {
     pub(crate) stopping: std::sync::atomic::AtomicBool,
     pub(crate) counters: Counters,
     pub(crate) workflows: Option<crate::Workflows>,
+    /// Workflow members running now, by lease token, on a broker that cannot cancel them
+    /// (RabbitMQ): the heartbeat loop asks the store whether their workflow cancelled them.
+    pub(crate) members: Mutex<HashMap<u64, Member>>,
+}
+
+/// Keeps a running member in [`Exec::members`] until dropped.
+struct Watched<'a> {
+    exec: &'a Exec,
+    token: u64,
+}
+
+impl Drop for Watched<'_> {
+    fn drop(&mut self) {
+        self.exec.members.lock().remove(&self.token);
+    }
 }
 
 /// 100 ms doubling to 5 s: how long a dispatcher waits after consecutive store errors.
@@ -88,6 +103,16 @@ pub(crate) async fn execute(
             return;
         }
     }
+    let _watched = match (job.member, &exec.workflows) {
+        (Some(member), Some(_)) if exec.broker.inspect().is_none() => {
+            exec.members.lock().insert(lease.token, member);
+            Some(Watched {
+                exec: &exec,
+                token: lease.token,
+            })
+        }
+        _ => None,
+    };
     let kind = exec.registry.get(&job.kind);
     // Limits: held for the whole attempt, or the job is deferred without running. Never
     // waited for here: waiting would park this pool slot (see weir_sync::Limiter).
@@ -336,6 +361,31 @@ pub(crate) async fn heartbeat(exec: Arc<Exec>, lease: Duration, stop: Cancellati
                 }
             }
             Err(e) => report_heartbeat_error(&e),
+        }
+        stop_cancelled_members(&exec).await;
+    }
+}
+
+/// Fires the token of every running member whose workflow cancelled it (on brokers that
+/// cannot cancel by id; elsewhere the lost lease above does it). The checks go to the store
+/// together, so a batching store answers them in one transaction.
+async fn stop_cancelled_members(exec: &Exec) {
+    let Some(wf) = &exec.workflows else {
+        return;
+    };
+    let running: Vec<(u64, Member)> = exec.members.lock().iter().map(|(t, m)| (*t, *m)).collect();
+    if running.is_empty() {
+        return;
+    }
+    let checks = running.iter().map(|(_, m)| wf.cancelled(*m));
+    let verdicts = futures::future::join_all(checks).await;
+    let map = exec.inflight.lock();
+    for ((token, member), verdict) in running.iter().zip(verdicts) {
+        if verdict.is_some() {
+            if let Some((lease, t)) = map.get(token) {
+                tracing::info!(job = %lease.id, %member, "its workflow failed: cancelling the attempt");
+                t.cancel();
+            }
         }
     }
 }

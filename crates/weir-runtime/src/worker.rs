@@ -315,6 +315,7 @@ impl Worker {
             tuning: tuning.clone(),
             counters: Counters::default(),
             workflows: b.workflows,
+            members: Mutex::new(HashMap::new()),
         });
         let stop_fetch = CancellationToken::new();
         let settler = tokio::spawn(settler(exec.clone(), settle_rx));

@@ -211,3 +211,104 @@ async fn fail_fast_on_rabbitmq_finishes_queued_siblings_unrun() {
     amqp.delete_queues(&["default".into()]).await.unwrap();
     amqp.close().await;
 }
+
+/// Fail-fast on RabbitMQ across workers: the failing child runs on one worker, its siblings
+/// run on another (queues of their own); that worker's heartbeat finds them cancelled in the
+/// store and fires their tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_fast_on_rabbitmq_stops_siblings_running_on_another_worker() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use weir::workflow::{StepSpec, WorkflowSpec, WorkflowState, Workflows};
+    use weir::{Broker, Registry, StateStore, TaskContext, TaskError, Worker};
+
+    let ns = uuid::Uuid::new_v4().simple().to_string();
+    let schema = format!("weir_test_{ns}");
+    let _drop = DropSchema(schema.clone());
+    let store: Arc<dyn StateStore> = weir::open_store(&format!("{}?schema={schema}", pg_url()))
+        .await
+        .unwrap();
+    let url = url_in(&format!("weir-test-{ns}."));
+    let slow_broker = Arc::new(AmqpBroker::new(&url).unwrap());
+    let fast_broker = Arc::new(AmqpBroker::new(&url).unwrap());
+    let started = Arc::new(AtomicUsize::new(0));
+    let stopped = Arc::new(AtomicUsize::new(0));
+    let mut slow = Registry::new();
+    let (s1, s2) = (started.clone(), stopped.clone());
+    slow.register_fn("wait", move |_: serde_json::Value, cx: TaskContext| {
+        let (started, stopped) = (s1.clone(), s2.clone());
+        async move {
+            started.fetch_add(1, Ordering::SeqCst);
+            tokio::select! {
+                _ = cx.cancellation().cancelled() => {
+                    stopped.fetch_add(1, Ordering::SeqCst);
+                    Err::<(), _>(TaskError::retryable("cancelled"))
+                }
+                _ = tokio::time::sleep(Duration::from_secs(60)) => Ok(()),
+            }
+        }
+    });
+    let mut fast = Registry::new();
+    fast.register_fn("refuse", |_: serde_json::Value, _cx: TaskContext| async {
+        Err::<(), _>(TaskError::permanent("refused"))
+    });
+    let workflows = |b: &Arc<AmqpBroker>| {
+        let b: Arc<dyn Broker> = b.clone();
+        Workflows::new(b, store.clone())
+    };
+    let run = |b: &Arc<AmqpBroker>, registry: Registry, queue: &str| {
+        let broker: Arc<dyn Broker> = b.clone();
+        let worker = Worker::builder(broker, registry)
+            .queue(queue, 4)
+            .lease(Duration::from_millis(900))
+            .workflows(workflows(b))
+            .build()
+            .unwrap();
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(worker.run(async move {
+            let _ = rx.await;
+        }));
+        (stop, task)
+    };
+    // The siblings start first, on the slow worker.
+    let (stop_slow, slow_task) = run(&slow_broker, slow, "slow");
+    let mut children: Vec<_> = (0..3)
+        .map(|_| StepSpec::new("wait", serde_json::json!(null)).queue("slow"))
+        .collect();
+    children.push(StepSpec::new("refuse", serde_json::json!(null)).queue("fast"));
+    let wf = workflows(&fast_broker);
+    let id = wf.submit(&WorkflowSpec::group(children)).await.unwrap();
+    let start = Instant::now();
+    while started.load(Ordering::SeqCst) < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "siblings did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (stop_fast, fast_task) = run(&fast_broker, fast, "fast");
+    let start = Instant::now();
+    while stopped.load(Ordering::SeqCst) < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "running siblings not stopped: {:?}",
+            wf.status(id).await.unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s = wf.status(id).await.unwrap().unwrap();
+    assert_eq!(
+        (s.state, s.failed, s.cancelled),
+        (WorkflowState::Failed, 1, 3)
+    );
+    let _ = stop_fast.send(());
+    let _ = stop_slow.send(());
+    fast_task.await.unwrap();
+    slow_task.await.unwrap();
+    for b in [&slow_broker, &fast_broker] {
+        b.delete_queues(&["slow".into(), "fast".into()])
+            .await
+            .unwrap();
+        b.close().await;
+    }
+}

@@ -109,7 +109,7 @@ fn enqueue_inspect_cancel_retry_purge() {
     assert!(text(&out.stdout).contains("purged 1 cancelled jobs"));
     let out = weir(&db, &["inspect", &id]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("no job with id"));
+    assert!(text(&out.stderr).contains("no job or workflow with id"));
 }
 
 #[test]
