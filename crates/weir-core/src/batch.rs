@@ -1,8 +1,11 @@
 //! [`Batcher`]: group commit for workflow stores. Members finishing at once each need a small
 //! transaction, and on every store the commit (an fsync, a row lock held across a round trip)
 //! costs more than the work. A batcher owns one connection on a thread of its own and runs
-//! whatever calls have queued meanwhile in one transaction, each call in a savepoint so that a
-//! failing call rolls back alone. Written here, once, for the SQLite and PostgreSQL stores.
+//! whatever calls have queued meanwhile in one transaction. A call that may fail for its own
+//! reasons (a duplicate id) runs in a savepoint and rolls back alone; any other failure is the
+//! database's, and fails the whole batch (PostgreSQL would have aborted the transaction
+//! anyway), so no call is ever told it committed when it did not. Written here, once, for the
+//! SQLite and PostgreSQL stores.
 
 use std::sync::mpsc;
 
@@ -18,9 +21,11 @@ pub trait BatchConn: Send + 'static {
     }
 }
 
-/// One queued call: runs inside the batch's transaction (or learns why there is none), says
-/// whether it succeeded, and hands back what to reply once the commit's outcome is known.
-type Call<C> = Box<dyn FnOnce(Result<&mut C, &str>) -> (bool, Reply) + Send>;
+/// One queued call, and whether it runs in a savepoint of its own. It runs inside the batch's
+/// transaction (or learns why there is none), says whether it succeeded, and hands back what
+/// to reply once the commit's outcome is known.
+type Call<C> = (bool, Run<C>);
+type Run<C> = Box<dyn FnOnce(Result<&mut C, &str>) -> (bool, Reply) + Send>;
 type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
 
 /// A handle to a batching thread. Cheap to clone; the thread ends when the last handle is
@@ -55,14 +60,32 @@ impl<C: BatchConn> Batcher<C> {
     }
 
     /// Runs `f` in the next batch's transaction and returns its result once that transaction
-    /// has committed. An error from `f` undoes only what `f` did. Cancel safe in the sense
-    /// that dropping the future does not undo the call: it still runs and commits.
+    /// has committed. An error from `f` rolls the whole batch back (every call in it fails):
+    /// for calls that fail only when the database does. Dropping the future does not undo
+    /// the call: it still runs and commits.
     pub async fn call<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut C) -> Result<T, BrokerError> + Send + 'static,
     ) -> Result<T, BrokerError> {
+        self.queue(false, f).await
+    }
+
+    /// As [`call`](Self::call), in a savepoint of its own: an error from `f` undoes only what
+    /// `f` did, and the rest of the batch commits. Two more statements per call.
+    pub async fn call_isolated<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut C) -> Result<T, BrokerError> + Send + 'static,
+    ) -> Result<T, BrokerError> {
+        self.queue(true, f).await
+    }
+
+    async fn queue<T: Send + 'static>(
+        &self,
+        isolated: bool,
+        f: impl FnOnce(&mut C) -> Result<T, BrokerError> + Send + 'static,
+    ) -> Result<T, BrokerError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let call: Call<C> = Box::new(move |conn| {
+        let run: Run<C> = Box::new(move |conn| {
             let out = match conn {
                 Ok(c) => f(c),
                 Err(e) => Err(BrokerError::Unavailable(e.to_owned())),
@@ -76,7 +99,9 @@ impl<C: BatchConn> Batcher<C> {
             });
             (ok, reply)
         });
-        self.calls.send(call).map_err(|_| BrokerError::Closed)?;
+        self.calls
+            .send((isolated, run))
+            .map_err(|_| BrokerError::Closed)?;
         answer
             .await
             .map_err(|_| BrokerError::Other("the store thread stopped".into()))?
@@ -89,28 +114,44 @@ fn serve<C: BatchConn>(mut conn: C, rx: mpsc::Receiver<Call<C>>, begin: &str, ma
         batch.extend(rx.try_iter().take(max - 1));
         let mut replies = Vec::with_capacity(batch.len());
         if let Err(e) = conn.ensure().and_then(|_| conn.control(begin)) {
-            for call in batch {
+            for (_, call) in batch {
                 replies.push(call(Err(&e)).1);
             }
             replies.into_iter().for_each(|r| r(None));
             continue;
         }
-        for call in batch {
-            if let Err(e) = conn.control("SAVEPOINT weir_call") {
-                replies.push(call(Err(&e)).1);
+        // Set when the batch cannot commit: a plain call failed, or a savepoint broke.
+        let mut failed: Option<String> = None;
+        for (isolated, call) in batch {
+            if let Some(e) = &failed {
+                replies.push(call(Err(e)).1);
                 continue;
             }
+            if isolated {
+                if let Err(e) = conn.control("SAVEPOINT weir_call") {
+                    replies.push(call(Err(&e)).1);
+                    failed = Some(e);
+                    continue;
+                }
+            }
             let (ok, reply) = call(Ok(&mut conn));
-            // A savepoint that cannot be closed breaks the transaction: the commit says so.
-            let _ = if ok {
-                conn.control("RELEASE SAVEPOINT weir_call")
-            } else {
-                conn.control("ROLLBACK TO SAVEPOINT weir_call")
-                    .and_then(|_| conn.control("RELEASE SAVEPOINT weir_call"))
-            };
             replies.push(reply);
+            let closed = match (isolated, ok) {
+                (false, true) => Ok(()),
+                (false, false) => Err("another call in the same transaction failed".to_owned()),
+                (true, true) => conn.control("RELEASE SAVEPOINT weir_call"),
+                (true, false) => conn
+                    .control("ROLLBACK TO SAVEPOINT weir_call")
+                    .and_then(|_| conn.control("RELEASE SAVEPOINT weir_call")),
+            };
+            if let Err(e) = closed {
+                failed = Some(e);
+            }
         }
-        let committed = conn.control("COMMIT");
+        let committed = match failed {
+            Some(e) => Err(e),
+            None => conn.control("COMMIT"),
+        };
         if committed.is_err() {
             let _ = conn.control("ROLLBACK");
         }
@@ -138,12 +179,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failing_call_rolls_back_alone_and_a_failed_commit_fails_all() {
+    async fn an_isolated_call_rolls_back_alone_and_a_failed_commit_fails_all() {
         let log = Arc::new(Mutex::new(Vec::new()));
         let b = Batcher::start("test-batch", Log(log.clone(), false), "BEGIN", 8).unwrap();
         assert_eq!(b.call(|_| Ok(1)).await.unwrap(), 1);
         let e = b
-            .call(|_| Err::<(), _>(BrokerError::Invalid("no".into())))
+            .call_isolated(|_| Err::<(), _>(BrokerError::Invalid("no".into())))
             .await
             .unwrap_err();
         assert!(matches!(e, BrokerError::Invalid(_)));
@@ -157,5 +198,57 @@ mod tests {
         let b = Batcher::start("test-batch", Log(Arc::default(), true), "BEGIN", 8).unwrap();
         let e = b.call(|_| Ok(1)).await.unwrap_err();
         assert!(e.to_string().contains("disk full"), "{e}");
+    }
+
+    /// A plain call that fails takes its whole batch down: the call before it in the same
+    /// transaction is told it did not commit, and the batch is rolled back.
+    #[tokio::test]
+    async fn a_failing_plain_call_rolls_the_batch_back() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let b = Batcher::start("test-batch", Log(log.clone(), false), "BEGIN", 8).unwrap();
+        // Hold the thread in a first batch until both calls below are queued, so they share
+        // the second.
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let (running, is_running) = tokio::sync::oneshot::channel::<()>();
+        let blocker = tokio::spawn({
+            let b = b.clone();
+            async move {
+                b.call(move |_| {
+                    let _ = running.send(());
+                    wait.recv().unwrap();
+                    Ok(())
+                })
+                .await
+            }
+        });
+        is_running.await.unwrap();
+        let first = tokio::spawn({
+            let b = b.clone();
+            async move { b.call(|_| Ok(1)).await }
+        });
+        let second = tokio::spawn({
+            let b = b.clone();
+            async move {
+                b.call(|_| Err::<(), _>(BrokerError::Other("disk".into())))
+                    .await
+            }
+        });
+        // On this single-threaded runtime, yielding lets both tasks run up to their send.
+        tokio::task::yield_now().await;
+        go.send(()).unwrap();
+        blocker.await.unwrap().unwrap();
+        let e = first.await.unwrap().unwrap_err();
+        assert!(e.to_string().contains("another call"), "{e}");
+        assert!(second.await.unwrap().is_err());
+        let seen = log.lock().unwrap().clone();
+        assert_eq!(
+            seen.last().map(String::as_str),
+            Some("ROLLBACK"),
+            "{seen:?}"
+        );
+        assert!(
+            !seen.contains(&"SAVEPOINT weir_call".to_owned()),
+            "plain calls need none"
+        );
     }
 }

@@ -111,8 +111,7 @@ impl PgOptions {
 }
 
 /// Workflow state in PostgreSQL. One connection, owned by a thread of its own, runs every
-/// call: what has queued meanwhile goes into one transaction, each call in a savepoint (a
-/// [`Batcher`]). Members of one workflow all lock its row, so their transactions would queue
+/// call: what has queued meanwhile goes into one transaction (a [`Batcher`]). Members of one workflow all lock its row, so their transactions would queue
 /// on that lock anyway; batching them turns one commit per member into one per batch. Cheap to
 /// clone (a handle); the thread ends when the last handle is dropped.
 #[derive(Clone)]
@@ -261,11 +260,20 @@ impl PgStore {
         Ok(PgStore { batcher, schema })
     }
 
+    /// Runs `f` in the next batch; its error fails the batch (see [`Batcher::call`]).
     async fn tx<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Conn) -> Result<T, BrokerError> + Send + 'static,
     ) -> Result<T, BrokerError> {
         self.batcher.call(f).await
+    }
+
+    /// Runs `f` in the next batch, in a savepoint: its error fails it alone.
+    async fn tx_isolated<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Conn) -> Result<T, BrokerError> + Send + 'static,
+    ) -> Result<T, BrokerError> {
+        self.batcher.call_isolated(f).await
     }
 }
 
@@ -431,7 +439,8 @@ fn status_from(id: WorkflowId, p: Progress, created_at: i64) -> WorkflowStatus {
 #[async_trait]
 impl StateStore for PgStore {
     async fn create(&self, wf: NewWorkflow) -> Result<(), BrokerError> {
-        self.tx(move |tx| {
+        // Isolated: a duplicate id fails this call alone.
+        self.tx_isolated(move |tx| {
             let id = wf.id.as_bytes().to_vec();
             let n = tx
                 .execute(
@@ -506,7 +515,8 @@ impl StateStore for PgStore {
     }
 
     async fn abort(&self, id: WorkflowId, now: Timestamp) -> Result<Vec<JobId>, BrokerError> {
-        self.tx(move |tx| {
+        // Isolated: an unknown id fails this call alone.
+        self.tx_isolated(move |tx| {
             let mut t = Tx(tx);
             let Some(mut p) = t.progress(id)? else {
                 return Err(BrokerError::NotFound(id));

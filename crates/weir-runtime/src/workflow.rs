@@ -130,16 +130,16 @@ impl Workflows {
 
     /// Cancels jobs at the broker where it can (`Inspect::cancel`): pending ones become
     /// Cancelled, and a running one loses its lease, so its worker fires its cancellation
-    /// token at the next heartbeat. Jobs already finished are left as they are.
+    /// token at the next heartbeat. Jobs already finished are left as they are. Elsewhere the
+    /// store's record is what workers go by.
     async fn cancel_jobs(&self, ids: &[JobId]) {
         if ids.is_empty() {
             return;
         }
         let Some(inspect) = self.broker.inspect() else {
-            tracing::warn!(
-                jobs = ids.len(),
-                "this broker cannot cancel jobs by id: the workflow's open members will still run, and their outcomes are ignored"
-            );
+            // RabbitMQ: workers find these cancelled in the store, and finish queued ones
+            // unrun and stop running ones at their next heartbeat.
+            tracing::debug!(jobs = ids.len(), "members cancelled in the store only");
             return;
         };
         for id in ids {

@@ -14,8 +14,8 @@ use crate::{open_conn, schema, store_err, SqliteOptions};
 
 /// Workflow state in an embedded broker's SQLite file, on a connection of its own owned by
 /// one thread. Calls queue up for that thread, which runs whatever has queued in one
-/// `IMMEDIATE` transaction, each call in a savepoint of its own (a [`Batcher`]): one commit for
-/// many members finishing at once, the broker's group commit again. Members finishing on
+/// `IMMEDIATE` transaction (a [`Batcher`]): one commit for many members finishing at once,
+/// the broker's group commit again. Members finishing on
 /// several workers (or processes) advance a workflow one at a time. Cheap to clone (a handle);
 /// the thread ends when the last handle is dropped.
 #[derive(Clone)]
@@ -76,11 +76,20 @@ impl SqliteStore {
         Ok(SqliteStore { batcher })
     }
 
+    /// Runs `f` in the next batch; its error fails the batch (see [`Batcher::call`]).
     async fn tx<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, BrokerError> + Send + 'static,
     ) -> Result<T, BrokerError> {
         self.batcher.call(move |c| f(&c.0)).await
+    }
+
+    /// Runs `f` in the next batch, in a savepoint: its error fails it alone.
+    async fn tx_isolated<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, BrokerError> + Send + 'static,
+    ) -> Result<T, BrokerError> {
+        self.batcher.call_isolated(move |c| f(&c.0)).await
     }
 }
 
@@ -258,7 +267,8 @@ impl WorkflowTx for Tx<'_> {
 #[async_trait]
 impl StateStore for SqliteStore {
     async fn create(&self, wf: NewWorkflow) -> Result<(), BrokerError> {
-        self.tx(move |tx| {
+        // Isolated: a duplicate id fails this call alone.
+        self.tx_isolated(move |tx| {
             let inserted = tx
                 .prepare_cached(
                     "INSERT INTO wf_workflows (id, shape, mode, state, children, succeeded,
@@ -326,7 +336,8 @@ impl StateStore for SqliteStore {
     }
 
     async fn abort(&self, id: WorkflowId, now: Timestamp) -> Result<Vec<JobId>, BrokerError> {
-        self.tx(move |tx| {
+        // Isolated: an unknown id fails this call alone.
+        self.tx_isolated(move |tx| {
             let mut t = Tx(tx);
             let Some(mut p) = t.progress(id)? else {
                 return Err(BrokerError::NotFound(id));
