@@ -15,9 +15,9 @@ use crate::{open_conn, schema, store_err, SqliteOptions};
 /// Workflow state in an embedded broker's SQLite file, on a connection of its own owned by
 /// one thread. Calls queue up for that thread, which runs whatever has queued in one
 /// `IMMEDIATE` transaction (a [`Batcher`]): one commit for many members finishing at once,
-/// the broker's group commit again. Members finishing on
-/// several workers (or processes) advance a workflow one at a time. Cheap to clone (a handle);
-/// the thread ends when the last handle is dropped.
+/// the broker's group commit again. Members finishing on several workers (or processes)
+/// advance a workflow one at a time. Cheap to clone (a handle); the thread ends when the last
+/// handle is dropped.
 #[derive(Clone)]
 pub struct SqliteStore {
     batcher: Batcher<Conn>,
