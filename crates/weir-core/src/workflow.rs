@@ -591,6 +591,32 @@ pub trait WorkflowTx {
     /// Marks every unfinished member Cancelled; returns how many, and the job ids of those
     /// that were enqueued (their jobs are to be cancelled at the broker).
     fn cancel_open(&mut self, id: WorkflowId) -> Result<(u32, Vec<JobId>), BrokerError>;
+
+    /// [`progress`](Self::progress) and [`member`](Self::member) together. A store whose
+    /// statements cost a round trip each does both in one.
+    fn progress_and_member(
+        &mut self,
+        m: Member,
+    ) -> Result<Option<(Progress, Option<MemberRow>)>, BrokerError> {
+        let Some(p) = self.progress(m.workflow)? else {
+            return Ok(None);
+        };
+        Ok(Some((p, self.member(m)?)))
+    }
+
+    /// [`finish_member`](Self::finish_member) and [`set_progress`](Self::set_progress)
+    /// together (the common case: a member finished and nothing else happens yet).
+    fn finish_member_and_progress(
+        &mut self,
+        m: Member,
+        state: JobState,
+        result: Option<&[u8]>,
+        error: Option<&str>,
+        p: &Progress,
+    ) -> Result<(), BrokerError> {
+        self.finish_member(m, state, result, error)?;
+        self.set_progress(m.workflow, p)
+    }
 }
 
 /// What the engine must do after [`complete`].
@@ -614,12 +640,12 @@ pub fn complete<T: WorkflowTx>(
     now: Timestamp,
 ) -> Result<Advance, BrokerError> {
     let mut out = Advance::default();
-    let Some(mut p) = tx.progress(m.workflow)? else {
+    let Some((mut p, Some(row))) = tx.progress_and_member(m)? else {
         return Ok(out);
     };
-    let Some(row) = tx.member(m)? else {
-        return Ok(out);
-    };
+    // The member's record, written below: with the progress in one go when nothing else
+    // happens, before anything else otherwise (a fail-fast must not cancel this member).
+    let mut record = None;
     let (succeeded, result) = if row.state.is_finished() {
         match row.state {
             JobState::Succeeded => (true, row.result),
@@ -631,7 +657,6 @@ pub fn complete<T: WorkflowTx>(
             MemberOutcome::Succeeded(r) => (JobState::Succeeded, r.clone(), None),
             MemberOutcome::Failed(e) => (JobState::Failed, None, Some(e.as_str())),
         };
-        tx.finish_member(m, state, result.as_deref(), error)?;
         let callback = p.shape == Shape::Chord && m.index == p.children;
         if !callback {
             if state == JobState::Succeeded {
@@ -640,9 +665,20 @@ pub fn complete<T: WorkflowTx>(
                 p.failed += 1;
             }
         }
+        record = Some((state, error));
         (state == JobState::Succeeded, result)
     };
-    match decide(&p, m.index, succeeded) {
+    let next = decide(&p, m.index, succeeded);
+    match (next, record) {
+        (Next::Wait, None) => return Ok(out), // a replay with nothing to do
+        (Next::Wait, Some((state, error))) => {
+            tx.finish_member_and_progress(m, state, result.as_deref(), error, &p)?;
+            return Ok(out);
+        }
+        (_, Some((state, error))) => tx.finish_member(m, state, result.as_deref(), error)?,
+        (_, None) => {}
+    }
+    match next {
         Next::Wait => {}
         Next::Enqueue { index, input } => {
             let next = Member {

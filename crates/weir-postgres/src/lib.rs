@@ -293,21 +293,7 @@ impl WorkflowTx for Tx<'_> {
         else {
             return Ok(None);
         };
-        let (shape, mode, state): (i16, i16, i16) = (r.get(0), r.get(1), r.get(2));
-        let n = |i: usize| r.get::<_, i64>(i) as u32;
-        Ok(Some(Progress {
-            shape: Shape::from_code(shape.into()).ok_or_else(|| corrupt("shape", shape.into()))?,
-            mode: FailureMode::from_code(mode.into())
-                .ok_or_else(|| corrupt("mode", mode.into()))?,
-            state: WorkflowState::from_code(state.into())
-                .ok_or_else(|| corrupt("state", state.into()))?,
-            children: n(3),
-            succeeded: n(4),
-            failed: n(5),
-            cancelled: n(6),
-            trace_id: r.get(7),
-            finished_at: r.get::<_, Option<i64>>(8).map(Timestamp),
-        }))
+        progress_from(&r).map(Some)
     }
 
     fn set_progress(&mut self, id: WorkflowId, p: &Progress) -> Result<(), BrokerError> {
@@ -341,16 +327,7 @@ impl WorkflowTx for Tx<'_> {
         else {
             return Ok(None);
         };
-        let state: i16 = r.get(1);
-        Ok(Some(MemberRow {
-            job_id: job_id(r.get(0))?,
-            state: JobState::from_code(state.into())
-                .ok_or_else(|| corrupt("member state", state.into()))?,
-            enqueued: r.get(2),
-            result: r.get(3),
-            step: serde_json::from_str::<StepSpec>(r.get(4))
-                .map_err(|e| BrokerError::Other(format!("workflow member {m}: step: {e}")))?,
-        }))
+        member_from(&r, 0, m).map(Some)
     }
 
     fn finish_member(
@@ -393,6 +370,69 @@ impl WorkflowTx for Tx<'_> {
             .collect())
     }
 
+    /// One round trip: the workflow row, locked, joined with the member.
+    fn progress_and_member(
+        &mut self,
+        m: Member,
+    ) -> Result<Option<(Progress, Option<MemberRow>)>, BrokerError> {
+        let Some(r) = self
+            .0
+            .query_opt(
+                "SELECT w.shape, w.mode, w.state, w.children, w.succeeded, w.failed,
+                        w.cancelled, w.trace_id, w.finished_at,
+                        x.job_id, x.state, x.enqueued, x.result, x.step
+                   FROM weir_workflows w
+                   LEFT JOIN weir_members x ON x.workflow = w.id AND x.idx = $2
+                  WHERE w.id = $1
+                    FOR UPDATE OF w",
+                &[&m.workflow.as_bytes().as_slice(), &i64::from(m.index)],
+            )
+            .map_err(db)?
+        else {
+            return Ok(None);
+        };
+        let p = progress_from(&r)?;
+        let member = match r.get::<_, Option<&[u8]>>(9) {
+            None => None,
+            Some(_) => Some(member_from(&r, 9, m)?),
+        };
+        Ok(Some((p, member)))
+    }
+
+    /// One round trip: the member's record and the workflow's counters.
+    fn finish_member_and_progress(
+        &mut self,
+        m: Member,
+        state: JobState,
+        result: Option<&[u8]>,
+        error: Option<&str>,
+        p: &Progress,
+    ) -> Result<(), BrokerError> {
+        self.0
+            .execute(
+                "WITH member AS (
+                     UPDATE weir_members SET state = $7, result = $8, error = $9
+                      WHERE workflow = $1 AND idx = $10)
+                 UPDATE weir_workflows SET state = $2, succeeded = $3, failed = $4,
+                        cancelled = $5, finished_at = $6
+                  WHERE id = $1",
+                &[
+                    &m.workflow.as_bytes().as_slice(),
+                    &(p.state.code() as i16),
+                    &i64::from(p.succeeded),
+                    &i64::from(p.failed),
+                    &i64::from(p.cancelled),
+                    &p.finished_at.map(|t| t.0),
+                    &i16::from(state.code()),
+                    &result,
+                    &error,
+                    &i64::from(m.index),
+                ],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
     fn cancel_open(&mut self, id: WorkflowId) -> Result<(u32, Vec<JobId>), BrokerError> {
         let rows = self
             .0
@@ -410,6 +450,38 @@ impl WorkflowTx for Tx<'_> {
         }
         Ok((rows.len() as u32, jobs))
     }
+}
+
+/// A workflow row's progress, from its first nine columns (shape … finished_at).
+fn progress_from(r: &Row) -> Result<Progress, BrokerError> {
+    let (shape, mode, state): (i16, i16, i16) = (r.get(0), r.get(1), r.get(2));
+    let n = |i: usize| r.get::<_, i64>(i) as u32;
+    Ok(Progress {
+        shape: Shape::from_code(shape.into()).ok_or_else(|| corrupt("shape", shape.into()))?,
+        mode: FailureMode::from_code(mode.into()).ok_or_else(|| corrupt("mode", mode.into()))?,
+        state: WorkflowState::from_code(state.into())
+            .ok_or_else(|| corrupt("state", state.into()))?,
+        children: n(3),
+        succeeded: n(4),
+        failed: n(5),
+        cancelled: n(6),
+        trace_id: r.get(7),
+        finished_at: r.get::<_, Option<i64>>(8).map(Timestamp),
+    })
+}
+
+/// A member row: `job_id, state, enqueued, result, step` from column `at` on.
+fn member_from(r: &Row, at: usize, m: Member) -> Result<MemberRow, BrokerError> {
+    let state: i16 = r.get(at + 1);
+    Ok(MemberRow {
+        job_id: job_id(r.get(at))?,
+        state: JobState::from_code(state.into())
+            .ok_or_else(|| corrupt("member state", state.into()))?,
+        enqueued: r.get(at + 2),
+        result: r.get(at + 3),
+        step: serde_json::from_str::<StepSpec>(r.get(at + 4))
+            .map_err(|e| BrokerError::Other(format!("workflow member {m}: step: {e}")))?,
+    })
 }
 
 fn job_id(bytes: &[u8]) -> Result<JobId, BrokerError> {
