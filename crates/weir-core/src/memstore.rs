@@ -10,7 +10,7 @@ use crate::workflow::{
     complete, result_value, Advance, Member, MemberOutcome, MemberRow, MemberStatus, NewWorkflow,
     Progress, StateStore, StepSpec, WorkflowId, WorkflowState, WorkflowStatus, WorkflowTx,
 };
-use crate::{BrokerError, JobId, JobState, Timestamp};
+use crate::{BrokerError, JobId, JobState, NewJob, Timestamp};
 
 struct Stored {
     progress: Progress,
@@ -233,6 +233,42 @@ impl StateStore for MemoryStore {
                 error: m.error.clone(),
             })
             .collect())
+    }
+
+    async fn unstarted(
+        &self,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<(WorkflowId, Vec<NewJob>)>, BrokerError> {
+        let map = self.workflows.lock();
+        let mut out: Vec<_> = map
+            .iter()
+            .filter(|(_, s)| {
+                let p = &s.progress;
+                p.state == WorkflowState::Running
+                    && p.succeeded + p.failed + p.cancelled == 0
+                    && s.created_at < before
+            })
+            .take(limit)
+            .map(|(id, s)| {
+                let jobs = s
+                    .members
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, m)| m.enqueued)
+                    .map(|(i, m)| {
+                        let member = Member {
+                            workflow: *id,
+                            index: i as u32,
+                        };
+                        m.step.to_start_job(m.job_id, member, &s.progress.trace_id)
+                    })
+                    .collect();
+                (*id, jobs)
+            })
+            .collect();
+        out.sort_by_key(|(id, _)| *id);
+        Ok(out)
     }
 
     async fn purge(&self, before: Timestamp) -> Result<u64, BrokerError> {

@@ -229,6 +229,16 @@ impl StepSpec {
         self
     }
 
+    /// The job a step that runs at submission becomes, with its own payload (`null` if none).
+    pub fn to_start_job(&self, id: JobId, member: Member, trace_id: &str) -> NewJob {
+        let payload = self
+            .payload
+            .as_ref()
+            .unwrap_or(&serde_json::Value::Null)
+            .to_string();
+        self.to_job(id, member, trace_id, payload.into_bytes())
+    }
+
     /// The job this step becomes, with its payload.
     pub fn to_job(&self, id: JobId, member: Member, trace_id: &str, payload: Vec<u8>) -> NewJob {
         let mut job = NewJob::new(self.kind.clone(), payload)
@@ -400,12 +410,13 @@ impl WorkflowSpec {
                 Shape::Chord => i < self.steps.len(),
             };
             if now_runs {
-                let payload = step.payload.take().unwrap_or(serde_json::Value::Null);
+                // The payload stays in the stored step too, so an interrupted submission can
+                // be completed (see `StateStore::unstarted`).
                 let member = Member {
                     workflow: id,
                     index: i as u32,
                 };
-                jobs.push(step.to_job(job_id, member, trace_id, payload.to_string().into_bytes()));
+                jobs.push(step.to_start_job(job_id, member, trace_id));
             }
             members.push(NewMember {
                 job_id,
@@ -831,6 +842,14 @@ pub trait StateStore: Send + Sync + 'static {
     async fn members(&self, id: WorkflowId) -> Result<Vec<MemberStatus>, BrokerError>;
     /// Deletes workflows finished before `before`, with their members; returns how many.
     async fn purge(&self, before: Timestamp) -> Result<u64, BrokerError>;
+    /// Up to `limit` running workflows created before `before` of which no member has
+    /// finished, each with the jobs it started with (ids as submitted): what a rescue of an
+    /// interrupted submission checks at the broker (see `Workflows::rescue`).
+    async fn unstarted(
+        &self,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<(WorkflowId, Vec<NewJob>)>, BrokerError>;
 }
 
 /// Parses a stored result for display: JSON as is, anything else as a string.

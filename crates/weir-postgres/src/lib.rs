@@ -20,7 +20,7 @@ use weir_core::workflow::{
     MemberRow, MemberStatus, NewWorkflow, Progress, Shape, StateStore, StepSpec, WorkflowId,
     WorkflowState, WorkflowStatus, WorkflowTx,
 };
-use weir_core::{BrokerError, JobId, JobState, Timestamp};
+use weir_core::{BrokerError, JobId, JobState, NewJob, Timestamp};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS weir_workflows (
@@ -661,6 +661,49 @@ impl StateStore for PgStore {
                     })
                 })
                 .collect()
+        })
+        .await
+    }
+
+    async fn unstarted(
+        &self,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<(WorkflowId, Vec<NewJob>)>, BrokerError> {
+        self.tx(move |c| {
+            let found = c
+                .query(
+                    "SELECT id, trace_id FROM weir_workflows
+                      WHERE state = 0 AND succeeded + failed + cancelled = 0 AND created_at < $1
+                      ORDER BY id LIMIT $2",
+                    &[&before.0, &(limit as i64)],
+                )
+                .map_err(db)?;
+            let mut out = Vec::with_capacity(found.len());
+            for w in &found {
+                let id = job_id(w.get(0))?;
+                let trace: String = w.get(1);
+                let rows = c
+                    .query(
+                        "SELECT idx, job_id, step FROM weir_members
+                          WHERE workflow = $1 AND enqueued ORDER BY idx",
+                        &[&id.as_bytes().as_slice()],
+                    )
+                    .map_err(db)?;
+                let mut jobs = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    let member = Member {
+                        workflow: id,
+                        index: r.get::<_, i64>(0) as u32,
+                    };
+                    let step: StepSpec = serde_json::from_str(r.get(2)).map_err(|e| {
+                        BrokerError::Other(format!("workflow member {member}: step: {e}"))
+                    })?;
+                    jobs.push(step.to_start_job(job_id(r.get(1))?, member, &trace));
+                }
+                out.push((id, jobs));
+            }
+            Ok(out)
         })
         .await
     }

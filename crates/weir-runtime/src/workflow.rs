@@ -11,6 +11,9 @@ use weir_core::{Broker, BrokerError, Clock, JobId, JobState, SystemClock};
 /// How many jobs one enqueue call carries when a workflow is submitted.
 const SUBMIT_BATCH: usize = 1_000;
 
+/// How many unstarted workflows one rescue looks at.
+const RESCUE_BATCH: usize = 1_000;
+
 /// The workflow engine: a broker for the jobs and a [`StateStore`] for what links them.
 /// A worker given one (see [`WorkerBuilder::workflows`](crate::WorkerBuilder::workflows))
 /// advances a workflow when one of its members finishes for good, *before* that member's job
@@ -73,6 +76,39 @@ impl Workflows {
             }
         }
         Ok(id)
+    }
+
+    /// Completes submissions that were interrupted (the submitter died between storing a
+    /// workflow and enqueueing its first jobs): for each running workflow older than
+    /// `older_than` of which no member has finished, the jobs it starts with that the broker
+    /// does not have are enqueued, under the ids they were given. Returns how many. Only on
+    /// brokers that can look a job up by id; elsewhere it does nothing and returns 0, because
+    /// "never enqueued" cannot be told from "still queued" there. `older_than` must exceed
+    /// the longest submission: a submitter still enqueueing would collide with the rescue.
+    pub async fn rescue(&self, older_than: std::time::Duration) -> Result<u64, BrokerError> {
+        let Some(inspect) = self.broker.inspect() else {
+            return Ok(0);
+        };
+        let now = self.clock.now();
+        let before = weir_core::Timestamp(now.0.saturating_sub(older_than.as_millis() as i64));
+        let mut enqueued = 0;
+        for (id, jobs) in self.store.unstarted(before, RESCUE_BATCH).await? {
+            // A submission enqueues in member order: if the last job is there, all are.
+            let Some(last) = jobs.last() else { continue };
+            if inspect.get(last.id).await?.is_some() {
+                continue;
+            }
+            let mut missing = Vec::new();
+            for job in jobs {
+                if inspect.get(job.id).await?.is_none() {
+                    missing.push(job);
+                }
+            }
+            tracing::warn!(workflow = %id, jobs = missing.len(), "completing an interrupted submission");
+            enqueued += missing.len() as u64;
+            self.broker.enqueue_many(missing).await?;
+        }
+        Ok(enqueued)
     }
 
     /// A workflow's status; `None` if the store has no such workflow.

@@ -8,7 +8,7 @@ use weir_core::workflow::{
     MemberRow, MemberStatus, NewWorkflow, Progress, Shape, StateStore, StepSpec, WorkflowId,
     WorkflowState, WorkflowStatus, WorkflowTx,
 };
-use weir_core::{BrokerError, JobId, JobState, Timestamp};
+use weir_core::{BrokerError, JobId, JobState, NewJob, Timestamp};
 
 use crate::{open_conn, schema, store_err, SqliteOptions};
 
@@ -429,6 +429,58 @@ impl StateStore for SqliteStore {
                     result: result.as_deref().map(result_value),
                     error,
                 });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn unstarted(
+        &self,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<(WorkflowId, Vec<NewJob>)>, BrokerError> {
+        self.tx(move |tx| {
+            let mut st = tx
+                .prepare_cached(
+                    "SELECT id, trace_id FROM wf_workflows
+                      WHERE state = 0 AND succeeded + failed + cancelled = 0 AND created_at < ?1
+                      ORDER BY id LIMIT ?2",
+                )
+                .map_err(db)?;
+            let found: Vec<([u8; 16], String)> = st
+                .query_map(params![before.0, limit as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .map_err(db)?
+                .collect::<Result<_, _>>()
+                .map_err(db)?;
+            let mut out = Vec::with_capacity(found.len());
+            let mut members = tx
+                .prepare_cached(
+                    "SELECT idx, job_id, step FROM wf_members
+                      WHERE workflow = ?1 AND enqueued = 1 ORDER BY idx",
+                )
+                .map_err(db)?;
+            for (id, trace) in found {
+                let id = WorkflowId::from_bytes(id);
+                let rows: Vec<(u32, [u8; 16], String)> = members
+                    .query_map([id.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .map_err(db)?
+                    .collect::<Result<_, _>>()
+                    .map_err(db)?;
+                let mut jobs = Vec::with_capacity(rows.len());
+                for (index, job, step) in rows {
+                    let member = Member {
+                        workflow: id,
+                        index,
+                    };
+                    let step: StepSpec = serde_json::from_str(&step).map_err(|e| {
+                        BrokerError::Other(format!("workflow member {member}: step: {e}"))
+                    })?;
+                    jobs.push(step.to_start_job(JobId::from_bytes(job), member, &trace));
+                }
+                out.push((id, jobs));
             }
             Ok(out)
         })

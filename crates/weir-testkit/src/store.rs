@@ -275,6 +275,52 @@ pub async fn abort_and_purge(f: StoreFixture) {
     assert!(s.status(running).await.unwrap().is_some(), "running: kept");
 }
 
+/// A workflow none of whose members has finished, old enough, is listed with the jobs it
+/// started with (ids, payloads and membership as submitted); once a member finishes, or if
+/// it is not old enough, it is not.
+pub async fn unstarted_lists_what_a_rescue_needs(f: StoreFixture) {
+    let s = &*f.store;
+    let id = create(s, WorkflowSpec::chord(children(3), StepSpec::kind("merge"))).await;
+    let chain = create(
+        s,
+        WorkflowSpec::chain(vec![StepSpec::new("a", 7.into()), StepSpec::kind("b")]),
+    )
+    .await;
+    assert!(
+        s.unstarted(T0, 10).await.unwrap().is_empty(),
+        "not older than T0"
+    );
+    let later = Timestamp(T0.0 + 1);
+    let mut found = s.unstarted(later, 10).await.unwrap();
+    found.sort_by_key(|(w, _)| *w);
+    let mut expected = vec![id, chain];
+    expected.sort();
+    assert_eq!(found.iter().map(|(w, _)| *w).collect::<Vec<_>>(), expected);
+    let jobs = &found.iter().find(|(w, _)| *w == id).unwrap().1;
+    let members = s.members(id).await.unwrap();
+    assert_eq!(jobs.len(), 3, "the children, not the callback");
+    for (i, j) in jobs.iter().enumerate() {
+        assert_eq!(j.id, members[i].job_id);
+        assert_eq!(j.member, Some(m(id, i as u32)));
+        assert_eq!(j.payload, i.to_string().into_bytes());
+        assert_eq!(j.trace_id.as_deref(), Some("trace-1"));
+    }
+    let chain_jobs = &found.iter().find(|(w, _)| *w == chain).unwrap().1;
+    assert_eq!(chain_jobs.len(), 1, "a chain starts with its first step");
+    assert_eq!(chain_jobs[0].payload, b"7");
+    s.complete(m(id, 1), ok(1), T0).await.unwrap();
+    let left = s.unstarted(later, 10).await.unwrap();
+    assert_eq!(
+        left.iter().map(|(w, _)| *w).collect::<Vec<_>>(),
+        vec![chain]
+    );
+    assert_eq!(
+        s.unstarted(later, 0).await.unwrap().len(),
+        0,
+        "the limit holds"
+    );
+}
+
 /// An outcome for a workflow or member the store does not know is ignored.
 pub async fn unknown_members_are_ignored(f: StoreFixture) {
     let s = &*f.store;
@@ -302,6 +348,7 @@ macro_rules! store_suite {
                 collect_all_waits_for_every_child,
                 abort_and_purge,
                 unknown_members_are_ignored,
+                unstarted_lists_what_a_rescue_needs,
             );
         }
     };

@@ -307,6 +307,49 @@ async fn retention_sweeps_finished_work() {
     assert!(counts.iter().all(|q| q.succeeded == 0), "{counts:?}");
 }
 
+/// A submitter that died after storing a workflow and enqueueing only part of its first jobs:
+/// the rescue enqueues the missing ones (only those), under the ids they were given, and the
+/// workflow then completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_submission_is_rescued() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, store) = embedded(&dir);
+    let wf = Workflows::new(broker.clone(), store.clone());
+    let spec = WorkflowSpec::chord(
+        (0..5).map(|n| StepSpec::new("square", json!(n))).collect(),
+        StepSpec::kind("collect"),
+    );
+    let id = WorkflowId::new();
+    let hour_ago = weir::Timestamp(weir::Timestamp::now().0 - 3_600_000);
+    let (stored, jobs) = spec.plan(id, "trace", hour_ago);
+    store.create(stored).await.unwrap();
+    broker.enqueue_many(jobs[..2].to_vec()).await.unwrap(); // then the submitter died
+    let ten_minutes = Duration::from_secs(600);
+    assert_eq!(
+        wf.rescue(ten_minutes).await.unwrap(),
+        3,
+        "the three missing children"
+    );
+    assert_eq!(
+        wf.rescue(ten_minutes).await.unwrap(),
+        0,
+        "nothing is missing any more"
+    );
+    let inspect = broker.inspect().unwrap();
+    for j in &jobs {
+        assert!(
+            inspect.get(j.id).await.unwrap().is_some(),
+            "under its own id"
+        );
+    }
+    let run = start(broker.clone(), &wf, Arc::default(), 4);
+    let s = until_finished(&wf, id).await;
+    assert_eq!(s.state, WorkflowState::Succeeded);
+    let members = wf.members(id).await.unwrap();
+    assert_eq!(members[5].result, Some(json!([0, 1, 4, 9, 16])));
+    run.finish().await;
+}
+
 /// A worker with no state store cannot record a member's outcome: it defers the member
 /// unrun (no attempt spent) for a worker that can.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -60,31 +60,60 @@ fn parse_retention(s: &str) -> Result<Retention, String> {
     }
 }
 
-/// Deletes expired finished work every eighth of the retention (between 1 s and 10 min)
-/// until `stop`. Errors are logged and the next round tries again.
-async fn sweep_forever(
+/// How long a workflow may sit unstarted before `weir serve` checks that its submission was
+/// not interrupted (longer than any submission takes).
+const RESCUE_AFTER: Duration = Duration::from_secs(600);
+
+/// Until `stop`: every minute, completes interrupted workflow submissions
+/// (`Workflows::rescue`); with a retention, also deletes expired finished work every eighth
+/// of it (between 1 s and 10 min). Errors are logged and the next round tries again.
+async fn maintain(
     broker: Arc<dyn Broker>,
     store: Option<Arc<dyn StateStore>>,
-    keep: Duration,
+    keep: Option<Duration>,
     stop: CancellationToken,
 ) {
-    let every = (keep / 8).clamp(Duration::from_secs(1), Duration::from_secs(600));
+    let rescue_every = Duration::from_secs(60);
+    let sweep_every = keep.map(|k| (k / 8).clamp(Duration::from_secs(1), Duration::from_secs(600)));
+    let workflows = store
+        .clone()
+        .map(|s| weir::Workflows::new(broker.clone(), s));
+    let mut next_sweep = tokio::time::Instant::now();
+    let mut next_rescue = tokio::time::Instant::now();
     loop {
-        let now = weir::Timestamp::now();
-        match weir::retention::sweep(&*broker, store.as_deref(), keep, now).await {
-            Ok(s) if s.jobs + s.workflows > 0 => {
-                tracing::info!(
-                    jobs = s.jobs,
-                    workflows = s.workflows,
-                    "retention: deleted finished work"
-                )
+        let now = tokio::time::Instant::now();
+        if let (Some(keep), Some(every)) = (keep, sweep_every) {
+            if now >= next_sweep {
+                next_sweep = now + every;
+                let at = weir::Timestamp::now();
+                match weir::retention::sweep(&*broker, store.as_deref(), keep, at).await {
+                    Ok(s) if s.jobs + s.workflows > 0 => tracing::info!(
+                        jobs = s.jobs,
+                        workflows = s.workflows,
+                        "retention: deleted finished work"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "retention sweep failed; trying again later")
+                    }
+                }
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "retention sweep failed; trying again later"),
         }
+        if let Some(w) = &workflows {
+            if now >= next_rescue {
+                next_rescue = now + rescue_every;
+                if let Err(e) = w.rescue(RESCUE_AFTER).await {
+                    tracing::warn!(error = %e, "checking for interrupted workflow submissions failed");
+                }
+            }
+        }
+        let wake = match sweep_every {
+            Some(_) => next_sweep.min(next_rescue),
+            None => next_rescue,
+        };
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep_until(wake) => {}
         }
     }
 }
@@ -248,20 +277,16 @@ pub(crate) async fn run(
         follow = Some((watcher, applier));
         tracing::info!(path = %live.path().display(), "following the configuration file (and SIGHUP)");
     }
-    let sweeper = a.retention.0.map(|keep| {
-        tokio::spawn(sweep_forever(
-            broker.clone(),
-            store.clone(),
-            keep,
-            stop.clone(),
-        ))
-    });
+    let maintenance = tokio::spawn(maintain(
+        broker.clone(),
+        store.clone(),
+        a.retention.0,
+        stop.clone(),
+    ));
     tracing::info!(broker = %weir::redact_url(&args.broker_url()?), "serving");
     let report = worker.run(shutdown_signal()).await;
     stop.cancel();
-    if let Some(s) = sweeper {
-        let _ = s.await;
-    }
+    let _ = maintenance.await;
     if let Some((watcher, applier)) = follow {
         match watcher.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "the configuration watcher failed"),
