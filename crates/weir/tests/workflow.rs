@@ -215,18 +215,27 @@ async fn a_failing_child_cancels_its_siblings() {
     assert_eq!(members[3].error.as_deref(), Some("child 3 refuses"));
     assert_eq!(members[20].state, JobState::Cancelled, "no callback");
     assert!(!members[20].enqueued);
+    // The store records the failure first; the engine then cancels the siblings at the
+    // broker, one by one.
     let inspect = broker.inspect().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     for m in &members[..20] {
         if m.index == 3 {
             continue;
         }
-        let job = inspect.get(m.job_id).await.unwrap().unwrap();
-        assert_eq!(
-            job.state,
-            JobState::Cancelled,
-            "member {} at the broker",
-            m.index
-        );
+        loop {
+            let job = inspect.get(m.job_id).await.unwrap().unwrap();
+            if job.state == JobState::Cancelled {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "member {} is {} at the broker",
+                m.index,
+                job.state
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
     // The running ones stop at once (this worker runs them), not after a minute.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
