@@ -378,8 +378,24 @@ async fn a_worker_without_a_store_defers_members_unrun() {
         .queue("default", 2)
         .build()
         .unwrap();
+    // Stop once the job has been taken and given back (its run_at moved to later).
+    let enqueued_at = weir::Timestamp::now();
+    let watch = broker.clone();
     let report = worker
-        .run(tokio::time::sleep(Duration::from_millis(300)))
+        .run(async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let job = watch.inspect().unwrap().get(id).await.unwrap().unwrap();
+                if job.state == JobState::Pending && job.run_at > enqueued_at {
+                    return;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "never deferred: {job:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
         .await;
     assert_eq!(report.deferred, 1, "{report:?}");
     assert_eq!(report.succeeded + report.failed + report.retried, 0);
