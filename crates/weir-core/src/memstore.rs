@@ -7,8 +7,9 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 
 use crate::workflow::{
-    complete, result_value, Advance, Member, MemberOutcome, MemberRow, MemberStatus, NewWorkflow,
-    Progress, StateStore, StepSpec, WorkflowId, WorkflowState, WorkflowStatus, WorkflowTx,
+    abort, complete, result_value, Advance, Member, MemberOutcome, MemberRow, MemberStatus,
+    NewWorkflow, Progress, StateStore, StepSpec, WorkflowId, WorkflowState, WorkflowStatus,
+    WorkflowTx,
 };
 use crate::{BrokerError, JobId, JobState, NewJob, Timestamp};
 
@@ -177,14 +178,7 @@ impl StateStore for MemoryStore {
     }
 
     async fn abort(&self, id: WorkflowId, now: Timestamp) -> Result<Vec<JobId>, BrokerError> {
-        let mut map = self.workflows.lock();
-        let mut tx = Tx(&mut map);
-        let (n, jobs) = tx.cancel_open(id)?;
-        let p = &mut tx.stored(id)?.progress;
-        p.cancelled += n;
-        p.state = WorkflowState::Failed;
-        p.finished_at.get_or_insert(now);
-        Ok(jobs)
+        abort(&mut Tx(&mut self.workflows.lock()), id, now)
     }
 
     async fn member_state(&self, m: Member) -> Result<Option<JobState>, BrokerError> {
@@ -197,22 +191,11 @@ impl StateStore for MemoryStore {
     }
 
     async fn status(&self, id: WorkflowId) -> Result<Option<WorkflowStatus>, BrokerError> {
-        Ok(self.workflows.lock().get(&id).map(|s| {
-            let p = &s.progress;
-            WorkflowStatus {
-                id,
-                shape: p.shape,
-                mode: p.mode,
-                state: p.state,
-                children: p.children,
-                succeeded: p.succeeded,
-                failed: p.failed,
-                cancelled: p.cancelled,
-                trace_id: p.trace_id.clone(),
-                created_at: s.created_at,
-                finished_at: p.finished_at,
-            }
-        }))
+        Ok(self
+            .workflows
+            .lock()
+            .get(&id)
+            .map(|s| s.progress.clone().into_status(id, s.created_at)))
     }
 
     async fn members(&self, id: WorkflowId) -> Result<Vec<MemberStatus>, BrokerError> {

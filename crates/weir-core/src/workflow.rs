@@ -766,6 +766,44 @@ fn results_array(results: Vec<Option<Vec<u8>>>) -> Vec<u8> {
     out
 }
 
+/// Fails a running workflow whose submission could not be completed, inside `tx`: every open
+/// member is cancelled. Returns the job ids of those that were enqueued. `NotFound` if there
+/// is no such workflow.
+pub fn abort<T: WorkflowTx>(
+    tx: &mut T,
+    id: WorkflowId,
+    now: Timestamp,
+) -> Result<Vec<JobId>, BrokerError> {
+    let Some(mut p) = tx.progress(id)? else {
+        return Err(BrokerError::NotFound(id));
+    };
+    let (n, jobs) = tx.cancel_open(id)?;
+    p.cancelled += n;
+    p.state = WorkflowState::Failed;
+    p.finished_at.get_or_insert(now);
+    tx.set_progress(id, &p)?;
+    Ok(jobs)
+}
+
+impl Progress {
+    /// The status `weir inspect` shows for the workflow with this progress.
+    pub fn into_status(self, id: WorkflowId, created_at: Timestamp) -> WorkflowStatus {
+        WorkflowStatus {
+            id,
+            shape: self.shape,
+            mode: self.mode,
+            state: self.state,
+            children: self.children,
+            succeeded: self.succeeded,
+            failed: self.failed,
+            cancelled: self.cancelled,
+            trace_id: self.trace_id,
+            created_at,
+            finished_at: self.finished_at,
+        }
+    }
+}
+
 /// A workflow as `weir inspect` shows it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct WorkflowStatus {

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, Row, Statement};
 use weir_core::workflow::{
-    complete, result_value, Advance, BatchConn, Batcher, FailureMode, Member, MemberOutcome,
+    abort, complete, result_value, Advance, BatchConn, Batcher, FailureMode, Member, MemberOutcome,
     MemberRow, MemberStatus, NewWorkflow, Progress, Shape, StateStore, StepSpec, WorkflowId,
     WorkflowState, WorkflowStatus, WorkflowTx,
 };
@@ -492,22 +492,6 @@ fn job_id(bytes: &[u8]) -> Result<JobId, BrokerError> {
         })
 }
 
-fn status_from(id: WorkflowId, p: Progress, created_at: i64) -> WorkflowStatus {
-    WorkflowStatus {
-        id,
-        shape: p.shape,
-        mode: p.mode,
-        state: p.state,
-        children: p.children,
-        succeeded: p.succeeded,
-        failed: p.failed,
-        cancelled: p.cancelled,
-        trace_id: p.trace_id,
-        created_at: Timestamp(created_at),
-        finished_at: p.finished_at,
-    }
-}
-
 #[async_trait]
 impl StateStore for PgStore {
     async fn create(&self, wf: NewWorkflow) -> Result<(), BrokerError> {
@@ -588,19 +572,8 @@ impl StateStore for PgStore {
 
     async fn abort(&self, id: WorkflowId, now: Timestamp) -> Result<Vec<JobId>, BrokerError> {
         // Isolated: an unknown id fails this call alone.
-        self.tx_isolated(move |tx| {
-            let mut t = Tx(tx);
-            let Some(mut p) = t.progress(id)? else {
-                return Err(BrokerError::NotFound(id));
-            };
-            let (n, jobs) = t.cancel_open(id)?;
-            p.cancelled += n;
-            p.state = WorkflowState::Failed;
-            p.finished_at.get_or_insert(now);
-            t.set_progress(id, &p)?;
-            Ok(jobs)
-        })
-        .await
+        self.tx_isolated(move |tx| abort(&mut Tx(tx), id, now))
+            .await
     }
 
     async fn member_state(&self, m: Member) -> Result<Option<JobState>, BrokerError> {
@@ -632,7 +605,7 @@ impl StateStore for PgStore {
                 )
                 .map_err(db)?
                 .get(0);
-            Ok(Some(status_from(id, p, created)))
+            Ok(Some(p.into_status(id, Timestamp(created))))
         })
         .await
     }

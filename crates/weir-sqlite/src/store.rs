@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 use weir_core::workflow::{
-    complete, result_value, Advance, BatchConn, Batcher, FailureMode, Member, MemberOutcome,
+    abort, complete, result_value, Advance, BatchConn, Batcher, FailureMode, Member, MemberOutcome,
     MemberRow, MemberStatus, NewWorkflow, Progress, Shape, StateStore, StepSpec, WorkflowId,
     WorkflowState, WorkflowStatus, WorkflowTx,
 };
@@ -337,19 +337,8 @@ impl StateStore for SqliteStore {
 
     async fn abort(&self, id: WorkflowId, now: Timestamp) -> Result<Vec<JobId>, BrokerError> {
         // Isolated: an unknown id fails this call alone.
-        self.tx_isolated(move |tx| {
-            let mut t = Tx(tx);
-            let Some(mut p) = t.progress(id)? else {
-                return Err(BrokerError::NotFound(id));
-            };
-            let (n, jobs) = t.cancel_open(id)?;
-            p.cancelled += n;
-            p.state = WorkflowState::Failed;
-            p.finished_at.get_or_insert(now);
-            t.set_progress(id, &p)?;
-            Ok(jobs)
-        })
-        .await
+        self.tx_isolated(move |tx| abort(&mut Tx(tx), id, now))
+            .await
     }
 
     async fn member_state(&self, m: Member) -> Result<Option<JobState>, BrokerError> {
@@ -378,19 +367,7 @@ impl StateStore for SqliteStore {
                     |r| r.get(0),
                 )
                 .map_err(db)?;
-            Ok(Some(WorkflowStatus {
-                id,
-                shape: p.shape,
-                mode: p.mode,
-                state: p.state,
-                children: p.children,
-                succeeded: p.succeeded,
-                failed: p.failed,
-                cancelled: p.cancelled,
-                trace_id: p.trace_id,
-                created_at: Timestamp(created),
-                finished_at: p.finished_at,
-            }))
+            Ok(Some(p.into_status(id, Timestamp(created))))
         })
         .await
     }

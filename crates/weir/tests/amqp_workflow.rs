@@ -50,6 +50,15 @@ impl Drop for DropSchema {
     }
 }
 
+/// A PostgreSQL store in a schema of the test's own, dropped with the guard.
+async fn pg_store(ns: &str) -> (std::sync::Arc<dyn weir::StateStore>, DropSchema) {
+    let schema = format!("weir_test_{ns}");
+    let store = weir::open_store(&format!("{}?schema={schema}", pg_url()))
+        .await
+        .unwrap();
+    (store, DropSchema(schema))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chord_of_1000_children_on_rabbitmq_with_a_postgres_store() {
     let ns = uuid::Uuid::new_v4().simple().to_string();
@@ -133,14 +142,10 @@ async fn fail_fast_on_rabbitmq_finishes_queued_siblings_unrun() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     use weir::workflow::{StepSpec, WorkflowSpec, WorkflowState, Workflows};
-    use weir::{Broker, Registry, StateStore, TaskContext, TaskError, Worker};
+    use weir::{Broker, Registry, TaskContext, TaskError, Worker};
 
     let ns = uuid::Uuid::new_v4().simple().to_string();
-    let schema = format!("weir_test_{ns}");
-    let _drop = DropSchema(schema.clone());
-    let store: Arc<dyn StateStore> = weir::open_store(&format!("{}?schema={schema}", pg_url()))
-        .await
-        .unwrap();
+    let (store, _drop) = pg_store(&ns).await;
     let amqp = Arc::new(AmqpBroker::new(&url_in(&format!("weir-test-{ns}."))).unwrap());
     let broker: Arc<dyn Broker> = amqp.clone();
     let ran = Arc::new(AtomicUsize::new(0));
@@ -220,14 +225,10 @@ async fn fail_fast_on_rabbitmq_stops_siblings_running_on_another_worker() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     use weir::workflow::{StepSpec, WorkflowSpec, WorkflowState, Workflows};
-    use weir::{Broker, Registry, StateStore, TaskContext, TaskError, Worker};
+    use weir::{Broker, Registry, TaskContext, TaskError, Worker};
 
     let ns = uuid::Uuid::new_v4().simple().to_string();
-    let schema = format!("weir_test_{ns}");
-    let _drop = DropSchema(schema.clone());
-    let store: Arc<dyn StateStore> = weir::open_store(&format!("{}?schema={schema}", pg_url()))
-        .await
-        .unwrap();
+    let (store, _drop) = pg_store(&ns).await;
     let url = url_in(&format!("weir-test-{ns}."));
     let slow_broker = Arc::new(AmqpBroker::new(&url).unwrap());
     let fast_broker = Arc::new(AmqpBroker::new(&url).unwrap());
