@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::options::BasicPublishOptions;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use weir_amqp::AmqpBroker;
 use weir_core::{Broker, FetchRequest, JobState, NewJob, Settlement};
@@ -134,6 +134,11 @@ async fn unreadable_messages_are_dead_lettered_with_the_reason() {
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
+    // Confirmed before the readable job is enqueued, so the junk is ahead of it in the queue:
+    // unconfirmed, it could land behind the job, which then holds the only prefetch slot.
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     ch.basic_publish(
         "".into(),
         format!("{prefix}junk").as_str().into(),
@@ -141,6 +146,8 @@ async fn unreadable_messages_are_dead_lettered_with_the_reason() {
         b"not a job",
         BasicProperties::default().with_delivery_mode(2),
     )
+    .await
+    .unwrap()
     .await
     .unwrap();
     let ok = b
@@ -151,6 +158,9 @@ async fn unreadable_messages_are_dead_lettered_with_the_reason() {
     let got = fetch_n(&b, "junk", 1).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].job.id, ok, "the readable job still runs");
+    b.settle(vec![(got[0].lease, Settlement::Succeeded { result: None })])
+        .await
+        .unwrap();
     let stats = b.queue_stats().unwrap();
     let mut dead = Vec::new();
     for _ in 0..50 {
