@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use weir_core::workflow::MemberOutcome;
 use weir_core::{
-    Broker, BrokerError, Clock, Delivery, Job, Lease, Member, SettleOutcome, Settlement,
+    Broker, BrokerError, Clock, Delivery, Job, JobState, Lease, Member, SettleOutcome, Settlement,
     TaskContext, TaskError, WorkerStatus,
 };
 use weir_sync::{panic_message, ElasticPool, Slot};
@@ -221,9 +221,11 @@ fn defer_member(exec: &Exec, job: &Job, member: Member, why: &str) -> Settlement
 }
 
 /// What to settle instead of running a workflow member, if anything: a worker without a
-/// state store defers it (it could not record the outcome), and on a broker that cannot
-/// cancel by id a member of a failed workflow is still delivered, so it is finished as
-/// Cancelled here, unrun.
+/// state store defers it (it could not record the outcome). On a broker that cannot cancel
+/// by id, the store decides: a member of a failed workflow is still delivered, so it is
+/// finished as Cancelled here, unrun; and a member the store already has as finished (a
+/// duplicate enqueue, or a redelivery after a crash between the record and the settle) is
+/// not run again: a success replays its advance, a failure is dead-lettered as a duplicate.
 async fn member_gate(exec: &Exec, job: &Job, member: Member) -> Option<Settlement> {
     let Some(wf) = &exec.workflows else {
         return Some(defer_member(
@@ -236,8 +238,27 @@ async fn member_gate(exec: &Exec, job: &Job, member: Member) -> Option<Settlemen
     if exec.broker.inspect().is_some() {
         return None;
     }
-    let reason = wf.cancelled(member).await?;
-    Some(Settlement::Cancel { reason })
+    match wf.recorded(member).await? {
+        JobState::Succeeded => {
+            // Its outcome is recorded: replay the advance (a no-op unless the last one was
+            // interrupted) rather than run the handler again.
+            tracing::debug!(job = %job.id, %member, "member already succeeded: not run again");
+            Some(advance(exec, job, member, Settlement::Succeeded { result: None }).await)
+        }
+        JobState::Failed => Some(Settlement::Failed {
+            error: format!(
+                "member {member} had already failed (a duplicate delivery, not run); its error \
+                 is in the workflow's record: weir inspect {}",
+                member.workflow
+            ),
+        }),
+        _ => Some(Settlement::Cancel {
+            reason: format!(
+                "cancelled: workflow {} failed before this member ran",
+                member.workflow
+            ),
+        }),
+    }
 }
 
 /// Advances the workflow of a member that finished for good, before its settle: if that
@@ -377,11 +398,11 @@ async fn stop_cancelled_members(exec: &Exec) {
     if running.is_empty() {
         return;
     }
-    let checks = running.iter().map(|(_, m)| wf.cancelled(*m));
+    let checks = running.iter().map(|(_, m)| wf.recorded(*m));
     let verdicts = futures::future::join_all(checks).await;
     let map = exec.inflight.lock();
     for ((token, member), verdict) in running.iter().zip(verdicts) {
-        if verdict.is_some() {
+        if verdict == Some(JobState::Cancelled) {
             if let Some((lease, t)) = map.get(token) {
                 tracing::info!(job = %lease.id, %member, "its workflow failed: cancelling the attempt");
                 t.cancel();

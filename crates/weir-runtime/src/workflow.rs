@@ -121,14 +121,14 @@ impl Workflows {
         self.store.members(id).await
     }
 
-    /// Why a member must not run (its workflow failed and cancelled it), if so. A store error
-    /// lets it run: its outcome is then recorded, or ignored, when it finishes.
-    pub(crate) async fn cancelled(&self, member: Member) -> Option<String> {
+    /// The member's state in the store when it is already final: Cancelled (its workflow
+    /// failed), or Succeeded/Failed (this delivery is a duplicate, or a redelivery after a
+    /// crash between the record and the settle). `None` while it is open, for an unknown
+    /// member, and on a store error: the member then runs, and its outcome is recorded, or
+    /// ignored, when it finishes.
+    pub(crate) async fn recorded(&self, member: Member) -> Option<JobState> {
         match self.store.member_state(member).await {
-            Ok(Some(JobState::Cancelled)) => Some(format!(
-                "cancelled: workflow {} failed before this member ran",
-                member.workflow
-            )),
+            Ok(Some(state)) if state.is_finished() => Some(state),
             Ok(_) => None,
             Err(e) => {
                 tracing::warn!(%member, error = %e, "cannot check the member's workflow; running it");
@@ -154,7 +154,15 @@ impl Workflows {
             .complete(member, outcome, self.clock.now())
             .await?;
         if let Some((next, job)) = enqueue {
-            self.broker.enqueue(job).await?;
+            let id = job.id;
+            if let Err(e) = self.broker.enqueue(job).await {
+                // A replay after a crash between an enqueue and its mark: a broker that keeps
+                // ids refuses the job a second time, and it is there already.
+                if !self.broker_has(id).await {
+                    return Err(e);
+                }
+                tracing::debug!(job = %id, "next step enqueued before; marking it");
+            }
             self.store.mark_enqueued(next).await?;
         }
         if let Some(state) = finished {
@@ -162,6 +170,14 @@ impl Workflows {
         }
         self.cancel_jobs(&cancel).await;
         Ok(cancel)
+    }
+
+    /// True if the broker can look jobs up by id and has `id`.
+    async fn broker_has(&self, id: JobId) -> bool {
+        match self.broker.inspect() {
+            Some(i) => matches!(i.get(id).await, Ok(Some(_))),
+            None => false,
+        }
     }
 
     /// Cancels jobs at the broker where it can (`Inspect::cancel`): pending ones become

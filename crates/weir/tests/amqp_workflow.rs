@@ -313,3 +313,89 @@ async fn fail_fast_on_rabbitmq_stops_siblings_running_on_another_worker() {
         b.close().await;
     }
 }
+
+/// RabbitMQ cannot refuse a job id it has seen, so a next step can be enqueued twice (a crash
+/// between the confirm and the store's mark), and a member's job can come back after its
+/// outcome was recorded (a crash before the ack). A delivery of a member the store has as
+/// succeeded is not run again: its advance is replayed (enqueueing nothing more) and it is
+/// acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_already_recorded_is_not_run_again_on_rabbitmq() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use weir::workflow::{Member, StepSpec, WorkflowSpec, WorkflowState, Workflows};
+    use weir::{Broker, NewJob, Registry, TaskContext, TaskError, Worker};
+
+    let ns = uuid::Uuid::new_v4().simple().to_string();
+    let (store, _drop) = pg_store(&ns).await;
+    let amqp = Arc::new(AmqpBroker::new(&url_in(&format!("weir-test-{ns}."))).unwrap());
+    let broker: Arc<dyn Broker> = amqp.clone();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let mut registry = Registry::new();
+    let counter = ran.clone();
+    registry.register_fn("count", move |n: u32, _cx: TaskContext| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async move { Ok::<_, TaskError>(n + 1) }
+    });
+    let wf = Workflows::new(broker.clone(), store.clone());
+    let worker = Worker::builder(broker.clone(), registry)
+        .queue("default", 2)
+        .workflows(wf.clone())
+        .build()
+        .unwrap();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(worker.run(async move {
+        let _ = rx.await;
+    }));
+    let id = wf
+        .submit(&WorkflowSpec::chain(vec![
+            StepSpec::new("count", serde_json::json!(1)),
+            StepSpec::kind("count"),
+        ]))
+        .await
+        .unwrap();
+    let start = Instant::now();
+    while wf.status(id).await.unwrap().unwrap().state == WorkflowState::Running {
+        assert!(start.elapsed() < Duration::from_secs(30), "chain stuck");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ran.load(Ordering::SeqCst), 2);
+    // Both members' jobs once more, under their ids.
+    let members = wf.members(id).await.unwrap();
+    let again: Vec<NewJob> = members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            NewJob::new("count", "1").id(m.job_id).member(Member {
+                workflow: id,
+                index: i as u32,
+            })
+        })
+        .collect();
+    broker.enqueue_many(again).await.unwrap();
+    let stats = amqp.queue_stats().unwrap();
+    let start = Instant::now();
+    loop {
+        let d = &stats.depths(&["default".into()]).await.unwrap()[0];
+        if d.ready == 0 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{d:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = stop.send(());
+    let report = run.await.unwrap();
+    assert_eq!(ran.load(Ordering::SeqCst), 2, "no member ran twice");
+    // Acked, not given back at shutdown, nothing more enqueued, nothing dead-lettered.
+    let d = &stats.depths(&["default".into()]).await.unwrap()[0];
+    assert_eq!((d.ready, d.dead), (0, 0), "{d:?}, {report:?}");
+    let after = wf.members(id).await.unwrap();
+    assert_eq!(after, members, "the record is unchanged");
+    assert_eq!(
+        wf.status(id).await.unwrap().unwrap().state,
+        WorkflowState::Succeeded
+    );
+    amqp.delete_queues(&["default".into()]).await.unwrap();
+    amqp.close().await;
+}

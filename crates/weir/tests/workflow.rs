@@ -359,6 +359,64 @@ async fn an_interrupted_submission_is_rescued() {
     run.finish().await;
 }
 
+/// A crash between the enqueue of a chain's next step and its mark in the store: when the
+/// first step's job runs again, the replayed advance finds the next job at the broker (which
+/// refuses its id a second time) and marks it, instead of deferring the member for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_advance_interrupted_before_its_mark_is_completed_on_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, store) = embedded(&dir);
+    let wf = Workflows::new(broker.clone(), store.clone());
+    let id = wf
+        .submit(&WorkflowSpec::chain(vec![
+            StepSpec::new("add_one", json!(1)),
+            StepSpec::kind("square"),
+        ]))
+        .await
+        .unwrap();
+    let first_job = wf.members(id).await.unwrap()[0].job_id;
+    // What a worker that died after the broker confirmed step 2 had done: step 1 recorded,
+    // step 2 enqueued (here due in an hour, so step 1 runs again first), not marked, and
+    // step 1's job still unsettled.
+    let first = weir::workflow::Member {
+        workflow: id,
+        index: 0,
+    };
+    let advance = store
+        .complete(
+            first,
+            weir::workflow::MemberOutcome::Succeeded(Some(b"2".to_vec())),
+            weir::Timestamp::now(),
+        )
+        .await
+        .unwrap();
+    let (next, job) = advance.enqueue.expect("step 2 is due");
+    broker
+        .enqueue(job.delay(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    assert!(!wf.members(id).await.unwrap()[1].enqueued);
+    let run = start(broker.clone(), &wf, Arc::default(), 2);
+    let inspect = broker.inspect().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let state = inspect.get(first_job).await.unwrap().unwrap().state;
+        if state == JobState::Succeeded {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "step 1 never settled: {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let members = wf.members(id).await.unwrap();
+    assert!(members[next.index as usize].enqueued, "marked on replay");
+    let _ = run.stop.send(());
+    let report = run.task.await.unwrap();
+    assert_eq!(report.deferred, 0, "{report:?}");
+}
+
 /// A worker with no state store cannot record a member's outcome: it defers the member
 /// unrun (no attempt spent) for a worker that can.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
