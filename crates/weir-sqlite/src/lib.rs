@@ -43,6 +43,10 @@ use weir_core::{
 use crate::rows::{job_from_row, JOB_COLUMNS};
 use crate::writer::{Cmd, Fetch, Writer};
 
+/// Rows one purge window looks at: a few milliseconds of the writer's time if it deletes them
+/// all, a fraction of one if it deletes none.
+const PURGE_WINDOW: usize = 2_000;
+
 /// How hard a commit is pushed to disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Synchronous {
@@ -294,6 +298,33 @@ impl SqliteBroker {
         rx.await.map_err(|_| BrokerError::Closed)?
     }
 
+    /// A purge, one window of [`PURGE_WINDOW`] rows per writer command, so enqueues, fetches
+    /// and settles are held up for one window at most, not for the whole purge. Cancel
+    /// safety: a purge dropped between windows stops there, having deleted whole windows.
+    async fn purge_windowed(
+        &self,
+        state: JobState,
+        queue: Option<String>,
+        before: Option<Timestamp>,
+    ) -> Result<u64, BrokerError> {
+        let (mut total, mut after) = (0, 0);
+        loop {
+            let window = writer::Purge {
+                state,
+                queue: queue.clone(),
+                before,
+                after,
+                window: PURGE_WINDOW,
+            };
+            let done = self.call(|r| Cmd::Purge(window, r)).await?;
+            total += done.deleted;
+            match done.next {
+                Some(next) => after = next,
+                None => return Ok(total),
+            }
+        }
+    }
+
     /// Runs `f` on a read connection, off the async threads.
     async fn read<T: Send + 'static>(
         &self,
@@ -459,8 +490,8 @@ impl Inspect for SqliteBroker {
     }
 
     async fn purge(&self, state: JobState, queue: Option<&str>) -> Result<u64, BrokerError> {
-        let queue = queue.map(str::to_owned);
-        self.call(|r| Cmd::Purge(state, queue, None, r)).await
+        self.purge_windowed(state, queue.map(str::to_owned), None)
+            .await
     }
 
     async fn purge_finished_before(
@@ -468,7 +499,6 @@ impl Inspect for SqliteBroker {
         state: JobState,
         before: Timestamp,
     ) -> Result<u64, BrokerError> {
-        self.call(move |r| Cmd::Purge(state, None, Some(before), r))
-            .await
+        self.purge_windowed(state, None, Some(before)).await
     }
 }

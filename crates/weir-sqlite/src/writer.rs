@@ -33,10 +33,31 @@ pub(crate) enum Cmd {
     Heartbeat(Vec<Lease>, Duration, Reply<Vec<bool>>),
     Retry(JobId, Reply<Job>),
     Cancel(JobId, Reply<Job>),
-    /// Deletes finished jobs in a state, of one queue or all, finished before a time or ever.
-    Purge(JobState, Option<String>, Option<Timestamp>, Reply<u64>),
+    /// One window of a purge.
+    Purge(Purge, Reply<Purged>),
     Backlog(Vec<String>, Reply<Vec<u64>>),
     Report(WorkerStatus, Reply<()>),
+}
+
+/// One window of a purge: deletes the finished jobs in `state` (of one queue or all,
+/// finished before a time or ever) among the `window` rows after seq `after`. The caller
+/// repeats it from [`Purged::next`] to the end of the table, so no command holds the writer
+/// for more than one window, whatever the size of the file, and finished jobs need no index
+/// (which every settle would pay for).
+pub(crate) struct Purge {
+    pub(crate) state: JobState,
+    pub(crate) queue: Option<String>,
+    pub(crate) before: Option<Timestamp>,
+    pub(crate) after: i64,
+    pub(crate) window: usize,
+}
+
+/// What one purge window did.
+#[derive(Debug)]
+pub(crate) struct Purged {
+    pub(crate) deleted: u64,
+    /// Where the next window starts; `None` at the end of the table.
+    pub(crate) next: Option<i64>,
 }
 
 pub(crate) struct Fetch {
@@ -55,7 +76,7 @@ enum Done {
     Settle(Reply<Vec<SettleOutcome>>, Vec<SettleOutcome>),
     Heartbeat(Reply<Vec<bool>>, Vec<bool>),
     Job(Reply<Job>, Box<Result<Job, BrokerError>>),
-    Count(Reply<u64>, Result<u64, BrokerError>),
+    Purged(Reply<Purged>, Result<Purged, BrokerError>),
     Unit(Reply<()>),
 }
 
@@ -68,7 +89,7 @@ impl Done {
             Done::Settle(r, _) => drop(r.send(Err(e()))),
             Done::Heartbeat(r, _) => drop(r.send(Err(e()))),
             Done::Job(r, _) => drop(r.send(Err(e()))),
-            Done::Count(r, _) => drop(r.send(Err(e()))),
+            Done::Purged(r, _) => drop(r.send(Err(e()))),
             Done::Unit(r) => drop(r.send(Err(e()))),
         }
     }
@@ -82,7 +103,7 @@ fn cmd_fail(cmd: Cmd, err: &str) {
         Cmd::Settle(_, r) => drop(r.send(Err(e))),
         Cmd::Heartbeat(_, _, r) => drop(r.send(Err(e))),
         Cmd::Retry(_, r) | Cmd::Cancel(_, r) => drop(r.send(Err(e))),
-        Cmd::Purge(_, _, _, r) => drop(r.send(Err(e))),
+        Cmd::Purge(_, r) => drop(r.send(Err(e))),
         Cmd::Backlog(_, r) => drop(r.send(Err(e))),
         Cmd::Report(_, r) => drop(r.send(Err(e))),
     }
@@ -107,6 +128,15 @@ impl Runnable {
         queues.iter().any(|q| self.index.ready_len(q) > 0)
     }
 }
+
+/// The last seq of the next purge window: the `?2`-th row after seq `?1` (none: the window
+/// runs to the end of the table).
+const PURGE_WINDOW_END: &str = "SELECT seq FROM jobs WHERE seq > ?1 ORDER BY seq LIMIT 1 OFFSET ?2";
+
+/// Deletes the finished jobs of one purge window, seqs `?4 < seq <= ?5` (see [`Purge`]).
+pub(crate) const PURGE: &str = "DELETE FROM jobs
+     WHERE seq > ?4 AND seq <= ?5 AND state = ?1 AND (?2 IS NULL OR queue = ?2)
+       AND (?3 IS NULL OR finished_at < ?3)";
 
 pub(crate) struct Writer {
     pub(crate) conn: Connection,
@@ -380,7 +410,7 @@ impl Writer {
             Done::Settle(r, v) => drop(r.send(Ok(v))),
             Done::Heartbeat(r, v) => drop(r.send(Ok(v))),
             Done::Job(r, v) => drop(r.send(*v)),
-            Done::Count(r, v) => drop(r.send(v)),
+            Done::Purged(r, v) => drop(r.send(v)),
             Done::Unit(r) => drop(r.send(Ok(()))),
         }
     }
@@ -535,10 +565,11 @@ impl Writer {
                 let _ = reply.send(Ok(counts));
                 return Ok(None);
             }
-            Cmd::Purge(state, queue, before, reply) => {
-                let r = if !state.is_finished() {
+            Cmd::Purge(p, reply) => {
+                let r = if !p.state.is_finished() {
                     Err(BrokerError::Invalid(format!(
-                        "purge takes a finished state (succeeded, failed, cancelled), not {state}"
+                        "purge takes a finished state (succeeded, failed, cancelled), not {}",
+                        p.state
                     )))
                 } else {
                     // Row numbers must never be reused (other processes find new jobs by
@@ -550,16 +581,26 @@ impl Writer {
                              ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
                         )?
                         .execute([])?;
-                    let n = self
+                    let end: Option<i64> = self
                         .conn
-                        .prepare_cached(
-                            "DELETE FROM jobs WHERE state = ?1 AND (?2 IS NULL OR queue = ?2)
-                                AND (?3 IS NULL OR finished_at < ?3)",
-                        )?
-                        .execute(params![state.code(), queue, before.map(|t| t.0)])?;
-                    Ok(n as u64)
+                        .prepare_cached(PURGE_WINDOW_END)?
+                        .query_row(params![p.after, p.window.saturating_sub(1) as i64], |r| {
+                            r.get(0)
+                        })
+                        .optional()?;
+                    let deleted = self.conn.prepare_cached(PURGE)?.execute(params![
+                        p.state.code(),
+                        p.queue,
+                        p.before.map(|t| t.0),
+                        p.after,
+                        end.unwrap_or(i64::MAX)
+                    ])?;
+                    Ok(Purged {
+                        deleted: deleted as u64,
+                        next: end,
+                    })
                 };
-                Done::Count(reply, r)
+                Done::Purged(reply, r)
             }
         }))
     }
@@ -619,5 +660,25 @@ mod tests {
             (0, 0),
             "pending again, attempt not spent"
         );
+    }
+
+    /// A purge window reads its rows by seq range, never the whole table: that is what keeps
+    /// each command short on a file with millions of jobs.
+    #[test]
+    fn a_purge_window_is_a_seq_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = writer(&dir);
+        let plan: Vec<String> = w
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {PURGE}"))
+            .unwrap()
+            .query_map(params![3, None::<String>, None::<i64>, 0, 10], |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let plan = plan.join("; ");
+        assert!(plan.contains("rowid>? AND rowid<?"), "{plan}");
     }
 }

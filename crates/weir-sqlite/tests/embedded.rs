@@ -102,6 +102,64 @@ async fn purge_does_not_hide_new_jobs_from_other_processes() {
 }
 
 /// What was acknowledged survives a close; leases held at a crash run again.
+/// A purge larger than one window deletes in several writer commands, and deletes everything
+/// it should: only the state and age asked for, failed jobs kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_of_many_windows_deletes_exactly_what_it_should() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(&dir.path().join("big.db"));
+    let n = 12_345;
+    b.enqueue_many((0..n).map(|_| NewJob::new("k", "{}")).collect())
+        .await
+        .unwrap();
+    let mut settled = 0;
+    while settled < n {
+        let got = b
+            .fetch(FetchRequest {
+                max: 4_000,
+                ..req("default", Duration::from_secs(1))
+            })
+            .await
+            .unwrap();
+        let settles = got
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let s = if (settled + i) % 100 == 0 {
+                    Settlement::Failed {
+                        error: "kept".into(),
+                    }
+                } else {
+                    Settlement::Succeeded { result: None }
+                };
+                (d.lease, s)
+            })
+            .collect();
+        settled += got.len();
+        b.settle(settles).await.unwrap();
+    }
+    let failed = n.div_ceil(100) as u64;
+    let i = b.inspect().unwrap();
+    let hour_ago = weir_core::Timestamp(weir_core::Timestamp::now().0 - 3_600_000);
+    assert_eq!(
+        i.purge_finished_before(JobState::Succeeded, hour_ago)
+            .await
+            .unwrap(),
+        0,
+        "nothing is that old"
+    );
+    let soon = weir_core::Timestamp(weir_core::Timestamp::now().0 + 60_000);
+    assert_eq!(
+        i.purge_finished_before(JobState::Succeeded, soon)
+            .await
+            .unwrap(),
+        n as u64 - failed
+    );
+    let counts = &i.counts().await.unwrap()[0];
+    assert_eq!((counts.succeeded, counts.failed), (0, failed));
+    assert_eq!(i.purge(JobState::Failed, None).await.unwrap(), failed);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survives_reopening() {
     let dir = tempfile::tempdir().unwrap();
