@@ -16,6 +16,8 @@ use crate::{BrokerError, JobId, JobState, NewJob, Timestamp};
 struct Stored {
     progress: Progress,
     created_at: Timestamp,
+    /// Members `0..started` were confirmed enqueued by the submission.
+    started: u32,
     members: Vec<StoredMember>,
 }
 
@@ -157,6 +159,7 @@ impl StateStore for MemoryStore {
                     finished_at: None,
                 },
                 created_at: wf.created_at,
+                started: 0,
                 members,
             },
         );
@@ -174,6 +177,13 @@ impl StateStore for MemoryStore {
 
     async fn mark_enqueued(&self, member: Member) -> Result<(), BrokerError> {
         Tx(&mut self.workflows.lock()).slot(member)?.enqueued = true;
+        Ok(())
+    }
+
+    async fn mark_started(&self, id: WorkflowId, upto: u32) -> Result<(), BrokerError> {
+        if let Some(s) = self.workflows.lock().get_mut(&id) {
+            s.started = s.started.max(upto);
+        }
         Ok(())
     }
 
@@ -229,16 +239,16 @@ impl StateStore for MemoryStore {
             .filter(|(_, s)| {
                 let p = &s.progress;
                 p.state == WorkflowState::Running
-                    && p.succeeded + p.failed + p.cancelled == 0
+                    && s.started < p.shape.starts(p.children)
                     && s.created_at < before
             })
-            .take(limit)
             .map(|(id, s)| {
-                let jobs = s
-                    .members
+                let starts = s.progress.shape.starts(s.progress.children) as usize;
+                let jobs = s.members[..starts]
                     .iter()
                     .enumerate()
-                    .filter(|(_, m)| m.enqueued)
+                    .skip(s.started as usize)
+                    .filter(|(_, m)| !m.state.is_finished())
                     .map(|(i, m)| {
                         let member = Member {
                             workflow: *id,
@@ -251,6 +261,7 @@ impl StateStore for MemoryStore {
             })
             .collect();
         out.sort_by_key(|(id, _)| *id);
+        out.truncate(limit);
         Ok(out)
     }
 

@@ -101,6 +101,16 @@ impl Shape {
         self as i64
     }
 
+    /// How many members a submission of this shape with `children` steps or children
+    /// enqueues: a chain's first step, every child of a group or chord. They are members
+    /// `0..starts`.
+    pub fn starts(self, children: u32) -> u32 {
+        match self {
+            Shape::Chain => children.min(1),
+            Shape::Group | Shape::Chord => children,
+        }
+    }
+
     /// The shape for a storage code.
     pub fn from_code(c: i64) -> Option<Shape> {
         [Shape::Chain, Shape::Group, Shape::Chord]
@@ -880,9 +890,15 @@ pub trait StateStore: Send + Sync + 'static {
     async fn members(&self, id: WorkflowId) -> Result<Vec<MemberStatus>, BrokerError>;
     /// Deletes workflows finished before `before`, with their members; returns how many.
     async fn purge(&self, before: Timestamp) -> Result<u64, BrokerError>;
-    /// Up to `limit` running workflows created before `before` of which no member has
-    /// finished, each with the jobs it started with (ids as submitted): what a rescue of an
-    /// interrupted submission checks at the broker (see `Workflows::rescue`).
+    /// Records that the broker confirmed the jobs of members `0..upto` a submission enqueues
+    /// (see [`Shape::starts`]; a submission enqueues them in order, in batches, and records
+    /// each batch). Never lowers what was recorded.
+    async fn mark_started(&self, id: WorkflowId, upto: u32) -> Result<(), BrokerError>;
+    /// Up to `limit` running workflows created before `before` whose submission was not
+    /// recorded as complete ([`mark_started`](Self::mark_started)), each with the jobs it
+    /// starts with that were not recorded (ids and payloads as submitted): what a rescue of
+    /// an interrupted submission enqueues (see `Workflows::rescue`). Workflows stored by a
+    /// weir older than `mark_started` count as complete.
     async fn unstarted(
         &self,
         before: Timestamp,

@@ -36,6 +36,9 @@ CREATE TABLE IF NOT EXISTS weir_workflows (
     created_at  BIGINT   NOT NULL,
     finished_at BIGINT
 );
+-- How many of the jobs a workflow starts with its submission saw confirmed; workflows
+-- stored by a weir without this column count as fully submitted.
+ALTER TABLE weir_workflows ADD COLUMN IF NOT EXISTS started BIGINT NOT NULL DEFAULT 4294967295;
 CREATE INDEX IF NOT EXISTS weir_workflows_finished ON weir_workflows (finished_at)
     WHERE finished_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS weir_members (
@@ -501,8 +504,8 @@ impl StateStore for PgStore {
             let n = tx
                 .execute(
                     "INSERT INTO weir_workflows (id, shape, mode, state, children, succeeded,
-                                                 failed, cancelled, trace_id, created_at)
-                     VALUES ($1, $2, $3, 0, $4, 0, 0, 0, $5, $6) ON CONFLICT DO NOTHING",
+                                                 failed, cancelled, trace_id, created_at, started)
+                     VALUES ($1, $2, $3, 0, $4, 0, 0, 0, $5, $6, 0) ON CONFLICT DO NOTHING",
                     &[
                         &id,
                         &(wf.shape.code() as i16),
@@ -553,6 +556,18 @@ impl StateStore for PgStore {
     ) -> Result<Advance, BrokerError> {
         self.tx(move |tx| complete(&mut Tx(tx), member, &outcome, now))
             .await
+    }
+
+    async fn mark_started(&self, id: WorkflowId, upto: u32) -> Result<(), BrokerError> {
+        self.tx(move |tx| {
+            tx.execute(
+                "UPDATE weir_workflows SET started = GREATEST(started, $2) WHERE id = $1",
+                &[&id.as_bytes().as_slice(), &i64::from(upto)],
+            )
+            .map_err(db)?;
+            Ok(())
+        })
+        .await
     }
 
     async fn mark_enqueued(&self, member: Member) -> Result<(), BrokerError> {
@@ -644,10 +659,15 @@ impl StateStore for PgStore {
         limit: usize,
     ) -> Result<Vec<(WorkflowId, Vec<NewJob>)>, BrokerError> {
         self.tx(move |c| {
+            // `starts` as in `Shape::starts`: 1 for a chain (code 0), else the children.
             let found = c
                 .query(
-                    "SELECT id, trace_id FROM weir_workflows
-                      WHERE state = 0 AND succeeded + failed + cancelled = 0 AND created_at < $1
+                    "SELECT id, trace_id, started, starts FROM (
+                        SELECT id, trace_id, started, created_at, state,
+                               CASE shape WHEN 0 THEN LEAST(children, 1) ELSE children END
+                                   AS starts
+                          FROM weir_workflows) w
+                      WHERE state = 0 AND created_at < $1 AND started < starts
                       ORDER BY id LIMIT $2",
                     &[&before.0, &(limit as i64)],
                 )
@@ -656,11 +676,13 @@ impl StateStore for PgStore {
             for w in &found {
                 let id = job_id(w.get(0))?;
                 let trace: String = w.get(1);
+                let (started, starts): (i64, i64) = (w.get(2), w.get(3));
                 let rows = c
                     .query(
                         "SELECT idx, job_id, step FROM weir_members
-                          WHERE workflow = $1 AND enqueued ORDER BY idx",
-                        &[&id.as_bytes().as_slice()],
+                          WHERE workflow = $1 AND idx >= $2 AND idx < $3 AND state = 0
+                          ORDER BY idx",
+                        &[&id.as_bytes().as_slice(), &started, &starts],
                     )
                     .map_err(db)?;
                 let mut jobs = Vec::with_capacity(rows.len());

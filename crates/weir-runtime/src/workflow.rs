@@ -64,9 +64,11 @@ impl Workflows {
         let trace = JobId::new().as_uuid().simple().to_string();
         let (wf, jobs) = spec.plan(id, &trace, self.clock.now());
         self.store.create(wf).await?;
+        let mut confirmed = 0;
         let mut jobs = jobs.into_iter().peekable();
         while jobs.peek().is_some() {
             let chunk: Vec<_> = jobs.by_ref().take(SUBMIT_BATCH).collect();
+            let n = chunk.len() as u32;
             if let Err(e) = self.broker.enqueue_many(chunk).await {
                 tracing::error!(workflow = %id, error = %e, "submitting the workflow failed; it is marked failed");
                 if let Ok(open) = self.store.abort(id, self.clock.now()).await {
@@ -74,39 +76,51 @@ impl Workflows {
                 }
                 return Err(e);
             }
+            confirmed += n;
+            // The jobs are durable: a failure here costs a rescue that enqueues them again
+            // (where the broker cannot tell it has them), not the submission.
+            if let Err(e) = self.store.mark_started(id, confirmed).await {
+                tracing::warn!(workflow = %id, error = %e, "recording the submission's progress failed");
+            }
         }
         Ok(id)
     }
 
     /// Completes submissions that were interrupted (the submitter died between storing a
-    /// workflow and enqueueing its first jobs): for each running workflow older than
-    /// `older_than` of which no member has finished, the jobs it starts with that the broker
-    /// does not have are enqueued, under the ids they were given. Returns how many. Only on
-    /// brokers that can look a job up by id; elsewhere it does nothing and returns 0, because
-    /// "never enqueued" cannot be told from "still queued" there. `older_than` must exceed
-    /// the longest submission: a submitter still enqueueing would collide with the rescue.
+    /// workflow and enqueueing the jobs it starts with, or part way): for each running
+    /// workflow older than `older_than` whose submission was not recorded as complete, the
+    /// jobs not recorded as confirmed are enqueued under the ids they were given, and the
+    /// submission is recorded as complete. A broker that can look a job up by id is asked
+    /// first, and only the jobs it lacks are enqueued; elsewhere (RabbitMQ) the last batch
+    /// a submitter sent before it died may be enqueued twice (a member the store has as
+    /// finished is then not run again). Returns how many jobs were enqueued. `older_than`
+    /// must exceed the longest submission: a submitter still enqueueing would collide with
+    /// the rescue.
     pub async fn rescue(&self, older_than: std::time::Duration) -> Result<u64, BrokerError> {
-        let Some(inspect) = self.broker.inspect() else {
-            return Ok(0);
-        };
         let now = self.clock.now();
         let before = weir_core::Timestamp(now.0.saturating_sub(older_than.as_millis() as i64));
+        let inspect = self.broker.inspect();
         let mut enqueued = 0;
         for (id, jobs) in self.store.unstarted(before, RESCUE_BATCH).await? {
-            // A submission enqueues in member order: if the last job is there, all are.
-            let Some(last) = jobs.last() else { continue };
-            if inspect.get(last.id).await?.is_some() {
+            let Some(status) = self.store.status(id).await? else {
                 continue;
-            }
-            let mut missing = Vec::new();
+            };
+            let mut missing = Vec::with_capacity(jobs.len());
             for job in jobs {
-                if inspect.get(job.id).await?.is_none() {
-                    missing.push(job);
+                match inspect {
+                    Some(i) if i.get(job.id).await?.is_some() => {}
+                    _ => missing.push(job),
                 }
             }
-            tracing::warn!(workflow = %id, jobs = missing.len(), "completing an interrupted submission");
-            enqueued += missing.len() as u64;
-            self.broker.enqueue_many(missing).await?;
+            if !missing.is_empty() {
+                tracing::warn!(workflow = %id, jobs = missing.len(), "completing an interrupted submission");
+                enqueued += missing.len() as u64;
+                for chunk in missing.chunks(SUBMIT_BATCH) {
+                    self.broker.enqueue_many(chunk.to_vec()).await?;
+                }
+            }
+            let starts = status.shape.starts(status.children);
+            self.store.mark_started(id, starts).await?;
         }
         Ok(enqueued)
     }

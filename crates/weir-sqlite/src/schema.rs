@@ -80,6 +80,10 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (workflow, idx)
      ) WITHOUT ROWID;
      CREATE INDEX wf_finished ON wf_workflows(finished_at) WHERE finished_at IS NOT NULL;",
+    // 3 -> 4: how many of the jobs a workflow starts with the submission saw confirmed, so an
+    // interrupted submission can be completed on brokers that cannot look a job up by id.
+    // Workflows stored before count as fully submitted.
+    "ALTER TABLE wf_workflows ADD COLUMN started INTEGER NOT NULL DEFAULT 4294967295;",
 ];
 
 /// The schema version this build writes.
@@ -115,4 +119,37 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), String> {
             .map_err(|e| format!("migration {}: {e}", i + 1))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file written by a weir at schema 3 keeps its workflows: migration 4 counts them as
+    /// fully submitted, so no rescue enqueues their first jobs again.
+    #[test]
+    fn migration_4_counts_existing_workflows_as_submitted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Connection::open(dir.path().join("v3.db")).unwrap();
+        for sql in &MIGRATIONS[..3] {
+            c.execute_batch(sql).unwrap();
+        }
+        c.pragma_update(None, "user_version", 3).unwrap();
+        c.execute(
+            "INSERT INTO wf_workflows (id, shape, mode, state, children, succeeded, failed,
+                                       cancelled, trace_id, created_at)
+             VALUES (x'01', 2, 0, 0, 5, 0, 0, 0, 't', 0)",
+            [],
+        )
+        .unwrap();
+        migrate(&mut c).unwrap();
+        let (version, started): (i64, i64) = c
+            .query_row(
+                "SELECT (SELECT user_version FROM pragma_user_version), started FROM wf_workflows",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((version, started), (VERSION, 4_294_967_295));
+    }
 }

@@ -272,8 +272,8 @@ impl StateStore for SqliteStore {
             let inserted = tx
                 .prepare_cached(
                     "INSERT INTO wf_workflows (id, shape, mode, state, children, succeeded,
-                                               failed, cancelled, trace_id, created_at)
-                     VALUES (?1, ?2, ?3, 0, ?4, 0, 0, 0, ?5, ?6) ON CONFLICT DO NOTHING",
+                                               failed, cancelled, trace_id, created_at, started)
+                     VALUES (?1, ?2, ?3, 0, ?4, 0, 0, 0, ?5, ?6, 0) ON CONFLICT DO NOTHING",
                 )
                 .map_err(db)?
                 .execute(params![
@@ -330,6 +330,17 @@ impl StateStore for SqliteStore {
             .map_err(db)?
             .execute(params![member.workflow.as_bytes(), member.index])
             .map_err(db)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn mark_started(&self, id: WorkflowId, upto: u32) -> Result<(), BrokerError> {
+        self.tx(move |tx| {
+            tx.prepare_cached("UPDATE wf_workflows SET started = MAX(started, ?2) WHERE id = ?1")
+                .map_err(db)?
+                .execute(params![id.as_bytes(), upto])
+                .map_err(db)?;
             Ok(())
         })
         .await
@@ -418,16 +429,20 @@ impl StateStore for SqliteStore {
         limit: usize,
     ) -> Result<Vec<(WorkflowId, Vec<NewJob>)>, BrokerError> {
         self.tx(move |tx| {
+            // `starts` as in `Shape::starts`: 1 for a chain (code 0), else the children.
             let mut st = tx
                 .prepare_cached(
-                    "SELECT id, trace_id FROM wf_workflows
-                      WHERE state = 0 AND succeeded + failed + cancelled = 0 AND created_at < ?1
+                    "SELECT id, trace_id, started,
+                            CASE shape WHEN 0 THEN MIN(children, 1) ELSE children END AS starts
+                       FROM wf_workflows
+                      WHERE state = 0 AND created_at < ?1
+                        AND started < CASE shape WHEN 0 THEN MIN(children, 1) ELSE children END
                       ORDER BY id LIMIT ?2",
                 )
                 .map_err(db)?;
-            let found: Vec<([u8; 16], String)> = st
+            let found: Vec<([u8; 16], String, u32, u32)> = st
                 .query_map(params![before.0, limit as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
                 })
                 .map_err(db)?
                 .collect::<Result<_, _>>()
@@ -436,13 +451,16 @@ impl StateStore for SqliteStore {
             let mut members = tx
                 .prepare_cached(
                     "SELECT idx, job_id, step FROM wf_members
-                      WHERE workflow = ?1 AND enqueued = 1 ORDER BY idx",
+                      WHERE workflow = ?1 AND idx >= ?2 AND idx < ?3 AND state = 0
+                      ORDER BY idx",
                 )
                 .map_err(db)?;
-            for (id, trace) in found {
+            for (id, trace, started, starts) in found {
                 let id = WorkflowId::from_bytes(id);
                 let rows: Vec<(u32, [u8; 16], String)> = members
-                    .query_map([id.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .query_map(params![id.as_bytes(), started, starts], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
                     .map_err(db)?
                     .collect::<Result<_, _>>()
                     .map_err(db)?;

@@ -275,9 +275,10 @@ pub async fn abort_and_purge(f: StoreFixture) {
     assert!(s.status(running).await.unwrap().is_some(), "running: kept");
 }
 
-/// A workflow none of whose members has finished, old enough, is listed with the jobs it
-/// started with (ids, payloads and membership as submitted); once a member finishes, or if
-/// it is not old enough, it is not.
+/// A running workflow whose submission was not recorded as complete, old enough, is listed
+/// with the jobs it starts with that were not recorded (ids, payloads and membership as
+/// submitted); a member finishing does not change that, and once the submission is recorded
+/// as complete, or if the workflow is not old enough, it is not listed.
 pub async fn unstarted_lists_what_a_rescue_needs(f: StoreFixture) {
     let s = &*f.store;
     let id = create(s, WorkflowSpec::chord(children(3), StepSpec::kind("merge"))).await;
@@ -291,11 +292,14 @@ pub async fn unstarted_lists_what_a_rescue_needs(f: StoreFixture) {
         "not older than T0"
     );
     let later = Timestamp(T0.0 + 1);
-    let mut found = s.unstarted(later, 10).await.unwrap();
-    found.sort_by_key(|(w, _)| *w);
+    let found = s.unstarted(later, 10).await.unwrap();
     let mut expected = vec![id, chain];
     expected.sort();
-    assert_eq!(found.iter().map(|(w, _)| *w).collect::<Vec<_>>(), expected);
+    assert_eq!(
+        found.iter().map(|(w, _)| *w).collect::<Vec<_>>(),
+        expected,
+        "in id order"
+    );
     let jobs = &found.iter().find(|(w, _)| *w == id).unwrap().1;
     let members = s.members(id).await.unwrap();
     assert_eq!(jobs.len(), 3, "the children, not the callback");
@@ -308,17 +312,28 @@ pub async fn unstarted_lists_what_a_rescue_needs(f: StoreFixture) {
     let chain_jobs = &found.iter().find(|(w, _)| *w == chain).unwrap().1;
     assert_eq!(chain_jobs.len(), 1, "a chain starts with its first step");
     assert_eq!(chain_jobs[0].payload, b"7");
-    s.complete(m(id, 1), ok(1), T0).await.unwrap();
-    let left = s.unstarted(later, 10).await.unwrap();
     assert_eq!(
-        left.iter().map(|(w, _)| *w).collect::<Vec<_>>(),
-        vec![chain]
-    );
-    assert_eq!(
-        s.unstarted(later, 0).await.unwrap().len(),
-        0,
+        s.unstarted(later, 1).await.unwrap().len(),
+        1,
         "the limit holds"
     );
+
+    // The first batch of the chord was confirmed; a member finished; the chain is submitted.
+    s.mark_started(id, 2).await.unwrap();
+    s.mark_started(id, 1).await.unwrap(); // never lowers it
+    s.mark_started(chain, 1).await.unwrap();
+    s.complete(m(id, 0), ok(1), T0).await.unwrap();
+    let left = s.unstarted(later, 10).await.unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].0, id);
+    assert_eq!(
+        left[0].1.iter().map(|j| j.member).collect::<Vec<_>>(),
+        vec![Some(m(id, 2))],
+        "only what was not confirmed"
+    );
+    s.mark_started(id, 3).await.unwrap();
+    assert!(s.unstarted(later, 10).await.unwrap().is_empty());
+    s.mark_started(WorkflowId::new(), 1).await.unwrap(); // unknown: nothing to record
 }
 
 /// An outcome for a workflow or member the store does not know is ignored.

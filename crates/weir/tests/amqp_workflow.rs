@@ -399,3 +399,84 @@ async fn a_member_already_recorded_is_not_run_again_on_rabbitmq() {
     amqp.delete_queues(&["default".into()]).await.unwrap();
     amqp.close().await;
 }
+
+/// A submission interrupted on RabbitMQ: the store has the chord, the broker two of its five
+/// children, and no batch was recorded as confirmed. RabbitMQ cannot say which jobs it has,
+/// so the rescue enqueues all five; the two sent twice are found finished in the store when
+/// their second copies arrive and are not run again, and the callback gets every result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_submission_is_rescued_on_rabbitmq() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use weir::workflow::{StepSpec, WorkflowId, WorkflowSpec, WorkflowState, Workflows};
+    use weir::{Broker, Registry, TaskContext, TaskError, Timestamp, Worker};
+
+    let ns = uuid::Uuid::new_v4().simple().to_string();
+    let (store, _drop) = pg_store(&ns).await;
+    let amqp = Arc::new(AmqpBroker::new(&url_in(&format!("weir-test-{ns}."))).unwrap());
+    let broker: Arc<dyn Broker> = amqp.clone();
+    let squared = Arc::new(AtomicUsize::new(0));
+    let mut registry = Registry::new();
+    let counter = squared.clone();
+    registry.register_fn("square", move |n: i64, _cx: TaskContext| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async move { Ok::<_, TaskError>(n * n) }
+    });
+    registry.register_fn(
+        "collect",
+        |v: serde_json::Value, _cx: TaskContext| async move { Ok::<_, TaskError>(v) },
+    );
+    let wf = Workflows::new(broker.clone(), store.clone());
+    let spec = WorkflowSpec::chord(
+        (0..5)
+            .map(|n| StepSpec::new("square", serde_json::json!(n)))
+            .collect(),
+        StepSpec::kind("collect"),
+    );
+    let id = WorkflowId::new();
+    let hour_ago = Timestamp(Timestamp::now().0 - 3_600_000);
+    let (stored, jobs) = spec.plan(id, "trace", hour_ago);
+    store.create(stored).await.unwrap();
+    broker.enqueue_many(jobs[..2].to_vec()).await.unwrap(); // then the submitter died
+    let ten_minutes = Duration::from_secs(600);
+    assert_eq!(wf.rescue(ten_minutes).await.unwrap(), 5, "all of them");
+    assert_eq!(wf.rescue(ten_minutes).await.unwrap(), 0, "recorded as done");
+
+    // One slot (prefetch 1): the copies run one after the other.
+    let worker = Worker::builder(broker.clone(), registry)
+        .queue("default", 1)
+        .workflows(wf.clone())
+        .build()
+        .unwrap();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(worker.run(async move {
+        let _ = rx.await;
+    }));
+    let start = Instant::now();
+    while wf.status(id).await.unwrap().unwrap().state == WorkflowState::Running {
+        assert!(start.elapsed() < Duration::from_secs(30), "chord stuck");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(());
+    run.await.unwrap();
+    let members = wf.members(id).await.unwrap();
+    assert_eq!(
+        wf.status(id).await.unwrap().unwrap().state,
+        WorkflowState::Succeeded
+    );
+    assert_eq!(
+        members[5].result,
+        Some(serde_json::json!([0, 1, 4, 9, 16])),
+        "the callback got every child's result, in order"
+    );
+    assert_eq!(squared.load(Ordering::SeqCst), 5, "no child ran twice");
+    let d = &amqp
+        .queue_stats()
+        .unwrap()
+        .depths(&["default".into()])
+        .await
+        .unwrap()[0];
+    assert_eq!((d.ready, d.dead), (0, 0), "{d:?}");
+    amqp.delete_queues(&["default".into()]).await.unwrap();
+    amqp.close().await;
+}
