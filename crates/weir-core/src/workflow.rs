@@ -890,9 +890,10 @@ pub trait StateStore: Send + Sync + 'static {
     async fn members(&self, id: WorkflowId) -> Result<Vec<MemberStatus>, BrokerError>;
     /// Deletes workflows finished before `before`, with their members; returns how many.
     async fn purge(&self, before: Timestamp) -> Result<u64, BrokerError>;
-    /// Records that the broker confirmed the jobs of members `0..upto` a submission enqueues
-    /// (see [`Shape::starts`]; a submission enqueues them in order, in batches, and records
-    /// each batch). Never lowers what was recorded.
+    /// Records that the broker has the jobs of members `0..upto` of those a submission
+    /// enqueues (see [`Shape::starts`]): recorded per confirmed batch by a submission to a
+    /// broker that cannot look jobs up by id, and as complete by a rescue. Never lowers what
+    /// was recorded; an unknown workflow is ignored.
     async fn mark_started(&self, id: WorkflowId, upto: u32) -> Result<(), BrokerError>;
     /// Up to `limit` running workflows created before `before` whose submission was not
     /// recorded as complete ([`mark_started`](Self::mark_started)), each with the jobs it

@@ -64,6 +64,16 @@ impl Workflows {
         let trace = JobId::new().as_uuid().simple().to_string();
         let (wf, jobs) = spec.plan(id, &trace, self.clock.now());
         self.store.create(wf).await?;
+        // Where the broker cannot be asked which jobs it has, each batch is recorded once the
+        // broker confirmed it, for a rescue to know where the submission stopped. The records
+        // run in the background while the next batches go out (they only raise a high-water
+        // mark, so their order does not matter; a busy store can take a while for each), and
+        // the submission returns once all are in. A record that fails costs a rescue that
+        // enqueues the batch again, not the submission: the jobs are durable. A broker that
+        // can be asked needs no record (and beside the embedded broker each record would
+        // wait for the file's write lock).
+        let record = self.broker.inspect().is_none();
+        let mut records = tokio::task::JoinSet::new();
         let mut confirmed = 0;
         let mut jobs = jobs.into_iter().peekable();
         while jobs.peek().is_some() {
@@ -77,25 +87,33 @@ impl Workflows {
                 return Err(e);
             }
             confirmed += n;
-            // The jobs are durable: a failure here costs a rescue that enqueues them again
-            // (where the broker cannot tell it has them), not the submission.
-            if let Err(e) = self.store.mark_started(id, confirmed).await {
-                tracing::warn!(workflow = %id, error = %e, "recording the submission's progress failed");
+            if record {
+                let store = self.store.clone();
+                records.spawn(async move { store.mark_started(id, confirmed).await });
             }
+        }
+        while let Some(done) = records.join_next().await {
+            let error = match done {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            };
+            tracing::warn!(workflow = %id, %error, "recording the submission's progress failed");
         }
         Ok(id)
     }
 
     /// Completes submissions that were interrupted (the submitter died between storing a
     /// workflow and enqueueing the jobs it starts with, or part way): for each running
-    /// workflow older than `older_than` whose submission was not recorded as complete, the
-    /// jobs not recorded as confirmed are enqueued under the ids they were given, and the
-    /// submission is recorded as complete. A broker that can look a job up by id is asked
-    /// first, and only the jobs it lacks are enqueued; elsewhere (RabbitMQ) the last batch
-    /// a submitter sent before it died may be enqueued twice (a member the store has as
-    /// finished is then not run again). Returns how many jobs were enqueued. `older_than`
-    /// must exceed the longest submission: a submitter still enqueueing would collide with
-    /// the rescue.
+    /// workflow older than `older_than` whose submission is not recorded as complete, the
+    /// jobs it starts with that the broker lacks are enqueued, under the ids they were given,
+    /// and the submission is recorded as complete. A broker that can look a job up by id is
+    /// asked which it has (a submission enqueues in member order, so if the last is there,
+    /// all are). Elsewhere (RabbitMQ) the submission recorded each batch the broker confirmed,
+    /// and the jobs after the last record are enqueued: the batch in flight when the
+    /// submitter died may be enqueued twice (a member the store has as finished is then not
+    /// run again). Returns how many jobs were enqueued. `older_than` must exceed the longest
+    /// submission: a submitter still enqueueing would collide with the rescue.
     pub async fn rescue(&self, older_than: std::time::Duration) -> Result<u64, BrokerError> {
         let now = self.clock.now();
         let before = weir_core::Timestamp(now.0.saturating_sub(older_than.as_millis() as i64));
@@ -105,13 +123,19 @@ impl Workflows {
             let Some(status) = self.store.status(id).await? else {
                 continue;
             };
-            let mut missing = Vec::with_capacity(jobs.len());
-            for job in jobs {
-                match inspect {
-                    Some(i) if i.get(job.id).await?.is_some() => {}
-                    _ => missing.push(job),
+            let missing = match (inspect, jobs.last()) {
+                (Some(i), Some(last)) if i.get(last.id).await?.is_some() => Vec::new(),
+                (Some(i), _) => {
+                    let mut missing = Vec::with_capacity(jobs.len());
+                    for job in jobs {
+                        if i.get(job.id).await?.is_none() {
+                            missing.push(job);
+                        }
+                    }
+                    missing
                 }
-            }
+                (None, _) => jobs,
+            };
             if !missing.is_empty() {
                 tracing::warn!(workflow = %id, jobs = missing.len(), "completing an interrupted submission");
                 enqueued += missing.len() as u64;
@@ -119,8 +143,9 @@ impl Workflows {
                     self.broker.enqueue_many(chunk.to_vec()).await?;
                 }
             }
-            let starts = status.shape.starts(status.children);
-            self.store.mark_started(id, starts).await?;
+            self.store
+                .mark_started(id, status.shape.starts(status.children))
+                .await?;
         }
         Ok(enqueued)
     }

@@ -441,6 +441,24 @@ async fn an_interrupted_submission_is_rescued_on_rabbitmq() {
     let ten_minutes = Duration::from_secs(600);
     assert_eq!(wf.rescue(ten_minutes).await.unwrap(), 5, "all of them");
     assert_eq!(wf.rescue(ten_minutes).await.unwrap(), 0, "recorded as done");
+    // A submission that was not interrupted recorded its batches: nothing to rescue.
+    let whole = wf
+        .submit(
+            &WorkflowSpec::group(
+                (0..2500)
+                    .map(|n| StepSpec::new("square", serde_json::json!(n)))
+                    .collect(),
+            )
+            .queue("idle"),
+        )
+        .await
+        .unwrap();
+    let soon = Timestamp(Timestamp::now().0 + 60_000);
+    let listed = store.unstarted(soon, 100).await.unwrap();
+    assert!(
+        listed.iter().all(|(w, _)| *w != whole),
+        "all three batches recorded"
+    );
 
     // One slot (prefetch 1): the copies run one after the other.
     let worker = Worker::builder(broker.clone(), registry)
@@ -477,6 +495,8 @@ async fn an_interrupted_submission_is_rescued_on_rabbitmq() {
         .await
         .unwrap()[0];
     assert_eq!((d.ready, d.dead), (0, 0), "{d:?}");
-    amqp.delete_queues(&["default".into()]).await.unwrap();
+    amqp.delete_queues(&["default".into(), "idle".into()])
+        .await
+        .unwrap();
     amqp.close().await;
 }
