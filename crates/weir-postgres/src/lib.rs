@@ -37,8 +37,15 @@ CREATE TABLE IF NOT EXISTS weir_workflows (
     finished_at BIGINT
 );
 -- How many of the jobs a workflow starts with its submission saw confirmed; workflows
--- stored by a weir without this column count as fully submitted.
-ALTER TABLE weir_workflows ADD COLUMN IF NOT EXISTS started BIGINT NOT NULL DEFAULT 4294967295;
+-- stored by a weir without this column count as fully submitted. Looked up first: ALTER
+-- TABLE locks the table even when the column exists, and every worker runs this on connect.
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                    WHERE table_schema = current_schema() AND table_name = 'weir_workflows'
+                      AND column_name = 'started') THEN
+        ALTER TABLE weir_workflows ADD COLUMN started BIGINT NOT NULL DEFAULT 4294967295;
+    END IF;
+END $$;
 CREATE INDEX IF NOT EXISTS weir_workflows_finished ON weir_workflows (finished_at)
     WHERE finished_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS weir_members (
