@@ -383,7 +383,9 @@ async fn a_member_already_recorded_is_not_run_again_on_rabbitmq() {
         assert!(start.elapsed() < Duration::from_secs(30), "{d:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Delivered is not yet acked: give the store checks and the acks time (a delivery still
+    // held at shutdown would be given back, and counted as ready below).
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let _ = stop.send(());
     let report = run.await.unwrap();
     assert_eq!(ran.load(Ordering::SeqCst), 2, "no member ran twice");
