@@ -14,10 +14,8 @@
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use weir_core::{Broker, FetchRequest, JobState, NewJob, Settlement, Timestamp};
+use weir_core::{Broker, JobState, NewJob, Timestamp};
 use weir_sqlite::{SqliteBroker, SqliteOptions, Synchronous};
-
-const BATCH: usize = 10_000;
 
 fn main() {
     let rows: usize = std::env::var("WEIR_BENCH_ROWS")
@@ -37,7 +35,7 @@ async fn run(rows: usize) {
     let opts = SqliteOptions::new(dir.path().join("retention.db")).synchronous(Synchronous::Normal);
     let broker = std::sync::Arc::new(SqliteBroker::open_with(opts).unwrap());
     let filled = Instant::now();
-    fill(&broker, rows).await;
+    weir_testkit::finished_jobs(&*broker, rows, 10).await;
     println!(
         "filled {rows} finished jobs ({} failed) in {:.1?}",
         rows / 10,
@@ -98,47 +96,6 @@ async fn run(rows: usize) {
     let (n, took) = sweep.await.unwrap();
     report("probe enqueue, during the sweep", &during);
     println!("the sweep deleted {n} jobs in {took:.2?}");
-}
-
-/// `rows` finished jobs: enqueued, fetched and settled in batches; every tenth failed.
-async fn fill(broker: &SqliteBroker, rows: usize) {
-    let mut left = rows;
-    while left > 0 {
-        let n = left.min(BATCH);
-        left -= n;
-        broker
-            .enqueue_many((0..n).map(|_| NewJob::new("k", "{}")).collect())
-            .await
-            .unwrap();
-        let mut got = 0;
-        while got < n {
-            let batch = broker
-                .fetch(FetchRequest {
-                    queues: vec!["default".into()],
-                    max: n - got,
-                    lease: Duration::from_secs(600),
-                    wait: Duration::from_secs(1),
-                })
-                .await
-                .unwrap();
-            got += batch.len();
-            let settles = batch
-                .into_iter()
-                .enumerate()
-                .map(|(i, d)| {
-                    let s = if i % 10 == 0 {
-                        Settlement::Failed {
-                            error: "kept".into(),
-                        }
-                    } else {
-                        Settlement::Succeeded { result: None }
-                    };
-                    (d.lease, s)
-                })
-                .collect();
-            broker.settle(settles).await.unwrap();
-        }
-    }
 }
 
 /// Enqueues one job every 2 ms for `span`, or until `until` finishes once it is given (at

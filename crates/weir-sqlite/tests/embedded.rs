@@ -109,35 +109,7 @@ async fn a_purge_of_many_windows_deletes_exactly_what_it_should() {
     let dir = tempfile::tempdir().unwrap();
     let b = open(&dir.path().join("big.db"));
     let n = 12_345;
-    b.enqueue_many((0..n).map(|_| NewJob::new("k", "{}")).collect())
-        .await
-        .unwrap();
-    let mut settled = 0;
-    while settled < n {
-        let got = b
-            .fetch(FetchRequest {
-                max: 4_000,
-                ..req("default", Duration::from_secs(1))
-            })
-            .await
-            .unwrap();
-        let settles = got
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                let s = if (settled + i) % 100 == 0 {
-                    Settlement::Failed {
-                        error: "kept".into(),
-                    }
-                } else {
-                    Settlement::Succeeded { result: None }
-                };
-                (d.lease, s)
-            })
-            .collect();
-        settled += got.len();
-        b.settle(settles).await.unwrap();
-    }
+    weir_testkit::finished_jobs(&b, n, 100).await;
     let failed = n.div_ceil(100) as u64;
     let i = b.inspect().unwrap();
     let hour_ago = weir_core::Timestamp(weir_core::Timestamp::now().0 - 3_600_000);

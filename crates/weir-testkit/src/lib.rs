@@ -20,7 +20,7 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
-use weir_core::{Broker, ManualClock, Timestamp};
+use weir_core::{Broker, FetchRequest, ManualClock, NewJob, Settlement, Timestamp};
 
 /// A fresh, empty broker under test and the clock it reads.
 pub struct Fixture {
@@ -90,4 +90,48 @@ impl Fixture {
 /// A manual clock standing at the current wall-clock time.
 pub fn manual_clock() -> Arc<ManualClock> {
     Arc::new(ManualClock::new(Timestamp::now()))
+}
+
+/// Fills `broker` with `n` finished jobs of queue `default`: enqueued, fetched and settled in
+/// batches of 10,000, every `failed_every`-th failed (`n.div_ceil(failed_every)` of them),
+/// the rest succeeded. For tests and benches of what works on finished jobs (purges, the
+/// retention sweep).
+pub async fn finished_jobs(broker: &dyn Broker, n: usize, failed_every: usize) {
+    const BATCH: usize = 10_000;
+    let mut settled = 0;
+    while settled < n {
+        let batch = BATCH.min(n - settled);
+        broker
+            .enqueue_many((0..batch).map(|_| NewJob::new("k", "{}")).collect())
+            .await
+            .unwrap();
+        let end = settled + batch;
+        while settled < end {
+            let got = broker
+                .fetch(FetchRequest {
+                    queues: vec!["default".into()],
+                    max: end - settled,
+                    lease: Duration::from_secs(600),
+                    wait: Duration::from_secs(1),
+                })
+                .await
+                .unwrap();
+            let settles = got
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    let s = if (settled + i) % failed_every == 0 {
+                        Settlement::Failed {
+                            error: "kept".into(),
+                        }
+                    } else {
+                        Settlement::Succeeded { result: None }
+                    };
+                    (d.lease, s)
+                })
+                .collect();
+            settled += got.len();
+            broker.settle(settles).await.unwrap();
+        }
+    }
 }

@@ -3,12 +3,25 @@
 //! callback gets every result in the group's order.
 
 mod amqp_support;
+mod workflow_support;
 
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use amqp_support::{assert_drained, stop, url_in, Serve};
-use weir::AmqpBroker;
+use weir::workflow::{Member, StepSpec, WorkflowId, WorkflowSpec, WorkflowState};
+use weir::{
+    AmqpBroker, Broker, NewJob, QueueDepth, Registry, StateStore, TaskContext, TaskError,
+    Timestamp, Workflows,
+};
+use workflow_support::{run_worker, until_finished};
+
+/// The worker's default lease, and the short one of the heartbeat test (a heartbeat every
+/// third of it asks the store about the members it runs).
+const LEASE: Duration = Duration::from_secs(30);
+const SHORT_LEASE: Duration = Duration::from_millis(900);
 
 fn pg_url() -> String {
     std::env::var("WEIR_TEST_POSTGRES")
@@ -50,13 +63,71 @@ impl Drop for DropSchema {
     }
 }
 
-/// A PostgreSQL store in a schema of the test's own, dropped with the guard.
-async fn pg_store(ns: &str) -> (std::sync::Arc<dyn weir::StateStore>, DropSchema) {
+/// A RabbitMQ broker on queues of a namespace of the test's own, and a PostgreSQL store in a
+/// schema of its own, dropped with the rig.
+struct Rig {
+    url: String,
+    amqp: Arc<AmqpBroker>,
+    broker: Arc<dyn Broker>,
+    store: Arc<dyn StateStore>,
+    _drop: DropSchema,
+}
+
+async fn rig() -> Rig {
+    let ns = uuid::Uuid::new_v4().simple().to_string();
     let schema = format!("weir_test_{ns}");
     let store = weir::open_store(&format!("{}?schema={schema}", pg_url()))
         .await
         .unwrap();
-    (store, DropSchema(schema))
+    let url = url_in(&format!("weir-test-{ns}."));
+    let amqp = Arc::new(AmqpBroker::new(&url).unwrap());
+    Rig {
+        url,
+        broker: amqp.clone(),
+        amqp,
+        store,
+        _drop: DropSchema(schema),
+    }
+}
+
+impl Rig {
+    /// A workflow engine over `broker` and the rig's store.
+    fn workflows(&self, broker: &Arc<dyn Broker>) -> Workflows {
+        Workflows::new(broker.clone(), self.store.clone())
+    }
+
+    /// A queue's depth at RabbitMQ.
+    async fn depth(&self, queue: &str) -> QueueDepth {
+        self.amqp
+            .queue_stats()
+            .unwrap()
+            .depths(&[queue.into()])
+            .await
+            .unwrap()[0]
+            .clone()
+    }
+
+    async fn close(self, queues: &[&str]) {
+        let queues: Vec<String> = queues.iter().map(|q| q.to_string()).collect();
+        self.amqp.delete_queues(&queues).await.unwrap();
+        self.amqp.close().await;
+    }
+}
+
+/// Registers `kind`, which counts its runs in `runs` and then does `f`.
+fn counted<P, R, F>(registry: &mut Registry, kind: &str, runs: &Arc<AtomicUsize>, f: F)
+where
+    P: serde::de::DeserializeOwned + Send + 'static,
+    R: serde::Serialize + Send + 'static,
+    F: Fn(P) -> R + Send + Sync + 'static,
+{
+    let runs = runs.clone();
+    let f = Arc::new(f);
+    registry.register_fn(kind, move |p: P, _cx: TaskContext| {
+        runs.fetch_add(1, Ordering::SeqCst);
+        let out = f(p);
+        async move { Ok::<_, TaskError>(out) }
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,62 +210,32 @@ async fn a_chord_of_1000_children_on_rabbitmq_with_a_postgres_store() {
 /// Cancelled without running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_fast_on_rabbitmq_finishes_queued_siblings_unrun() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    use weir::workflow::{StepSpec, WorkflowSpec, WorkflowState, Workflows};
-    use weir::{Broker, Registry, TaskContext, TaskError, Worker};
-
-    let ns = uuid::Uuid::new_v4().simple().to_string();
-    let (store, _drop) = pg_store(&ns).await;
-    let amqp = Arc::new(AmqpBroker::new(&url_in(&format!("weir-test-{ns}."))).unwrap());
-    let broker: Arc<dyn Broker> = amqp.clone();
+    let rig = rig().await;
     let ran = Arc::new(AtomicUsize::new(0));
     let mut registry = Registry::new();
     registry.register_fn("refuse", |_: serde_json::Value, _cx: TaskContext| async {
         Err::<(), _>(TaskError::permanent("refused"))
     });
-    let counter = ran.clone();
-    registry.register_fn("count", move |_: serde_json::Value, _cx: TaskContext| {
-        counter.fetch_add(1, Ordering::SeqCst);
-        async { Ok::<_, TaskError>(()) }
-    });
-    let wf = Workflows::new(broker.clone(), store.clone());
+    counted(&mut registry, "count", &ran, |_: serde_json::Value| ());
+    let wf = rig.workflows(&rig.broker);
     let mut children = vec![StepSpec::new("refuse", serde_json::json!(null))];
     children.extend((0..20).map(|_| StepSpec::new("count", serde_json::json!(null))));
     let id = wf.submit(&WorkflowSpec::group(children)).await.unwrap();
-    let worker = Worker::builder(broker.clone(), registry)
-        .queue("default", 1)
-        .workflows(wf.clone())
-        .build()
-        .unwrap();
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(worker.run(async move {
-        let _ = rx.await;
-    }));
+    let worker = run_worker(rig.broker.clone(), &wf, registry, "default", 1, LEASE);
+    let s = until_finished(&wf, id, Duration::from_secs(60)).await;
+    assert_eq!(s.state, WorkflowState::Failed);
+    assert_eq!((s.failed, s.cancelled), (1, 20), "{s:?}");
+    // The queue is worked off: the siblings still in it are delivered and finished unrun.
     let start = Instant::now();
-    let report = loop {
-        let s = wf.status(id).await.unwrap().unwrap();
-        // Finished, and the queue has been worked off.
-        let depth = amqp
-            .queue_stats()
-            .unwrap()
-            .depths(&["default".into()])
-            .await
-            .unwrap()[0]
-            .ready;
-        if s.state != WorkflowState::Running && depth == 0 {
-            assert_eq!(s.state, WorkflowState::Failed);
-            assert_eq!((s.failed, s.cancelled), (1, 20), "{s:?}");
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let _ = stop.send(());
-            break run.await.unwrap();
-        }
+    while rig.depth("default").await.ready > 0 {
         assert!(
             start.elapsed() < Duration::from_secs(60),
-            "{s:?}, {depth} queued"
+            "siblings still queued"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let report = worker.finish().await;
     let ran = ran.load(Ordering::SeqCst);
     assert!(ran <= 2, "{ran} siblings ran after the failure");
     assert_eq!(
@@ -202,19 +243,13 @@ async fn fail_fast_on_rabbitmq_finishes_queued_siblings_unrun() {
         20,
         "every other sibling was finished unrun: {report:?}"
     );
-    let d = &amqp
-        .queue_stats()
-        .unwrap()
-        .depths(&["default".into()])
-        .await
-        .unwrap()[0];
+    let d = rig.depth("default").await;
     assert_eq!(
         (d.ready, d.dead),
         (0, 1),
         "only the failed child is dead-lettered: {d:?}"
     );
-    amqp.delete_queues(&["default".into()]).await.unwrap();
-    amqp.close().await;
+    rig.close(&["default"]).await;
 }
 
 /// Fail-fast on RabbitMQ across workers: the failing child runs on one worker, its siblings
@@ -222,16 +257,9 @@ async fn fail_fast_on_rabbitmq_finishes_queued_siblings_unrun() {
 /// store and fires their tokens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_fast_on_rabbitmq_stops_siblings_running_on_another_worker() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    use weir::workflow::{StepSpec, WorkflowSpec, WorkflowState, Workflows};
-    use weir::{Broker, Registry, TaskContext, TaskError, Worker};
-
-    let ns = uuid::Uuid::new_v4().simple().to_string();
-    let (store, _drop) = pg_store(&ns).await;
-    let url = url_in(&format!("weir-test-{ns}."));
-    let slow_broker = Arc::new(AmqpBroker::new(&url).unwrap());
-    let fast_broker = Arc::new(AmqpBroker::new(&url).unwrap());
+    let rig = rig().await;
+    let fast_amqp = Arc::new(AmqpBroker::new(&rig.url).unwrap());
+    let fast_broker: Arc<dyn Broker> = fast_amqp.clone();
     let started = Arc::new(AtomicUsize::new(0));
     let stopped = Arc::new(AtomicUsize::new(0));
     let mut slow = Registry::new();
@@ -253,31 +281,20 @@ async fn fail_fast_on_rabbitmq_stops_siblings_running_on_another_worker() {
     fast.register_fn("refuse", |_: serde_json::Value, _cx: TaskContext| async {
         Err::<(), _>(TaskError::permanent("refused"))
     });
-    let workflows = |b: &Arc<AmqpBroker>| {
-        let b: Arc<dyn Broker> = b.clone();
-        Workflows::new(b, store.clone())
-    };
-    let run = |b: &Arc<AmqpBroker>, registry: Registry, queue: &str| {
-        let broker: Arc<dyn Broker> = b.clone();
-        let worker = Worker::builder(broker, registry)
-            .queue(queue, 4)
-            .lease(Duration::from_millis(900))
-            .workflows(workflows(b))
-            .build()
-            .unwrap();
-        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(worker.run(async move {
-            let _ = rx.await;
-        }));
-        (stop, task)
-    };
-    // The siblings start first, on the slow worker.
-    let (stop_slow, slow_task) = run(&slow_broker, slow, "slow");
+    // The siblings start first, on the slow worker (the rig's broker).
+    let slow_worker = run_worker(
+        rig.broker.clone(),
+        &rig.workflows(&rig.broker),
+        slow,
+        "slow",
+        4,
+        SHORT_LEASE,
+    );
     let mut children: Vec<_> = (0..3)
         .map(|_| StepSpec::new("wait", serde_json::json!(null)).queue("slow"))
         .collect();
     children.push(StepSpec::new("refuse", serde_json::json!(null)).queue("fast"));
-    let wf = workflows(&fast_broker);
+    let wf = rig.workflows(&fast_broker);
     let id = wf.submit(&WorkflowSpec::group(children)).await.unwrap();
     let start = Instant::now();
     while started.load(Ordering::SeqCst) < 3 {
@@ -287,7 +304,7 @@ async fn fail_fast_on_rabbitmq_stops_siblings_running_on_another_worker() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (stop_fast, fast_task) = run(&fast_broker, fast, "fast");
+    let fast_worker = run_worker(fast_broker, &wf, fast, "fast", 4, SHORT_LEASE);
     let start = Instant::now();
     while stopped.load(Ordering::SeqCst) < 3 {
         assert!(
@@ -302,16 +319,10 @@ async fn fail_fast_on_rabbitmq_stops_siblings_running_on_another_worker() {
         (s.state, s.failed, s.cancelled),
         (WorkflowState::Failed, 1, 3)
     );
-    let _ = stop_fast.send(());
-    let _ = stop_slow.send(());
-    fast_task.await.unwrap();
-    slow_task.await.unwrap();
-    for b in [&slow_broker, &fast_broker] {
-        b.delete_queues(&["slow".into(), "fast".into()])
-            .await
-            .unwrap();
-        b.close().await;
-    }
+    fast_worker.finish().await;
+    slow_worker.finish().await;
+    fast_amqp.close().await;
+    rig.close(&["slow", "fast"]).await;
 }
 
 /// RabbitMQ cannot refuse a job id it has seen, so a next step can be enqueued twice (a crash
@@ -321,32 +332,12 @@ async fn fail_fast_on_rabbitmq_stops_siblings_running_on_another_worker() {
 /// acked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_already_recorded_is_not_run_again_on_rabbitmq() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    use weir::workflow::{Member, StepSpec, WorkflowSpec, WorkflowState, Workflows};
-    use weir::{Broker, NewJob, Registry, TaskContext, TaskError, Worker};
-
-    let ns = uuid::Uuid::new_v4().simple().to_string();
-    let (store, _drop) = pg_store(&ns).await;
-    let amqp = Arc::new(AmqpBroker::new(&url_in(&format!("weir-test-{ns}."))).unwrap());
-    let broker: Arc<dyn Broker> = amqp.clone();
+    let rig = rig().await;
     let ran = Arc::new(AtomicUsize::new(0));
     let mut registry = Registry::new();
-    let counter = ran.clone();
-    registry.register_fn("count", move |n: u32, _cx: TaskContext| {
-        counter.fetch_add(1, Ordering::SeqCst);
-        async move { Ok::<_, TaskError>(n + 1) }
-    });
-    let wf = Workflows::new(broker.clone(), store.clone());
-    let worker = Worker::builder(broker.clone(), registry)
-        .queue("default", 2)
-        .workflows(wf.clone())
-        .build()
-        .unwrap();
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(worker.run(async move {
-        let _ = rx.await;
-    }));
+    counted(&mut registry, "count", &ran, |n: u32| n + 1);
+    let wf = rig.workflows(&rig.broker);
+    let worker = run_worker(rig.broker.clone(), &wf, registry, "default", 2, LEASE);
     let id = wf
         .submit(&WorkflowSpec::chain(vec![
             StepSpec::new("count", serde_json::json!(1)),
@@ -354,11 +345,7 @@ async fn a_member_already_recorded_is_not_run_again_on_rabbitmq() {
         ]))
         .await
         .unwrap();
-    let start = Instant::now();
-    while wf.status(id).await.unwrap().unwrap().state == WorkflowState::Running {
-        assert!(start.elapsed() < Duration::from_secs(30), "chain stuck");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_finished(&wf, id, Duration::from_secs(30)).await;
     assert_eq!(ran.load(Ordering::SeqCst), 2);
     // Both members' jobs once more, under their ids.
     let members = wf.members(id).await.unwrap();
@@ -372,11 +359,10 @@ async fn a_member_already_recorded_is_not_run_again_on_rabbitmq() {
             })
         })
         .collect();
-    broker.enqueue_many(again).await.unwrap();
-    let stats = amqp.queue_stats().unwrap();
+    rig.broker.enqueue_many(again).await.unwrap();
     let start = Instant::now();
     loop {
-        let d = &stats.depths(&["default".into()]).await.unwrap()[0];
+        let d = rig.depth("default").await;
         if d.ready == 0 {
             break;
         }
@@ -386,11 +372,10 @@ async fn a_member_already_recorded_is_not_run_again_on_rabbitmq() {
     // Delivered is not yet acked: give the store checks and the acks time (a delivery still
     // held at shutdown would be given back, and counted as ready below).
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let _ = stop.send(());
-    let report = run.await.unwrap();
+    let report = worker.finish().await;
     assert_eq!(ran.load(Ordering::SeqCst), 2, "no member ran twice");
     // Acked, not given back at shutdown, nothing more enqueued, nothing dead-lettered.
-    let d = &stats.depths(&["default".into()]).await.unwrap()[0];
+    let d = rig.depth("default").await;
     assert_eq!((d.ready, d.dead), (0, 0), "{d:?}, {report:?}");
     let after = wf.members(id).await.unwrap();
     assert_eq!(after, members, "the record is unchanged");
@@ -398,8 +383,7 @@ async fn a_member_already_recorded_is_not_run_again_on_rabbitmq() {
         wf.status(id).await.unwrap().unwrap().state,
         WorkflowState::Succeeded
     );
-    amqp.delete_queues(&["default".into()]).await.unwrap();
-    amqp.close().await;
+    rig.close(&["default"]).await;
 }
 
 /// A submission interrupted on RabbitMQ: the store has the chord, the broker two of its five
@@ -408,27 +392,15 @@ async fn a_member_already_recorded_is_not_run_again_on_rabbitmq() {
 /// their second copies arrive and are not run again, and the callback gets every result.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_submission_is_rescued_on_rabbitmq() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    use weir::workflow::{StepSpec, WorkflowId, WorkflowSpec, WorkflowState, Workflows};
-    use weir::{Broker, Registry, TaskContext, TaskError, Timestamp, Worker};
-
-    let ns = uuid::Uuid::new_v4().simple().to_string();
-    let (store, _drop) = pg_store(&ns).await;
-    let amqp = Arc::new(AmqpBroker::new(&url_in(&format!("weir-test-{ns}."))).unwrap());
-    let broker: Arc<dyn Broker> = amqp.clone();
+    let rig = rig().await;
     let squared = Arc::new(AtomicUsize::new(0));
     let mut registry = Registry::new();
-    let counter = squared.clone();
-    registry.register_fn("square", move |n: i64, _cx: TaskContext| {
-        counter.fetch_add(1, Ordering::SeqCst);
-        async move { Ok::<_, TaskError>(n * n) }
-    });
+    counted(&mut registry, "square", &squared, |n: i64| n * n);
     registry.register_fn(
         "collect",
         |v: serde_json::Value, _cx: TaskContext| async move { Ok::<_, TaskError>(v) },
     );
-    let wf = Workflows::new(broker.clone(), store.clone());
+    let wf = rig.workflows(&rig.broker);
     let spec = WorkflowSpec::chord(
         (0..5)
             .map(|n| StepSpec::new("square", serde_json::json!(n)))
@@ -438,8 +410,8 @@ async fn an_interrupted_submission_is_rescued_on_rabbitmq() {
     let id = WorkflowId::new();
     let hour_ago = Timestamp(Timestamp::now().0 - 3_600_000);
     let (stored, jobs) = spec.plan(id, "trace", hour_ago);
-    store.create(stored).await.unwrap();
-    broker.enqueue_many(jobs[..2].to_vec()).await.unwrap(); // then the submitter died
+    rig.store.create(stored).await.unwrap();
+    rig.broker.enqueue_many(jobs[..2].to_vec()).await.unwrap(); // then the submitter died
     let ten_minutes = Duration::from_secs(600);
     assert_eq!(wf.rescue(ten_minutes).await.unwrap(), 5, "all of them");
     assert_eq!(wf.rescue(ten_minutes).await.unwrap(), 0, "recorded as done");
@@ -456,49 +428,25 @@ async fn an_interrupted_submission_is_rescued_on_rabbitmq() {
         .await
         .unwrap();
     let soon = Timestamp(Timestamp::now().0 + 60_000);
-    let listed = store.unstarted(soon, 100).await.unwrap();
+    let listed = rig.store.unstarted(soon, 100).await.unwrap();
     assert!(
         listed.iter().all(|(w, _)| *w != whole),
         "all three batches recorded"
     );
 
     // One slot (prefetch 1): the copies run one after the other.
-    let worker = Worker::builder(broker.clone(), registry)
-        .queue("default", 1)
-        .workflows(wf.clone())
-        .build()
-        .unwrap();
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(worker.run(async move {
-        let _ = rx.await;
-    }));
-    let start = Instant::now();
-    while wf.status(id).await.unwrap().unwrap().state == WorkflowState::Running {
-        assert!(start.elapsed() < Duration::from_secs(30), "chord stuck");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let _ = stop.send(());
-    run.await.unwrap();
+    let worker = run_worker(rig.broker.clone(), &wf, registry, "default", 1, LEASE);
+    let s = until_finished(&wf, id, Duration::from_secs(30)).await;
+    worker.finish().await;
+    assert_eq!(s.state, WorkflowState::Succeeded);
     let members = wf.members(id).await.unwrap();
-    assert_eq!(
-        wf.status(id).await.unwrap().unwrap().state,
-        WorkflowState::Succeeded
-    );
     assert_eq!(
         members[5].result,
         Some(serde_json::json!([0, 1, 4, 9, 16])),
         "the callback got every child's result, in order"
     );
     assert_eq!(squared.load(Ordering::SeqCst), 5, "no child ran twice");
-    let d = &amqp
-        .queue_stats()
-        .unwrap()
-        .depths(&["default".into()])
-        .await
-        .unwrap()[0];
+    let d = rig.depth("default").await;
     assert_eq!((d.ready, d.dead), (0, 0), "{d:?}");
-    amqp.delete_queues(&["default".into(), "idle".into()])
-        .await
-        .unwrap();
-    amqp.close().await;
+    rig.close(&["default", "idle"]).await;
 }

@@ -1,6 +1,8 @@
 //! Durable workflows end to end on the embedded broker and store (a real SQLite file) and on
 //! the memory pair: chain, chord of 1,000, fail-fast cancellation, collect-all.
 
+mod workflow_support;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +15,7 @@ use weir::{
     Broker, JobState, MemoryBroker, MemoryStore, Registry, SqliteBroker, SqliteOptions,
     SqliteStore, StateStore, TaskContext, TaskError, Worker,
 };
+use workflow_support::{run_worker, Running};
 
 /// Kinds used below: `square` (n → n²), `collect` (returns its payload: the callback sees the
 /// children's results), `add_one`, `fail_on` (fails for good when n is in the list), and
@@ -53,49 +56,19 @@ fn registry(saw_cancel: Arc<AtomicUsize>) -> Registry {
     r
 }
 
-struct Running {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<weir::WorkerReport>,
-}
-
 fn start(broker: Arc<dyn Broker>, wf: &Workflows, saw: Arc<AtomicUsize>, slots: usize) -> Running {
-    let worker = Worker::builder(broker, registry(saw))
-        .queue("default", slots)
-        .lease(Duration::from_secs(1))
-        .workflows(wf.clone())
-        .build()
-        .unwrap();
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(worker.run(async move {
-        let _ = rx.await;
-    }));
-    Running { stop, task }
-}
-
-impl Running {
-    async fn finish(self) {
-        let _ = self.stop.send(());
-        self.task.await.unwrap();
-    }
+    run_worker(
+        broker,
+        wf,
+        registry(saw),
+        "default",
+        slots,
+        Duration::from_secs(1),
+    )
 }
 
 async fn until_finished(wf: &Workflows, id: WorkflowId) -> WorkflowStatus {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let s = wf
-            .status(id)
-            .await
-            .unwrap()
-            .expect("the workflow is stored");
-        if s.state != WorkflowState::Running {
-            return s;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "workflow still running: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    workflow_support::until_finished(wf, id, Duration::from_secs(90)).await
 }
 
 fn embedded(dir: &tempfile::TempDir) -> (Arc<dyn Broker>, Arc<dyn StateStore>) {
@@ -412,8 +385,7 @@ async fn an_advance_interrupted_before_its_mark_is_completed_on_replay() {
     }
     let members = wf.members(id).await.unwrap();
     assert!(members[next.index as usize].enqueued, "marked on replay");
-    let _ = run.stop.send(());
-    let report = run.task.await.unwrap();
+    let report = run.finish().await;
     assert_eq!(report.deferred, 0, "{report:?}");
 }
 
