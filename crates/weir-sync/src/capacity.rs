@@ -107,16 +107,27 @@ impl<G: Gate> Capacity<G> {
     }
 }
 
+/// The loom stand-in semaphore, as a gate (tokio's is one in `pool`).
+#[cfg(loom)]
+impl Gate for crate::prims::Arc<crate::prims::Semaphore> {
+    fn add(&self, n: usize) {
+        self.add_permits(n);
+    }
+    fn forget(&self, n: usize) -> usize {
+        self.forget_permits(n)
+    }
+}
+
 #[cfg(all(test, loom))]
 mod loom_models {
     use super::*;
     use loom::sync::Arc;
 
     /// The loom stand-in for tokio's semaphore (shared with the keyed-semaphore models).
-    type Count = Arc<crate::keyed::prims::Semaphore>;
+    type Count = Arc<crate::prims::Semaphore>;
 
     fn count(n: usize) -> Count {
-        Arc::new(crate::keyed::prims::Semaphore::new(n))
+        Arc::new(crate::prims::Semaphore::new(n))
     }
 
     fn take(c: &Capacity<Count>) -> bool {

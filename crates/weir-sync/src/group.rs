@@ -201,6 +201,8 @@ where
     /// Waits for every task. `Ok` holds every result in spawn order; `Err` the failures (in
     /// fail-fast mode the first one, and the rest were cancelled). A panic counts as a failure
     /// and, in fail-fast mode, cancels the others too.
+    ///
+    /// Cancel safety: dropping the future drops the group, which aborts the tasks still running.
     pub async fn join(mut self) -> Result<Vec<T>, GroupError<E>>
     where
         E: std::fmt::Display,

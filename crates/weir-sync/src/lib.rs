@@ -8,8 +8,9 @@ mod group;
 mod keyed;
 mod limits;
 mod pool;
+mod prims;
 
 pub use backoff::{Backoff, BackoffError, Jitter};
 pub use group::{panic_message, GroupError, GroupMode, TaskFailure, TaskGroup};
-pub use limits::{Admission, LimitSpec, Limiter, Rate};
+pub use limits::{Admission, LimitSpec, Limiter, ParseRateError, Rate};
 pub use pool::{ElasticPool, PoolStats, Rejected, Slot};

@@ -30,16 +30,27 @@ pub struct Rate {
     pub per: Duration,
 }
 
+/// The text given to [`Rate::from_str`](std::str::FromStr) is not a rate.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseRateError(String);
+
 impl std::str::FromStr for Rate {
-    type Err = String;
+    type Err = ParseRateError;
 
     /// Parses `100/s`, `20/m`, `5/h` or `10/250ms`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("`{s}` is not a rate (expected e.g. 100/s, 20/m, 5/h)");
+        let bad = || {
+            ParseRateError(format!(
+                "`{s}` is not a rate (expected e.g. 100/s, 20/m, 5/h)"
+            ))
+        };
         let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
         let count: u32 = n.trim().parse().map_err(|_| bad())?;
         if count == 0 {
-            return Err(format!("`{s}`: a rate must allow at least 1"));
+            return Err(ParseRateError(format!(
+                "`{s}`: a rate must allow at least 1"
+            )));
         }
         let per = match unit.trim() {
             "s" => Duration::from_secs(1),

@@ -219,3 +219,29 @@ async fn a_cancelled_reserve_is_not_counted_as_waiting() {
     drop(busy);
     assert_eq!(waiting.await.unwrap().unwrap().await.unwrap(), 1);
 }
+
+/// A slot reserved for work that has not arrived (a dispatcher parked on an empty queue) is
+/// out of the pool but not busy: an idle pool reads 0% utilisation, so an autoscaler can
+/// shrink it.
+#[tokio::test(start_paused = true)]
+async fn reserved_slots_waiting_for_work_are_not_busy() {
+    let pool = ElasticPool::with_options(4, 16, Duration::from_secs(10));
+    let mut parked = pool.reserve_up_to(4).await;
+    assert_eq!(parked.len(), 4);
+    for _ in 0..20 {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        pool.stats();
+    }
+    let s = pool.stats();
+    assert_eq!((s.size, s.busy, s.reserved), (4, 0, 4));
+    assert!(s.utilisation < 0.01, "nothing ran: {}", s.utilisation);
+    // Work arrives for one slot.
+    parked[0].start();
+    parked[0].start();
+    let s = pool.stats();
+    assert_eq!((s.busy, s.reserved), (1, 4), "started once, counted once");
+    parked.truncate(1);
+    assert_eq!((pool.stats().busy, pool.stats().reserved), (1, 1));
+    drop(parked);
+    assert_eq!((pool.stats().busy, pool.stats().reserved), (0, 0));
+}

@@ -21,8 +21,12 @@ use crate::capacity::{Capacity, Gate};
 pub struct PoolStats {
     /// The configured size. Capacity converges to it as slots come back.
     pub size: usize,
-    /// Slots held (tasks running, or reserved for one).
+    /// Slots running work: spawned on ([`Slot::spawn`]) or marked started ([`Slot::start`]).
+    /// A slot reserved and waiting for work to arrive (a dispatcher's fetch parked on an
+    /// empty queue) is not busy.
     pub busy: usize,
+    /// Slots out of the pool: busy ones and ones reserved but not started yet.
+    pub reserved: usize,
     /// Callers waiting for a slot.
     pub queued: usize,
     /// Mean of `busy / size` over the last window (0 when the size is 0), from samples taken
@@ -182,6 +186,8 @@ impl Tracker for TaskTracker {
 /// A reservation: the permit (if not yet given back) and the work token.
 pub(crate) struct Held<S: Sem, T: Tracker> {
     permit: Option<S::Permit>,
+    /// Counted in [`Core::active`].
+    active: bool,
     /// Dropped last, after the permit is back, so `wait` never returns before the slot is.
     _token: T::Token,
 }
@@ -198,7 +204,10 @@ impl Drop for Waiting<'_> {
 /// The reservation and shutdown protocol of a pool, generic over its primitives.
 pub(crate) struct Core<S, T> {
     cap: Capacity<S>,
+    /// Slots out (reserved or running).
     busy: AtomicUsize,
+    /// Slots running work: a statistic, not part of the reservation protocol.
+    active: AtomicUsize,
     queued: AtomicUsize,
     tracker: T,
 }
@@ -209,6 +218,7 @@ impl<S: Sem, T: Tracker> Core<S, T> {
         Core {
             cap: Capacity::new(gate, size),
             busy: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
             tracker,
         }
@@ -244,14 +254,26 @@ impl<S: Sem, T: Tracker> Core<S, T> {
         self.busy.fetch_add(1, Ordering::AcqRel);
         Some(Held {
             permit: Some(permit),
+            active: false,
             _token: token,
         })
+    }
+
+    /// Counts a held slot as running work, once.
+    pub(crate) fn activate(&self, held: &mut Held<S, T>) {
+        if !held.active && held.permit.is_some() {
+            held.active = true;
+            self.active.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     /// Gives a slot back, or retires it if the pool shrank while it was out. The token goes
     /// when `held` is dropped, after this.
     pub(crate) fn release(&self, held: &mut Held<S, T>) {
         if let Some(p) = held.permit.take() {
+            if std::mem::take(&mut held.active) {
+                self.active.fetch_sub(1, Ordering::AcqRel);
+            }
             self.busy.fetch_sub(1, Ordering::AcqRel);
             if self.cap.retire_one() {
                 S::retire(p);
@@ -381,6 +403,8 @@ impl ElasticPool {
 
     /// Waits for a slot and runs `future` in it. Rejects it, giving it back, when `max_queued`
     /// callers are already waiting or the pool is closed.
+    ///
+    /// Cancel safe: dropped before it returns, the future is not run and no slot is taken.
     pub async fn submit<F>(&self, future: F) -> Result<JoinHandle<F::Output>, Rejected<F>>
     where
         F: Future + Send + 'static,
@@ -422,14 +446,15 @@ impl ElasticPool {
         self.inner.core.cap.size()
     }
 
-    /// Size, busy, queued and utilisation.
+    /// Size, busy, reserved, queued and utilisation (see [`PoolStats`]).
     pub fn stats(&self) -> PoolStats {
         let core = &self.inner.core;
         let size = core.cap.size();
-        let busy = core.busy.load(Ordering::Acquire);
+        let busy = core.active.load(Ordering::Acquire);
         PoolStats {
             size,
             busy,
+            reserved: core.busy.load(Ordering::Acquire),
             queued: core.queued.load(Ordering::Acquire),
             utilisation: self.inner.sampler.lock().sample(Instant::now(), busy, size),
         }
@@ -443,6 +468,8 @@ impl ElasticPool {
     /// Waits until the pool is closed, every slot reserved before has been given back, and
     /// every task spawned on one has finished. (A slot reserved before `close` may still spawn
     /// after it; `wait` waits for that task too.)
+    ///
+    /// Cancel safe.
     pub async fn wait(&self) {
         self.inner.core.wait().await;
     }
@@ -464,12 +491,21 @@ impl std::fmt::Debug for Slot {
 }
 
 impl Slot {
-    /// Runs `future` on the tokio runtime, holding this slot until it completes.
-    pub fn spawn<F>(self, future: F) -> JoinHandle<F::Output>
+    /// Marks the slot as running work from now until it is dropped: it counts as busy in
+    /// [`ElasticPool::stats`] and in utilisation. [`spawn`](Self::spawn) does this itself;
+    /// call it when the slot's work runs some other way. Calling it twice counts once.
+    pub fn start(&mut self) {
+        self.pool.inner.core.activate(&mut self.held);
+    }
+
+    /// Runs `future` on the tokio runtime, holding this slot until it completes. The slot
+    /// counts as busy from now on (see [`start`](Self::start)).
+    pub fn spawn<F>(mut self, future: F) -> JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
+        self.start();
         // The slot (and its tracker token) lives in the task until the work is done.
         tokio::spawn(async move {
             let out = future.await;
@@ -489,161 +525,4 @@ impl Drop for Slot {
 /// -p weir-sync --release --lib pool`). The stand-ins spin with `yield_now` where tokio would
 /// park; loom explores every interleaving of the pool's own steps around them.
 #[cfg(all(test, loom))]
-mod loom_models {
-    use super::*;
-    use crate::keyed::prims::{self, try_take};
-    use loom::future::block_on;
-    use loom::sync::atomic::AtomicBool;
-    use loom::sync::Arc as LArc;
-
-    /// tokio's semaphore: a count of permits and a closed flag.
-    struct LoomSem {
-        count: LArc<prims::Semaphore>,
-        closed: AtomicBool,
-    }
-
-    impl Gate for LArc<LoomSem> {
-        fn add(&self, n: usize) {
-            self.count.add_permits(n);
-        }
-        fn forget(&self, n: usize) -> usize {
-            self.count.forget_permits(n)
-        }
-    }
-
-    impl Sem for LArc<LoomSem> {
-        type Permit = prims::Permit;
-        fn acquire(&self) -> impl Future<Output = Option<Self::Permit>> + Send {
-            let sem = self.clone();
-            async move {
-                loop {
-                    if sem.closed.load(Ordering::Acquire) {
-                        return None;
-                    }
-                    if let Some(p) = try_take(&sem.count) {
-                        return Some(p);
-                    }
-                    loom::thread::yield_now();
-                }
-            }
-        }
-        fn try_acquire(&self) -> Option<Self::Permit> {
-            if self.closed.load(Ordering::Acquire) {
-                return None;
-            }
-            try_take(&self.count)
-        }
-        fn close(&self) {
-            self.closed.store(true, Ordering::Release);
-        }
-        fn is_closed(&self) -> bool {
-            self.closed.load(Ordering::Acquire)
-        }
-        fn available(&self) -> usize {
-            self.count.available_permits()
-        }
-        fn retire(permit: Self::Permit) {
-            permit.forget();
-        }
-    }
-
-    /// tokio-util's `TaskTracker`, with its orderings: one word holding the closed bit and
-    /// twice the number of tokens.
-    #[derive(Default)]
-    struct LoomTracker {
-        state: AtomicUsize,
-    }
-
-    struct Token(LArc<LoomTracker>);
-
-    impl Drop for Token {
-        fn drop(&mut self) {
-            self.0.state.fetch_sub(2, Ordering::Release);
-        }
-    }
-
-    impl Tracker for LArc<LoomTracker> {
-        type Token = Token;
-        fn token(&self) -> Token {
-            self.state.fetch_add(2, Ordering::Relaxed);
-            Token(self.clone())
-        }
-        fn close(&self) {
-            self.state.fetch_or(1, Ordering::AcqRel);
-        }
-        fn wait(&self) -> impl Future<Output = ()> + Send {
-            let t = self.clone();
-            async move {
-                while t.state.load(Ordering::Acquire) != 1 {
-                    loom::thread::yield_now();
-                }
-            }
-        }
-    }
-
-    type LoomCore = Core<LArc<LoomSem>, LArc<LoomTracker>>;
-
-    fn core(size: usize) -> LArc<LoomCore> {
-        let sem = LArc::new(LoomSem {
-            count: LArc::new(prims::Semaphore::new(size)),
-            closed: AtomicBool::new(false),
-        });
-        LArc::new(Core::new(sem, size, LArc::new(LoomTracker::default())))
-    }
-
-    /// `close(); wait()` racing a reservation: either the reservation gets nothing, or `wait`
-    /// returns only after its slot is back. Never a slot handed out after `wait` returned.
-    #[test]
-    fn wait_covers_every_reservation() {
-        loom::model(|| {
-            let core = core(1);
-            let waited = LArc::new(AtomicBool::new(false));
-            let reserver = {
-                let (core, waited) = (core.clone(), waited.clone());
-                loom::thread::spawn(move || {
-                    if let Some(mut held) = block_on(core.reserve()) {
-                        assert!(
-                            !waited.load(Ordering::Acquire),
-                            "a slot was handed out after wait returned"
-                        );
-                        core.release(&mut held);
-                    }
-                })
-            };
-            core.close();
-            block_on(core.wait());
-            waited.store(true, Ordering::Release);
-            assert_eq!(core.busy(), 0, "wait returned with a slot still out");
-            reserver.join().unwrap();
-        });
-    }
-
-    /// Shutdown while the pool shrinks and a busy slot comes back: `wait` returns only after
-    /// the slot is back, and the books balance (no debt, capacity equal to the new size).
-    #[test]
-    fn shutdown_during_shrink() {
-        loom::model(|| {
-            let core = core(2);
-            let mut held = core.try_reserve().expect("a free slot");
-            let returner = {
-                let core = core.clone();
-                loom::thread::spawn(move || core.release(&mut held))
-            };
-            let resizer = {
-                let core = core.clone();
-                loom::thread::spawn(move || core.cap.resize(1))
-            };
-            core.close();
-            block_on(core.wait());
-            assert_eq!(core.busy(), 0, "wait returned with a slot still out");
-            returner.join().unwrap();
-            resizer.join().unwrap();
-            assert_eq!(core.cap.debt(), 0);
-            assert_eq!(core.cap.gate.available(), 1, "capacity equals the new size");
-            assert!(
-                core.try_reserve().is_none(),
-                "a closed pool hands out nothing"
-            );
-        });
-    }
-}
+mod loom_models;
