@@ -93,30 +93,10 @@ fn parse_meta(text: &str) -> Result<Meta, String> {
     Ok(m)
 }
 
-/// An AMQP short string (at most 255 bytes): longer kinds are rejected before publishing.
+/// An AMQP short string (at most 255 bytes): weir_core's job validation keeps kinds and
+/// trace ids within it before anything is published.
 fn short(s: &str) -> ShortString {
     ShortString::from(s)
-}
-
-/// Checks what [`encode`] cannot carry, before anything is published.
-pub(crate) fn check(job: &Job) -> Result<(), String> {
-    if job.kind.len() > 255 {
-        return Err(format!(
-            "kind `{}…` is {} bytes long; AMQP carries at most 255",
-            &job.kind[..32],
-            job.kind.len()
-        ));
-    }
-    if job.kind.is_empty() {
-        return Err("kind is empty".into());
-    }
-    if job.trace_id.len() > 255 {
-        return Err(format!(
-            "trace id is {} bytes long; AMQP carries at most 255",
-            job.trace_id.len()
-        ));
-    }
-    Ok(())
 }
 
 /// How a message came in, besides its properties and body.
@@ -421,18 +401,5 @@ mod tests {
         // Unreadable: shown as it is, with why.
         let junk = decode_dead(&BasicProperties::default(), b"?".to_vec(), "mail");
         assert!(junk.last_error.unwrap().contains("no message-id"));
-    }
-
-    #[test]
-    fn overlong_kind_is_rejected_before_publishing() {
-        let mut job = sample();
-        job.kind = "k".repeat(300);
-        assert!(check(&job).unwrap_err().contains("at most 255"));
-        job.kind.clear();
-        assert!(check(&job).is_err());
-        let mut job = sample();
-        job.trace_id = "t".repeat(256);
-        assert!(check(&job).unwrap_err().contains("trace id"));
-        assert!(check(&sample()).is_ok());
     }
 }

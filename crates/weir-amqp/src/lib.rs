@@ -29,7 +29,11 @@
 mod codec;
 mod conn;
 mod consume;
+mod options;
+mod stats;
 mod topology;
+
+pub use options::AmqpOptions;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -37,142 +41,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lapin::options::{BasicGetOptions, QueueDeleteOptions};
+use lapin::options::QueueDeleteOptions;
 use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 use weir_core::{
-    Broker, BrokerError, Clock, Delivery, Enqueued, FetchRequest, Job, Lease, NewJob, QueueDepth,
-    QueueStats, SettleOutcome, Settlement, SystemClock,
+    check_new_jobs, Broker, BrokerError, Capabilities, Capability, Clock, Delivery, Enqueued,
+    FetchRequest, Job, JobLimits, Lease, NewJob, QueueStats, SettleOutcome, Settlement,
 };
 
 use conn::{unavailable, Connector, Outgoing};
 use consume::{token, untoken, ChanState, HeldState, QueueState};
-pub use topology::QueueType;
-use topology::{route, Target, TIERS_MS};
-
-/// Settings of an [`AmqpBroker`].
-#[derive(Clone)]
-pub struct AmqpOptions {
-    /// The AMQP URL lapin connects to (weir's own query parameters removed).
-    pub url: String,
-    /// The type of every queue weir declares. By default, quorum.
-    pub queue_type: QueueType,
-    /// Prepended to every RabbitMQ queue name (a namespace). By default, empty.
-    pub prefix: String,
-    /// Quorum work queues dead-letter a message delivered this many times without a settle
-    /// (workers crashing on it). By default, 20.
-    pub delivery_limit: u32,
-    /// Quorum queues dead-letter at-least-once (`x-dead-letter-strategy`) rather than
-    /// RabbitMQ's default at-most-once. Delay tiers hand messages back to the work queue by
-    /// dead-lettering, so at-least-once closes the window where a node failure between the
-    /// two queues loses a delayed job. Off by default: RabbitMQ 3.10 crashes its dead-letter
-    /// supervisor when such queues are deleted soon after they are declared, after which no
-    /// queue with the setting can be declared until the node restarts; turn it on with a
-    /// RabbitMQ that has the fix (3.11+). URL: `dead_letter=at-least-once`.
-    pub at_least_once_dead_letters: bool,
-    /// The most unconfirmed publishes in flight. By default, 1000.
-    pub confirm_window: usize,
-    /// How long a call waits for a connection before failing as unavailable. By default, 30 s.
-    pub connect_timeout: Duration,
-    /// The clock for due times and leases. By default, the system clock. Delay tiers run on
-    /// RabbitMQ's clock, so this must follow the wall clock.
-    pub clock: Arc<dyn Clock>,
-}
-
-impl std::fmt::Debug for AmqpOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AmqpOptions")
-            .field("url", &self.display_url())
-            .field("queue_type", &self.queue_type)
-            .field("prefix", &self.prefix)
-            .field("delivery_limit", &self.delivery_limit)
-            .field(
-                "at_least_once_dead_letters",
-                &self.at_least_once_dead_letters,
-            )
-            .field("confirm_window", &self.confirm_window)
-            .field("connect_timeout", &self.connect_timeout)
-            .finish_non_exhaustive()
-    }
-}
-
-impl AmqpOptions {
-    /// Options for `amqp://` or `amqps://` URL. Besides lapin's own query parameters
-    /// (`heartbeat`, `connection_timeout`, …) it takes weir's: `queue_type=quorum|classic`,
-    /// `prefix=NAME`, `delivery_limit=N`, `dead_letter=at-most-once|at-least-once`,
-    /// `confirm_window=N`.
-    ///
-    /// ```
-    /// let o = weir_amqp::AmqpOptions::from_url(
-    ///     "amqp://guest:guest@127.0.0.1:5672/%2f?queue_type=classic&heartbeat=10",
-    /// )
-    /// .unwrap();
-    /// assert_eq!(o.queue_type, weir_amqp::QueueType::Classic);
-    /// assert_eq!(o.url, "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10");
-    /// ```
-    pub fn from_url(url: &str) -> Result<Self, String> {
-        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
-            return Err(format!("`{url}` is not an amqp:// or amqps:// URL"));
-        }
-        let mut o = AmqpOptions {
-            url: String::new(),
-            queue_type: QueueType::Quorum,
-            prefix: String::new(),
-            delivery_limit: 20,
-            at_least_once_dead_letters: false,
-            confirm_window: 1000,
-            connect_timeout: Duration::from_secs(30),
-            clock: Arc::new(SystemClock),
-        };
-        let (base, query) = url.split_once('?').unwrap_or((url, ""));
-        let mut passed = Vec::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let num = |what: &str| -> Result<u64, String> {
-                v.parse::<u64>()
-                    .ok()
-                    .filter(|n| *n >= 1)
-                    .ok_or_else(|| format!("{what} must be a whole number ≥ 1, got `{v}`"))
-            };
-            match k {
-                "queue_type" => o.queue_type = QueueType::parse(v)?,
-                "prefix" => o.prefix = v.to_owned(),
-                "dead_letter" => {
-                    o.at_least_once_dead_letters = match v {
-                        "at-least-once" => true,
-                        "at-most-once" => false,
-                        other => {
-                            return Err(format!(
-                                "dead_letter `{other}` is not one of at-most-once, at-least-once"
-                            ))
-                        }
-                    }
-                }
-                "delivery_limit" => {
-                    o.delivery_limit = u32::try_from(num(k)?).map_err(|e| e.to_string())?
-                }
-                "confirm_window" => {
-                    o.confirm_window = usize::try_from(num(k)?.min(1 << 20)).unwrap_or(1 << 20)
-                }
-                _ => passed.push(pair),
-            }
-        }
-        o.url = if passed.is_empty() {
-            base.to_owned()
-        } else {
-            format!("{base}?{}", passed.join("&"))
-        };
-        o.url
-            .parse::<lapin::uri::AMQPUri>()
-            .map_err(|e| format!("invalid AMQP URL `{}`: {e}", o.display_url()))?;
-        Ok(o)
-    }
-
-    /// The URL with its password hidden, for logs and errors.
-    pub fn display_url(&self) -> String {
-        weir_core::redact_url(&self.url)
-    }
-}
+use topology::{route, Target};
+pub use topology::{QueueType, UnknownQueueType};
 
 /// State shared by the broker handle and its background tasks.
 pub(crate) struct Shared {
@@ -210,9 +90,7 @@ impl AmqpBroker {
     /// A broker for `url` (see [`AmqpOptions::from_url`]). Does not connect yet: a wrong
     /// URL fails here, an unreachable server on first use.
     pub fn new(url: &str) -> Result<Self, BrokerError> {
-        Ok(Self::with_options(
-            AmqpOptions::from_url(url).map_err(BrokerError::Invalid)?,
-        ))
+        Ok(Self::with_options(AmqpOptions::from_url(url)?))
     }
 
     /// A broker with these options.
@@ -235,6 +113,8 @@ impl AmqpBroker {
 
     /// Stops consuming and closes the connection. Deliveries not yet settled go back to their
     /// queues (RabbitMQ redelivers them). Further calls fail with [`BrokerError::Closed`].
+    ///
+    /// Cancel safe: the broker is closed from the first await on.
     pub async fn close(&self) {
         self.shared.closed.cancel();
         self.shared.conn.close().await;
@@ -242,6 +122,8 @@ impl AmqpBroker {
     }
 
     /// Connects now (instead of on first use) and declares the queues behind `queues`.
+    ///
+    /// Cancel safe.
     pub async fn connect(&self, queues: &[&str]) -> Result<(), BrokerError> {
         let conn = self.shared.conn.conn().await?;
         for q in queues {
@@ -253,6 +135,8 @@ impl AmqpBroker {
 
     /// Deletes every RabbitMQ queue behind weir queues `queues` (work, dead, delay tiers),
     /// with their messages. For teardown and tests; returns how many messages went with them.
+    ///
+    /// Cancel safety: dropped part way, some queues are deleted and some not; call it again.
     pub async fn delete_queues(&self, queues: &[String]) -> Result<u64, BrokerError> {
         let conn = self.shared.conn.conn().await?;
         let ch = conn
@@ -377,9 +261,24 @@ struct Claim {
     publish: Option<Outgoing>,
 }
 
+/// What RabbitMQ can do: count its queues and report a backlog. No job is found by id, so
+/// nothing is cancelled, retried or read back; no unique keys, no priorities (FIFO queues).
+const CAPABILITIES: Capabilities = Capabilities::NONE
+    .with(Capability::QueueDepths)
+    .with(Capability::Backlog);
+
 #[async_trait]
 impl Broker for AmqpBroker {
+    fn capabilities(&self) -> Capabilities {
+        CAPABILITIES
+    }
+
+    fn job_limits(&self) -> JobLimits {
+        self.shared.conn.opts().limits
+    }
+
     async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, BrokerError> {
+        check_new_jobs(&jobs, CAPABILITIES, &self.shared.conn.opts().limits)?;
         self.check_open()?;
         let now = self.shared.clock.now();
         let mut out = Vec::with_capacity(jobs.len());
@@ -387,14 +286,7 @@ impl Broker for AmqpBroker {
         let mut queues = BTreeSet::new();
         // Everything is checked before anything is published.
         for new in jobs {
-            if let Some(key) = &new.unique_key {
-                return Err(BrokerError::Unsupported(format!(
-                    "unique key `{key}`: RabbitMQ cannot look a job up by key; use the \
-                     embedded broker for unique jobs"
-                )));
-            }
             let job = new.into_job(now);
-            codec::check(&job).map_err(BrokerError::Invalid)?;
             let target = route(job.run_at.as_millis(), now.as_millis());
             out.push(Enqueued {
                 id: job.id,
@@ -611,100 +503,4 @@ fn copy_for(
         props: codec::encode(&copy),
         body: copy.payload,
     })
-}
-
-#[async_trait]
-impl QueueStats for AmqpBroker {
-    async fn depths(&self, queues: &[String]) -> Result<Vec<QueueDepth>, BrokerError> {
-        self.check_open()?;
-        let conn = self.shared.conn.conn().await?;
-        let topo = &self.shared.conn.topo;
-        let mut out = Vec::with_capacity(queues.len());
-        for q in queues {
-            let count = |target: Target| {
-                let conn = &conn;
-                async move {
-                    let name = topo.name(q, &target);
-                    self.shared
-                        .conn
-                        .declare_one(conn, &name, FieldTable::default(), true)
-                        .await
-                }
-            };
-            let (ready, consumers) = count(Target::Work).await?.unwrap_or((0, 0));
-            let dead = count(Target::Dead).await?.map_or(0, |c| c.0);
-            let mut delayed = 0;
-            for ms in TIERS_MS {
-                delayed += count(Target::Tier(ms)).await?.map_or(0, |c| c.0);
-            }
-            out.push(QueueDepth {
-                queue: q.clone(),
-                ready,
-                delayed,
-                dead,
-                consumers,
-            });
-        }
-        Ok(out)
-    }
-
-    async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<Job>, BrokerError> {
-        self.check_open()?;
-        let conn = self.shared.conn.conn().await?;
-        let name = self.shared.conn.topo.name(queue, &Target::Dead);
-        // Gets without acking on a channel of its own, then closes it: RabbitMQ puts every
-        // message back, in order. Looking removes nothing.
-        let ch = conn
-            .connection
-            .create_channel()
-            .await
-            .map_err(|e| unavailable("opening a channel", e))?;
-        let mut out = Vec::new();
-        while out.len() < limit {
-            match ch
-                .basic_get(name.as_str().into(), BasicGetOptions { no_ack: false })
-                .await
-            {
-                Ok(Some(m)) => {
-                    let d = m.delivery;
-                    out.push(codec::decode_dead(&d.properties, d.data, queue));
-                }
-                Ok(None) => break,
-                Err(e) if e.to_string().contains("NOT_FOUND") => break,
-                Err(e) => return Err(unavailable(&format!("reading `{name}`"), e)),
-            }
-        }
-        if ch.status().connected() {
-            let _ = ch.close(200, "peeked".into()).await;
-        }
-        Ok(out)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn url_options() {
-        let o = AmqpOptions::from_url(
-            "amqp://u:secret@h:5672/%2f?prefix=app.&delivery_limit=3&confirm_window=64",
-        )
-        .unwrap();
-        assert_eq!(o.prefix, "app.");
-        assert_eq!(o.delivery_limit, 3);
-        assert_eq!(o.confirm_window, 64);
-        assert_eq!(o.queue_type, QueueType::Quorum);
-        assert_eq!(o.url, "amqp://u:secret@h:5672/%2f");
-        assert_eq!(o.display_url(), "amqp://u:***@h:5672/%2f");
-        assert!(!format!("{o:?}").contains("secret"));
-        let e = AmqpOptions::from_url("amqp://h/?delivery_limit=0").unwrap_err();
-        assert!(e.contains("delivery_limit must be a whole number"), "{e}");
-        let e = AmqpOptions::from_url("amqp://h/?queue_type=lazy").unwrap_err();
-        assert!(e.contains("`lazy`"), "{e}");
-        let e = AmqpOptions::from_url("redis://h").unwrap_err();
-        assert!(e.contains("not an amqp://"), "{e}");
-        let e = AmqpOptions::from_url("amqp://h:notaport/").unwrap_err();
-        assert!(e.contains("invalid AMQP URL"), "{e}");
-    }
 }

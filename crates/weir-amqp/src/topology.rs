@@ -32,16 +32,19 @@ pub enum QueueType {
 
 impl QueueType {
     /// Parses `quorum` or `classic`.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, UnknownQueueType> {
         match s {
             "quorum" => Ok(QueueType::Quorum),
             "classic" => Ok(QueueType::Classic),
-            other => Err(format!(
-                "queue_type `{other}` is not one of quorum, classic"
-            )),
+            other => Err(UnknownQueueType(other.to_owned())),
         }
     }
 }
+
+/// The text given to [`QueueType::parse`] names no queue type.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("queue_type `{0}` is not one of quorum, classic")]
+pub struct UnknownQueueType(String);
 
 /// How weir names and declares the queues behind one weir queue.
 #[derive(Clone, Debug)]
@@ -248,6 +251,9 @@ mod tests {
     #[test]
     fn queue_type_parses() {
         assert_eq!(QueueType::parse("classic"), Ok(QueueType::Classic));
-        assert!(QueueType::parse("stream").unwrap_err().contains("`stream`"));
+        assert!(QueueType::parse("stream")
+            .unwrap_err()
+            .to_string()
+            .contains("`stream`"));
     }
 }

@@ -212,14 +212,20 @@ async fn a_message_that_keeps_killing_workers_ends_in_the_dead_letter_queue() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unique_keys_are_refused_not_ignored() {
+async fn unique_keys_and_priorities_are_refused_not_ignored() {
     let (b, _c) = broker("");
     let e = b
         .enqueue(NewJob::new("k", "{}").queue("u").unique("once"))
         .await
         .unwrap_err();
     assert!(matches!(e, weir_core::BrokerError::Unsupported(_)), "{e}");
-    assert!(e.to_string().contains("unique key `once`"), "{e}");
+    assert!(e.to_string().contains("unique keys"), "{e}");
+    let e = b
+        .enqueue(NewJob::new("k", "{}").queue("u").priority(5))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, weir_core::BrokerError::Unsupported(_)), "{e}");
+    assert!(e.to_string().contains("priorities"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::{Job, JobId, JobState, NewJob, Timestamp};
+use crate::{InvalidJob, Job, JobId, JobLimits, JobState, NewJob, Timestamp};
 
 /// A storage or transport failure. Brokers report what went wrong in words an operator can act
 /// on; whether to try again is [`BrokerError::is_transient`].
@@ -16,6 +16,15 @@ pub enum BrokerError {
     /// The request itself is wrong (for example a field out of range); retrying will not help.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// A job given to `enqueue_many` is invalid (see [`NewJob::validate`]); nothing was
+    /// stored.
+    #[error("invalid job: {error}")]
+    InvalidJob {
+        /// Its index in the batch.
+        index: usize,
+        /// What is wrong with it.
+        error: InvalidJob,
+    },
     /// The broker cannot do this at all (a capability it does not have).
     #[error("not supported by this broker: {0}")]
     Unsupported(String),
@@ -136,6 +145,112 @@ pub enum SettleOutcome {
     Stale,
 }
 
+/// One thing a broker may or may not be able to do. Brokers declare theirs
+/// ([`Broker::capabilities`]); the runtime, the workflow engine and the CLI branch on the
+/// declaration, and the conformance suite checks that a broker does what it declares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Capability {
+    /// Finds, lists and counts stored jobs: [`Broker::inspect`] returns [`Inspect`].
+    Inspect,
+    /// Cancels a queued job by id so that it never runs, and takes the lease of a running
+    /// one ([`Inspect::cancel`]).
+    CancelQueued,
+    /// Deduplicates by unique key at enqueue ([`NewJob::unique_key`]).
+    UniqueKeys,
+    /// Runs ready jobs of a queue highest priority first ([`NewJob::priority`]).
+    Priorities,
+    /// Keeps a succeeded job's result, readable with [`Inspect::get`].
+    StoredResults,
+    /// Counts and peeks at queues without finding single jobs: [`Broker::queue_stats`].
+    QueueDepths,
+    /// Reports how many jobs are runnable now ([`Broker::backlog`]), the autoscaler's input.
+    Backlog,
+    /// Keeps what workers report about their pools ([`Broker::report`], [`Inspect::workers`]).
+    WorkerReports,
+    /// Deletes finished jobs by age ([`Inspect::purge_finished_before`]): retention.
+    RetentionByAge,
+}
+
+impl Capability {
+    /// Every capability, in declaration order.
+    pub const ALL: [Capability; 9] = [
+        Capability::Inspect,
+        Capability::CancelQueued,
+        Capability::UniqueKeys,
+        Capability::Priorities,
+        Capability::StoredResults,
+        Capability::QueueDepths,
+        Capability::Backlog,
+        Capability::WorkerReports,
+        Capability::RetentionByAge,
+    ];
+
+    /// A short lowercase name, e.g. `cancel_queued`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capability::Inspect => "inspect",
+            Capability::CancelQueued => "cancel_queued",
+            Capability::UniqueKeys => "unique_keys",
+            Capability::Priorities => "priorities",
+            Capability::StoredResults => "stored_results",
+            Capability::QueueDepths => "queue_depths",
+            Capability::Backlog => "backlog",
+            Capability::WorkerReports => "worker_reports",
+            Capability::RetentionByAge => "retention_by_age",
+        }
+    }
+
+    const fn bit(self) -> u32 {
+        1 << self as u32
+    }
+}
+
+/// The set of [`Capability`]s a broker declares.
+///
+/// ```
+/// use weir_core::{Capabilities, Capability};
+/// let c = Capabilities::NONE.with(Capability::Inspect).with(Capability::Backlog);
+/// assert!(c.has(Capability::Inspect));
+/// assert!(!c.has(Capability::Priorities));
+/// ```
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Capabilities(u32);
+
+impl Capabilities {
+    /// No capability: a broker that only enqueues, leases and settles.
+    pub const NONE: Capabilities = Capabilities(0);
+
+    /// This set plus `c`.
+    pub const fn with(self, c: Capability) -> Capabilities {
+        Capabilities(self.0 | c.bit())
+    }
+
+    /// True if `c` is in the set.
+    pub const fn has(self, c: Capability) -> bool {
+        self.0 & c.bit() != 0
+    }
+
+    /// The capabilities in the set, in declaration order.
+    pub fn iter(self) -> impl Iterator<Item = Capability> {
+        Capability::ALL.into_iter().filter(move |c| self.has(*c))
+    }
+}
+
+impl std::fmt::Debug for Capabilities {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set()
+            .entries(self.iter().map(Capability::as_str))
+            .finish()
+    }
+}
+
+impl Serialize for Capabilities {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter().map(Capability::as_str))
+    }
+}
+
 /// The small interface a worker needs. Every backend implements it and passes the shared
 /// conformance suite (`weir-testkit`).
 ///
@@ -143,7 +258,21 @@ pub enum SettleOutcome {
 /// a lease that is neither settled nor renewed expires and the job runs again.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
+    /// What this broker can do beyond enqueue, fetch, settle and heartbeat. Declared, not
+    /// inferred: callers branch on it, and the conformance suite checks it.
+    fn capabilities(&self) -> Capabilities;
+
+    /// The limits this broker puts on new jobs (checked by [`crate::check_new_jobs`] in
+    /// every `enqueue_many`). By default, [`JobLimits::default`].
+    fn job_limits(&self) -> JobLimits {
+        JobLimits::default()
+    }
+
     /// Stores one job. Returns once the job is durable.
+    ///
+    /// Cancel safety: dropping the future may or may not store the job; a producer that
+    /// needs to know sets its own id ([`NewJob::id`]) and looks it up, or enqueues again
+    /// with a unique key.
     async fn enqueue(&self, job: NewJob) -> Result<Enqueued, BrokerError> {
         let mut out = self.enqueue_many(vec![job]).await?;
         out.pop()
@@ -151,7 +280,10 @@ pub trait Broker: Send + Sync + 'static {
     }
 
     /// Stores many jobs in as few commits as the broker can; results in input order. Returns
-    /// once all are durable.
+    /// once all are durable. Every job is checked first ([`crate::check_new_jobs`]): one bad
+    /// job fails the call with [`BrokerError::InvalidJob`] and stores nothing.
+    ///
+    /// Cancel safety: as [`enqueue`](Self::enqueue).
     async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, BrokerError>;
 
     /// Leases up to `req.max` runnable jobs, highest priority first, then earliest `run_at`.
@@ -163,6 +295,9 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Records how attempts ended, fenced by their leases; results in input order. Returns
     /// once the outcomes are durable.
+    ///
+    /// Cancel safety: dropping the future may or may not record the outcomes; a lease not
+    /// settled expires and the job runs again, so nothing is lost.
     async fn settle(
         &self,
         settlements: Vec<(Lease, Settlement)>,
@@ -170,12 +305,15 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Extends the leases by `extend` from now; `false` marks a lease that is no longer held
     /// (its attempt should stop).
+    ///
+    /// Cancel safety: safe; a dropped heartbeat extends some leases or none.
     async fn heartbeat(&self, leases: &[Lease], extend: Duration)
         -> Result<Vec<bool>, BrokerError>;
 
     /// Jobs runnable now in each of `queues` (due, not running), in input order: the signal
     /// an autoscaler grows on. It may count a few jobs that were cancelled or taken by
-    /// another process since. By default, [`BrokerError::Unsupported`].
+    /// another process since. By default, [`BrokerError::Unsupported`]; a broker that
+    /// implements it declares [`Capability::Backlog`]. Cancel safe (it only reads).
     async fn backlog(&self, queues: &[String]) -> Result<Vec<u64>, BrokerError> {
         let _ = queues;
         Err(BrokerError::Unsupported("backlog".into()))
@@ -183,29 +321,38 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Records what a worker process reports about one of its queues, for `weir status` and
     /// dashboards ([`Inspect::workers`]). Returns [`BrokerError::Unsupported`] by default;
-    /// workers then simply do not appear in status.
+    /// workers then simply do not appear in status. A broker that keeps reports declares
+    /// [`Capability::WorkerReports`]. Cancel safe.
     async fn report(&self, status: WorkerStatus) -> Result<(), BrokerError> {
         let _ = status;
         Err(BrokerError::Unsupported("worker reports".into()))
+    }
+
+    /// Forgets every report of the worker process `worker` (`host:pid`), which stopped
+    /// cleanly, so that status shows no pools for it. By default, nothing. Cancel safe.
+    async fn retire(&self, worker: &str) -> Result<(), BrokerError> {
+        let _ = worker;
+        Ok(())
     }
 
     /// Tells the broker that this process runs at most `slots` jobs of `queue` at once. A
     /// broker that pushes jobs to consumers (RabbitMQ) sizes its prefetch to it, so a worker
     /// never holds more jobs than it can run; a broker that leases on fetch ignores it. The
     /// runtime calls it before its first fetch of a queue and after every resize of that
-    /// queue's pool. By default, ignored.
+    /// queue's pool. By default, ignored. Cancel safe.
     async fn set_capacity(&self, queue: &str, slots: usize) -> Result<(), BrokerError> {
         let _ = (queue, slots);
         Ok(())
     }
 
-    /// The inspection capability, if this broker has one.
+    /// The inspection capability, if this broker declares [`Capability::Inspect`].
     fn inspect(&self) -> Option<&dyn Inspect> {
         None
     }
 
     /// The queue-depth capability, for brokers that cannot inspect single jobs but can count
-    /// and peek at their queues (RabbitMQ). `None` by default.
+    /// and peek at their queues (RabbitMQ), declared as [`Capability::QueueDepths`]. `None`
+    /// by default.
     fn queue_stats(&self) -> Option<&dyn QueueStats> {
         None
     }
@@ -227,7 +374,8 @@ pub struct QueueDepth {
 }
 
 /// Counting and peeking at queues, for brokers that cannot find a job by id. A separate
-/// capability from [`Inspect`]: RabbitMQ offers this and not that.
+/// capability from [`Inspect`]: RabbitMQ offers this and not that. Both methods only look,
+/// and are cancel safe.
 #[async_trait]
 pub trait QueueStats: Send + Sync {
     /// Depths of `queues`, in input order. A queue that does not exist counts as empty.
@@ -296,6 +444,9 @@ impl QueueCounts {
 
 /// Looking at and steering stored jobs: for the CLI, the HTTP API and the dashboard. A separate
 /// capability, because not every broker can offer it (RabbitMQ cannot find a message by id).
+///
+/// Cancel safety: the reads (`get`, `list`, `counts`, `workers`) are cancel safe. A dropped
+/// `retry`, `cancel` or purge may or may not have been applied; ask again with `get`.
 #[async_trait]
 pub trait Inspect: Send + Sync {
     /// The job with this id.
@@ -348,19 +499,75 @@ pub struct WorkerStatus {
     pub updated_at: Timestamp,
 }
 
-/// `url` with any password replaced by `***`, for logs and messages.
+/// A broker or store URL that cannot be used; the URL in the message has its password hidden.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("`{url}`: {reason}")]
+pub struct InvalidUrl {
+    url: String,
+    reason: String,
+}
+
+impl InvalidUrl {
+    /// `url` (redacted here, see [`redact_url`]) is wrong because of `reason`.
+    pub fn new(url: &str, reason: impl Into<String>) -> Self {
+        InvalidUrl {
+            url: redact_url(url),
+            reason: reason.into(),
+        }
+    }
+
+    /// What is wrong.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl From<InvalidUrl> for BrokerError {
+    fn from(e: InvalidUrl) -> Self {
+        BrokerError::Invalid(e.to_string())
+    }
+}
+
+/// `url` with any password replaced by `***`, for logs and messages: the one in the
+/// authority (`user:password@`) and any `password=` or `sslpassword=` query parameter.
 ///
 /// ```
-/// assert_eq!(weir_core::redact_url("amqp://u:pw@h:5672/%2f"), "amqp://u:***@h:5672/%2f");
-/// assert_eq!(weir_core::redact_url("amqp://h/"), "amqp://h/");
-/// assert_eq!(weir_core::redact_url("sqlite:./a@b.db"), "sqlite:./a@b.db");
+/// use weir_core::redact_url;
+/// assert_eq!(redact_url("amqp://u:pw@h:5672/%2f"), "amqp://u:***@h:5672/%2f");
+/// assert_eq!(redact_url("amqp://h/"), "amqp://h/");
+/// assert_eq!(redact_url("sqlite:./a@b.db"), "sqlite:./a@b.db");
+/// assert_eq!(
+///     redact_url("postgres://u@h/db?sslmode=require&password=s3cret"),
+///     "postgres://u@h/db?sslmode=require&password=***"
+/// );
 /// ```
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => match url[s + 3..at].split_once(':') {
-            Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-            None => url.to_owned(),
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match (base.find("://"), base.rfind('@')) {
+        (Some(s), Some(at)) if at > s => match base[s + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:***{}", &base[..s + 3], &base[at..]),
+            None => base.to_owned(),
         },
-        _ => url.to_owned(),
+        _ => base.to_owned(),
+    };
+    if let Some(q) = query {
+        out.push('?');
+        let pairs: Vec<String> = q
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _))
+                    if k.eq_ignore_ascii_case("password")
+                        || k.eq_ignore_ascii_case("sslpassword") =>
+                {
+                    format!("{k}=***")
+                }
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out.push_str(&pairs.join("&"));
     }
+    out
 }

@@ -25,6 +25,15 @@ impl Timestamp {
         )
     }
 
+    /// This time minus `d`, saturating (a duration too long to subtract gives the earliest
+    /// time there is, never a wrapped-around one).
+    pub fn minus(self, d: Duration) -> Timestamp {
+        Timestamp(
+            self.0
+                .saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        )
+    }
+
     /// How long after `earlier` this is; zero if it is not after.
     pub fn since(self, earlier: Timestamp) -> Duration {
         Duration::from_millis(u64::try_from(self.0 - earlier.0).unwrap_or(0))
@@ -86,7 +95,8 @@ impl ManualClock {
 
     /// Moves the clock forward by `d`.
     pub fn advance(&self, d: Duration) {
-        self.0.fetch_add(d.as_millis() as i64, Ordering::SeqCst);
+        let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        self.0.fetch_add(ms, Ordering::SeqCst);
     }
 
     /// Sets the clock to `t`.
@@ -113,6 +123,9 @@ mod tests {
         assert_eq!(c.now(), Timestamp(3_000));
         assert_eq!(c.now().since(Timestamp(1_000)), Duration::from_secs(2));
         assert_eq!(Timestamp(1).since(Timestamp(5)), Duration::ZERO);
+        let huge = Duration::from_secs(u64::MAX);
+        assert_eq!(Timestamp(5).minus(huge), Timestamp(5 - i64::MAX));
+        assert_eq!(Timestamp(5).plus(huge), Timestamp(i64::MAX));
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub struct Job {
     pub lease_until: Option<Timestamp>,
     /// When it reached Succeeded, Failed or Cancelled.
     pub finished_at: Option<Timestamp>,
-    /// The workflow this job is a member of, if any (see [`crate::workflow`]).
+    /// The workflow this job is a member of, if any (see [`Member`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member: Option<Member>,
 }

@@ -13,9 +13,9 @@ use tokio::sync::Notify;
 use crate::WorkerStatus;
 
 use crate::{
-    transition, Broker, BrokerError, Clock, Delivery, Enqueued, Event, FetchRequest, Inspect, Job,
-    JobId, JobState, Lease, ListFilter, NewJob, QueueCounts, ReadyIndex, SettleOutcome, Settlement,
-    SystemClock, Timestamp,
+    check_new_jobs, transition, Broker, BrokerError, Capabilities, Capability, Clock, Delivery,
+    Enqueued, Event, FetchRequest, Inspect, Job, JobId, JobLimits, JobState, Lease, ListFilter,
+    NewJob, QueueCounts, ReadyIndex, SettleOutcome, Settlement, SystemClock, Timestamp,
 };
 
 #[derive(Default)]
@@ -108,6 +108,7 @@ pub struct MemoryBroker {
     inner: Arc<Mutex<Inner>>,
     notify: Arc<Notify>,
     clock: Arc<dyn Clock>,
+    limits: JobLimits,
 }
 
 impl Default for MemoryBroker {
@@ -134,7 +135,14 @@ impl MemoryBroker {
             inner: Arc::new(Mutex::new(Inner::default())),
             notify: Arc::new(Notify::new()),
             clock,
+            limits: JobLimits::default(),
         }
+    }
+
+    /// Sets the limits on new jobs. By default, [`JobLimits::default`].
+    pub fn with_limits(mut self, limits: JobLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     fn take(&self, req: &FetchRequest) -> Vec<Delivery> {
@@ -183,9 +191,30 @@ impl MemoryBroker {
     }
 }
 
+/// What the memory broker declares: everything but queue depths (it has [`Inspect`], which
+/// says more).
+const CAPABILITIES: Capabilities = Capabilities::NONE
+    .with(Capability::Inspect)
+    .with(Capability::CancelQueued)
+    .with(Capability::UniqueKeys)
+    .with(Capability::Priorities)
+    .with(Capability::StoredResults)
+    .with(Capability::Backlog)
+    .with(Capability::WorkerReports)
+    .with(Capability::RetentionByAge);
+
 #[async_trait]
 impl Broker for MemoryBroker {
+    fn capabilities(&self) -> Capabilities {
+        CAPABILITIES
+    }
+
+    fn job_limits(&self) -> JobLimits {
+        self.limits
+    }
+
     async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, BrokerError> {
+        check_new_jobs(&jobs, CAPABILITIES, &self.limits)?;
         let now = self.clock.now();
         let mut g = self.inner.lock();
         let mut out = Vec::with_capacity(jobs.len());
@@ -329,6 +358,11 @@ impl Broker for MemoryBroker {
     async fn report(&self, status: WorkerStatus) -> Result<(), BrokerError> {
         let key = (status.worker.clone(), status.queue.clone());
         self.inner.lock().workers.insert(key, status);
+        Ok(())
+    }
+
+    async fn retire(&self, worker: &str) -> Result<(), BrokerError> {
+        self.inner.lock().workers.retain(|(w, _), _| w != worker);
         Ok(())
     }
 

@@ -76,18 +76,19 @@ impl fmt::Debug for JobState {
     }
 }
 
+/// The text given to [`JobState::from_str`] names no state.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown state `{0}` (expected one of: pending, running, retryable, succeeded, failed, cancelled)")]
+pub struct ParseStateError(String);
+
 impl FromStr for JobState {
-    type Err = String;
+    type Err = ParseStateError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         JobState::ALL
             .into_iter()
             .find(|st| st.as_str().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| {
-                format!(
-                    "unknown state `{s}` (expected one of: pending, running, retryable, succeeded, failed, cancelled)"
-                )
-            })
+            .ok_or_else(|| ParseStateError(s.to_owned()))
     }
 }
 
@@ -124,16 +125,39 @@ impl Event {
         Event::Cancel,
         Event::ManualRetry,
     ];
+
+    /// The event in a user's words, as a verb: "retry", "cancel", …
+    pub fn verb(self) -> &'static str {
+        match self {
+            Event::Lease => "run",
+            Event::Succeed => "succeed",
+            Event::Retry => "schedule a retry of",
+            Event::Fail => "fail",
+            Event::Expire => "expire the lease of",
+            Event::Release => "give back",
+            Event::Cancel => "cancel",
+            Event::ManualRetry => "retry",
+        }
+    }
 }
 
 /// The event does not apply to a job in that state.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]
-#[error("illegal transition: {event:?} on a {from} job")]
+#[error("cannot {} a {from} job{}", event.verb(), hint(*event))]
 pub struct IllegalTransition {
     /// The state the job was in.
     pub from: JobState,
     /// The event that was refused.
     pub event: Event,
+}
+
+/// What the user can do instead, for the events a user asks for.
+fn hint(event: Event) -> &'static str {
+    match event {
+        Event::ManualRetry => " (only a failed job can be retried)",
+        Event::Cancel => " (only a pending, retryable or running job can be cancelled)",
+        _ => "",
+    }
 }
 
 /// The one place that says which state an event leads to. Brokers call it (or encode exactly
@@ -218,6 +242,12 @@ mod tests {
         assert!("dead"
             .parse::<S>()
             .unwrap_err()
+            .to_string()
             .contains("unknown state `dead`"));
+        let e = transition(S::Pending, E::ManualRetry).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cannot retry a pending job (only a failed job can be retried)"
+        );
     }
 }

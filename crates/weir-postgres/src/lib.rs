@@ -4,23 +4,29 @@
 //! [`PgStore`] implements [`StateStore`] with two tables, `weir_workflows` and
 //! `weir_members`, created on first connect. Advancing a workflow locks its row (`SELECT …
 //! FOR UPDATE`), so members finishing on different machines advance it one at a time. The
-//! decision logic is `weir_core::workflow::complete`, the same for every store.
+//! decision logic is `weir_workflow::store::complete`, the same for every store.
 //!
 //! The blocking `postgres` client runs on a thread of the store's own (a [`Batcher`]): a
 //! store call is a few round trips inside a transaction, and the synchronous client keeps
 //! [`WorkflowTx`] synchronous for every store.
 
-use async_trait::async_trait;
+mod conn;
+mod options;
+mod tx;
+
+pub use options::PgOptions;
+
 use std::collections::HashMap;
 
-use postgres::types::ToSql;
-use postgres::{Client, NoTls, Row, Statement};
-use weir_core::workflow::{
-    abort, complete, result_value, Advance, BatchConn, Batcher, FailureMode, Member, MemberOutcome,
-    MemberRow, MemberStatus, NewWorkflow, Progress, Shape, StateStore, StepSpec, WorkflowId,
-    WorkflowState, WorkflowStatus, WorkflowTx,
+use async_trait::async_trait;
+
+use crate::conn::{db, open_and_migrate, Conn};
+use crate::tx::{corrupt, job_id, Tx};
+use weir_core::{BrokerError, JobId, JobState, Member, NewJob, Timestamp, WorkflowId};
+use weir_workflow::store::{
+    abort, complete, Advance, Batcher, MemberOutcome, NewWorkflow, WorkflowTx,
 };
-use weir_core::{BrokerError, JobId, JobState, NewJob, Timestamp};
+use weir_workflow::{result_value, MemberStatus, StateStore, StepSpec, WorkflowStatus};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS weir_workflows (
@@ -61,65 +67,6 @@ CREATE TABLE IF NOT EXISTS weir_members (
     PRIMARY KEY (workflow, idx)
 );";
 
-/// Where to connect: a libpq-style URL (`postgres://user@host:port/db`), plus weir's own
-/// optional `schema=NAME` query parameter, which puts the tables in that schema (created if
-/// missing) instead of the connection's default one.
-#[derive(Clone, Debug)]
-pub struct PgOptions {
-    url: String,
-    schema: Option<String>,
-}
-
-impl PgOptions {
-    /// Parses `postgres://…` or `postgresql://…`; `schema=` may be one of the query parameters.
-    ///
-    /// ```
-    /// let o = weir_postgres::PgOptions::from_url("postgres://u@h/db?schema=jobs").unwrap();
-    /// assert_eq!(o.schema(), Some("jobs"));
-    /// assert!(weir_postgres::PgOptions::from_url("mysql://h").is_err());
-    /// assert!(weir_postgres::PgOptions::from_url("postgres://h/db?schema=a;b").is_err());
-    /// ```
-    pub fn from_url(url: &str) -> Result<Self, String> {
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(format!(
-                "`{url}` is not a PostgreSQL URL (expected postgres://user@host/db)"
-            ));
-        }
-        let (base, query) = match url.split_once('?') {
-            Some((b, q)) => (b, q),
-            None => (url, ""),
-        };
-        let mut schema = None;
-        let mut rest = Vec::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            match pair.strip_prefix("schema=") {
-                Some(s) => {
-                    if s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                        return Err(format!(
-                            "PostgreSQL URL: schema `{s}` must be letters, digits and `_`"
-                        ));
-                    }
-                    schema = Some(s.to_owned());
-                }
-                None => rest.push(pair),
-            }
-        }
-        let url = if rest.is_empty() {
-            base.to_owned()
-        } else {
-            format!("{base}?{}", rest.join("&"))
-        };
-        url.parse::<postgres::Config>()
-            .map_err(|e| format!("PostgreSQL URL: {e}"))?;
-        Ok(PgOptions { url, schema })
-    }
-
-    /// The schema the tables live in, if not the default.
-    pub fn schema(&self) -> Option<&str> {
-        self.schema.as_deref()
-    }
-}
-
 /// Workflow state in PostgreSQL. One connection, owned by a thread of its own, runs every
 /// call: what has queued meanwhile goes into one transaction (a [`Batcher`]). Members of one workflow all lock its row, so their transactions would queue
 /// on that lock anyway; batching them turns one commit per member into one per batch. Cheap to
@@ -133,79 +80,6 @@ pub struct PgStore {
 /// Most calls in one transaction.
 const BATCH: usize = 256;
 
-/// The store's connection, reconnected before a batch when it was lost, with its prepared
-/// statements: a query given as text costs the postgres client a prepare round trip each
-/// time, which doubled the cost of advancing a workflow.
-struct Conn {
-    opts: PgOptions,
-    client: Option<Client>,
-    prepared: HashMap<&'static str, Statement>,
-}
-
-type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
-
-impl Conn {
-    fn client(&mut self) -> &mut Client {
-        self.client
-            .as_mut()
-            .expect("ensure() connects before every batch")
-    }
-
-    fn prep(&mut self, sql: &'static str) -> Result<Statement, postgres::Error> {
-        if let Some(st) = self.prepared.get(sql) {
-            return Ok(st.clone());
-        }
-        let st = self.client().prepare(sql)?;
-        self.prepared.insert(sql, st.clone());
-        Ok(st)
-    }
-
-    fn query(&mut self, sql: &'static str, p: Params<'_>) -> Result<Vec<Row>, postgres::Error> {
-        let st = self.prep(sql)?;
-        self.client().query(&st, p)
-    }
-
-    fn query_opt(
-        &mut self,
-        sql: &'static str,
-        p: Params<'_>,
-    ) -> Result<Option<Row>, postgres::Error> {
-        let st = self.prep(sql)?;
-        self.client().query_opt(&st, p)
-    }
-
-    fn query_one(&mut self, sql: &'static str, p: Params<'_>) -> Result<Row, postgres::Error> {
-        let st = self.prep(sql)?;
-        self.client().query_one(&st, p)
-    }
-
-    fn execute(&mut self, sql: &'static str, p: Params<'_>) -> Result<u64, postgres::Error> {
-        let st = self.prep(sql)?;
-        self.client().execute(&st, p)
-    }
-}
-
-impl BatchConn for Conn {
-    fn control(&mut self, sql: &str) -> Result<(), String> {
-        let r = self
-            .client()
-            .batch_execute(sql)
-            .map_err(|e| db(e).to_string());
-        if self.client().is_closed() {
-            self.client = None;
-        }
-        r
-    }
-
-    fn ensure(&mut self) -> Result<(), String> {
-        if self.client.as_ref().is_none_or(Client::is_closed) {
-            self.prepared.clear();
-            self.client = Some(open(&self.opts).map_err(|e| e.to_string())?);
-        }
-        Ok(())
-    }
-}
-
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgStore")
@@ -214,50 +88,16 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
-/// The server's own message when there is one (`postgres::Error`'s display is only "db
-/// error" then).
-fn db(e: postgres::Error) -> BrokerError {
-    match e.as_db_error() {
-        Some(d) => BrokerError::Unavailable(format!(
-            "postgres: {} ({}): {}",
-            d.message(),
-            d.code().code(),
-            d.detail().unwrap_or("")
-        )),
-        None => BrokerError::Unavailable(format!("postgres: {e}")),
-    }
-}
-
-fn corrupt(what: &str, v: i64) -> BrokerError {
-    BrokerError::Other(format!("workflow store: unknown {what} code {v}"))
-}
-
-/// A new connection, in the options' schema.
-fn open(opts: &PgOptions) -> Result<Client, BrokerError> {
-    let mut c = Client::connect(&opts.url, NoTls).map_err(db)?;
-    if let Some(s) = &opts.schema {
-        // The name was checked to be [A-Za-z0-9_]+ when parsed.
-        c.batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS \"{s}\"; SET search_path TO \"{s}\""
-        ))
-        .map_err(db)?;
-    }
-    Ok(c)
-}
-
 impl PgStore {
     /// Connects, creates the tables if they are missing (under an advisory lock, so many
     /// workers starting at once do not race), and starts the store's thread with that
     /// connection. A connection lost later is replaced before the next batch.
+    ///
+    /// Cancel safe: the connection is made on a blocking thread; dropped, it is closed when made.
     pub async fn connect(opts: PgOptions) -> Result<Self, BrokerError> {
         let schema = opts.schema.clone();
         let batcher = tokio::task::spawn_blocking(move || {
-            let mut client = open(&opts)?;
-            let mut tx = client.transaction().map_err(db)?;
-            tx.execute("SELECT pg_advisory_xact_lock(7746765570)", &[])
-                .map_err(db)?;
-            tx.batch_execute(SCHEMA).map_err(db)?;
-            tx.commit().map_err(db)?;
+            let client = open_and_migrate(&opts, SCHEMA)?;
             let conn = Conn {
                 opts,
                 client: Some(client),
@@ -285,221 +125,6 @@ impl PgStore {
     ) -> Result<T, BrokerError> {
         self.batcher.call_isolated(f).await
     }
-}
-
-struct Tx<'a>(&'a mut Conn);
-
-impl WorkflowTx for Tx<'_> {
-    fn progress(&mut self, id: WorkflowId) -> Result<Option<Progress>, BrokerError> {
-        let Some(r) = self
-            .0
-            .query_opt(
-                "SELECT shape, mode, state, children, succeeded, failed, cancelled, trace_id,
-                        finished_at
-                   FROM weir_workflows WHERE id = $1 FOR UPDATE",
-                &[&id.as_bytes().as_slice()],
-            )
-            .map_err(db)?
-        else {
-            return Ok(None);
-        };
-        progress_from(&r).map(Some)
-    }
-
-    fn set_progress(&mut self, id: WorkflowId, p: &Progress) -> Result<(), BrokerError> {
-        self.0
-            .execute(
-                "UPDATE weir_workflows SET state = $2, succeeded = $3, failed = $4,
-                        cancelled = $5, finished_at = $6
-                  WHERE id = $1",
-                &[
-                    &id.as_bytes().as_slice(),
-                    &(p.state.code() as i16),
-                    &i64::from(p.succeeded),
-                    &i64::from(p.failed),
-                    &i64::from(p.cancelled),
-                    &p.finished_at.map(|t| t.0),
-                ],
-            )
-            .map_err(db)?;
-        Ok(())
-    }
-
-    fn member(&mut self, m: Member) -> Result<Option<MemberRow>, BrokerError> {
-        let Some(r) = self
-            .0
-            .query_opt(
-                "SELECT job_id, state, enqueued, result, step FROM weir_members
-                  WHERE workflow = $1 AND idx = $2",
-                &[&m.workflow.as_bytes().as_slice(), &i64::from(m.index)],
-            )
-            .map_err(db)?
-        else {
-            return Ok(None);
-        };
-        member_from(&r, 0, m).map(Some)
-    }
-
-    fn finish_member(
-        &mut self,
-        m: Member,
-        state: JobState,
-        result: Option<&[u8]>,
-        error: Option<&str>,
-    ) -> Result<(), BrokerError> {
-        self.0
-            .execute(
-                "UPDATE weir_members SET state = $3, result = $4, error = $5
-                  WHERE workflow = $1 AND idx = $2",
-                &[
-                    &m.workflow.as_bytes().as_slice(),
-                    &i64::from(m.index),
-                    &i16::from(state.code()),
-                    &result,
-                    &error,
-                ],
-            )
-            .map_err(db)?;
-        Ok(())
-    }
-
-    fn results(
-        &mut self,
-        id: WorkflowId,
-        children: u32,
-    ) -> Result<Vec<Option<Vec<u8>>>, BrokerError> {
-        Ok(self
-            .0
-            .query(
-                "SELECT result FROM weir_members WHERE workflow = $1 AND idx < $2 ORDER BY idx",
-                &[&id.as_bytes().as_slice(), &i64::from(children)],
-            )
-            .map_err(db)?
-            .iter()
-            .map(|r| r.get(0))
-            .collect())
-    }
-
-    /// One round trip: the workflow row, locked, joined with the member.
-    fn progress_and_member(
-        &mut self,
-        m: Member,
-    ) -> Result<Option<(Progress, Option<MemberRow>)>, BrokerError> {
-        let Some(r) = self
-            .0
-            .query_opt(
-                "SELECT w.shape, w.mode, w.state, w.children, w.succeeded, w.failed,
-                        w.cancelled, w.trace_id, w.finished_at,
-                        x.job_id, x.state, x.enqueued, x.result, x.step
-                   FROM weir_workflows w
-                   LEFT JOIN weir_members x ON x.workflow = w.id AND x.idx = $2
-                  WHERE w.id = $1
-                    FOR UPDATE OF w",
-                &[&m.workflow.as_bytes().as_slice(), &i64::from(m.index)],
-            )
-            .map_err(db)?
-        else {
-            return Ok(None);
-        };
-        let p = progress_from(&r)?;
-        let member = match r.get::<_, Option<&[u8]>>(9) {
-            None => None,
-            Some(_) => Some(member_from(&r, 9, m)?),
-        };
-        Ok(Some((p, member)))
-    }
-
-    /// One round trip: the member's record and the workflow's counters.
-    fn finish_member_and_progress(
-        &mut self,
-        m: Member,
-        state: JobState,
-        result: Option<&[u8]>,
-        error: Option<&str>,
-        p: &Progress,
-    ) -> Result<(), BrokerError> {
-        self.0
-            .execute(
-                "WITH member AS (
-                     UPDATE weir_members SET state = $7, result = $8, error = $9
-                      WHERE workflow = $1 AND idx = $10)
-                 UPDATE weir_workflows SET state = $2, succeeded = $3, failed = $4,
-                        cancelled = $5, finished_at = $6
-                  WHERE id = $1",
-                &[
-                    &m.workflow.as_bytes().as_slice(),
-                    &(p.state.code() as i16),
-                    &i64::from(p.succeeded),
-                    &i64::from(p.failed),
-                    &i64::from(p.cancelled),
-                    &p.finished_at.map(|t| t.0),
-                    &i16::from(state.code()),
-                    &result,
-                    &error,
-                    &i64::from(m.index),
-                ],
-            )
-            .map_err(db)?;
-        Ok(())
-    }
-
-    fn cancel_open(&mut self, id: WorkflowId) -> Result<(u32, Vec<JobId>), BrokerError> {
-        let rows = self
-            .0
-            .query(
-                "UPDATE weir_members SET state = 5 WHERE workflow = $1 AND state < 3
-                 RETURNING job_id, enqueued",
-                &[&id.as_bytes().as_slice()],
-            )
-            .map_err(db)?;
-        let mut jobs = Vec::new();
-        for r in &rows {
-            if r.get::<_, bool>(1) {
-                jobs.push(job_id(r.get(0))?);
-            }
-        }
-        Ok((rows.len() as u32, jobs))
-    }
-}
-
-/// A workflow row's progress, from its first nine columns (shape … finished_at).
-fn progress_from(r: &Row) -> Result<Progress, BrokerError> {
-    let (shape, mode, state): (i16, i16, i16) = (r.get(0), r.get(1), r.get(2));
-    let n = |i: usize| r.get::<_, i64>(i) as u32;
-    Ok(Progress {
-        shape: Shape::from_code(shape.into()).ok_or_else(|| corrupt("shape", shape.into()))?,
-        mode: FailureMode::from_code(mode.into()).ok_or_else(|| corrupt("mode", mode.into()))?,
-        state: WorkflowState::from_code(state.into())
-            .ok_or_else(|| corrupt("state", state.into()))?,
-        children: n(3),
-        succeeded: n(4),
-        failed: n(5),
-        cancelled: n(6),
-        trace_id: r.get(7),
-        finished_at: r.get::<_, Option<i64>>(8).map(Timestamp),
-    })
-}
-
-/// A member row: `job_id, state, enqueued, result, step` from column `at` on.
-fn member_from(r: &Row, at: usize, m: Member) -> Result<MemberRow, BrokerError> {
-    let state: i16 = r.get(at + 1);
-    Ok(MemberRow {
-        job_id: job_id(r.get(at))?,
-        state: JobState::from_code(state.into())
-            .ok_or_else(|| corrupt("member state", state.into()))?,
-        enqueued: r.get(at + 2),
-        result: r.get(at + 3),
-        step: serde_json::from_str::<StepSpec>(r.get(at + 4))
-            .map_err(|e| BrokerError::Other(format!("workflow member {m}: step: {e}")))?,
-    })
-}
-
-fn job_id(bytes: &[u8]) -> Result<JobId, BrokerError> {
-    <[u8; 16]>::try_from(bytes)
-        .map(JobId::from_bytes)
-        .map_err(|_| {
-            BrokerError::Other(format!("workflow store: a job id of {} bytes", bytes.len()))
-        })
 }
 
 #[async_trait]

@@ -44,8 +44,8 @@ weir_testkit::store_suite!(fixture);
 /// again changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tables_from_before_started_are_upgraded_on_connect() {
-    use weir_core::workflow::StateStore;
     use weir_core::Timestamp;
+    use weir_workflow::StateStore;
 
     let schema = format!("weir_test_{}", uuid::Uuid::new_v4().simple());
     let _drop = DropSchema(schema.clone());

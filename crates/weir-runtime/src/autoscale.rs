@@ -51,45 +51,78 @@ impl Default for AutoscaleConfig {
 }
 
 impl AutoscaleConfig {
-    /// Checks that the settings make sense together; the message names the setting.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks that the settings make sense together; the error names the setting.
+    pub fn validate(&self) -> Result<(), InvalidAutoscale> {
+        let bad = |setting, message: String| Err(InvalidAutoscale { setting, message });
         if self.min_workers > self.max_workers {
-            return Err(format!(
-                "min_workers ({}) must not exceed max_workers ({})",
-                self.min_workers, self.max_workers
-            ));
+            return bad(
+                "min_workers",
+                format!(
+                    "min_workers ({}) must not exceed max_workers ({})",
+                    self.min_workers, self.max_workers
+                ),
+            );
         }
         if self.max_workers == 0 {
-            return Err("max_workers must be at least 1".into());
+            return bad("max_workers", "max_workers must be at least 1".into());
         }
         if !(self.backlog_per_worker.is_finite() && self.backlog_per_worker > 0.0) {
-            return Err(format!(
-                "backlog_per_worker must be a positive number, got {}",
-                self.backlog_per_worker
-            ));
+            return bad(
+                "backlog_per_worker",
+                format!(
+                    "backlog_per_worker must be a positive number, got {}",
+                    self.backlog_per_worker
+                ),
+            );
         }
-        let mark = |name: &str, v: f64| {
-            if (0.0..=1.0).contains(&v) {
-                Ok(())
-            } else {
-                Err(format!("{name} must be between 0 and 1, got {v}"))
+        for (setting, v) in [
+            ("low_utilisation", self.low_utilisation),
+            ("high_utilisation", self.high_utilisation),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return bad(
+                    setting,
+                    format!("{setting} must be between 0 and 1, got {v}"),
+                );
             }
-        };
-        mark("low_utilisation", self.low_utilisation)?;
-        mark("high_utilisation", self.high_utilisation)?;
+        }
         if self.low_utilisation >= self.high_utilisation {
-            return Err(format!(
-                "low_utilisation ({}) must be below high_utilisation ({})",
-                self.low_utilisation, self.high_utilisation
-            ));
+            return bad(
+                "low_utilisation",
+                format!(
+                    "low_utilisation ({}) must be below high_utilisation ({})",
+                    self.low_utilisation, self.high_utilisation
+                ),
+            );
         }
         if !(self.shrink_factor > 0.0 && self.shrink_factor < 1.0) {
-            return Err(format!(
-                "shrink_factor must be between 0 and 1 (exclusive), got {}",
-                self.shrink_factor
-            ));
+            return bad(
+                "shrink_factor",
+                format!(
+                    "shrink_factor must be between 0 and 1 (exclusive), got {}",
+                    self.shrink_factor
+                ),
+            );
+        }
+        if self.cooldown.is_zero() {
+            return bad("cooldown", "cooldown must be more than 0".into());
         }
         Ok(())
+    }
+}
+
+/// Autoscaler settings that do not make sense together.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct InvalidAutoscale {
+    setting: &'static str,
+    message: String,
+}
+
+impl InvalidAutoscale {
+    /// The setting at fault, as [`AutoscaleConfig`] names it (`min_workers`, …).
+    pub fn setting(&self) -> &'static str {
+        self.setting
     }
 }
 
@@ -396,7 +429,7 @@ mod tests {
         let bad = |f: fn(&mut AutoscaleConfig)| {
             let mut c = AutoscaleConfig::default();
             f(&mut c);
-            c.validate().unwrap_err()
+            c.validate().unwrap_err().to_string()
         };
         assert!(bad(|c| c.min_workers = 100).contains("min_workers (100)"));
         assert!(bad(|c| c.low_utilisation = 0.9).contains("must be below high_utilisation"));

@@ -38,6 +38,8 @@ impl Client {
     }
 
     /// Enqueues a typed task with default options. Returns once it is durable.
+    ///
+    /// Cancel safety: as [`Broker::enqueue`]: dropped, the job may or may not be stored.
     pub async fn enqueue<T: Task>(&self, task: &T) -> Result<Enqueued, EnqueueError> {
         let job = NewJob::for_task(task).map_err(|source| EnqueueError::Encode {
             kind: T::KIND,
@@ -47,11 +49,15 @@ impl Client {
     }
 
     /// Enqueues a job built with [`NewJob`] (queue, delay, priority, unique key…).
+    ///
+    /// Cancel safety: as [`Broker::enqueue`]: dropped, the job may or may not be stored.
     pub async fn enqueue_job(&self, job: NewJob) -> Result<Enqueued, EnqueueError> {
         Ok(self.broker.enqueue(job).await?)
     }
 
     /// Enqueues many jobs in as few commits as the broker can; results in input order.
+    ///
+    /// Cancel safety: as [`Broker::enqueue_many`]: dropped, the jobs may or may not be stored.
     pub async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, EnqueueError> {
         Ok(self.broker.enqueue_many(jobs).await?)
     }

@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use rand::Rng;
 use weir_core::{Settlement, TaskError, Timestamp};
 use weir_sync::Backoff;
@@ -41,10 +43,15 @@ pub fn settlement_for<R: Rng + ?Sized>(
     }
 }
 
+/// 100 ms doubling to 5 s: how long a dispatcher or the settler waits after `failures`
+/// consecutive store errors.
+pub(crate) fn store_error_pause(failures: u32) -> Duration {
+    let ms = 100u64.saturating_mul(1 << failures.min(6).saturating_sub(1));
+    Duration::from_millis(ms.min(5_000))
+}
+
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use rand::rngs::StdRng;
     use rand::SeedableRng;
     use weir_core::{Clock, ManualClock};

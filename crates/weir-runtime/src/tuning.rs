@@ -6,7 +6,17 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use weir_sync::{Backoff, LimitSpec, Limiter};
 
-use crate::autoscale::AutoscaleConfig;
+use crate::autoscale::{AutoscaleConfig, InvalidAutoscale};
+
+/// A queue's autoscaler settings were refused by [`Tuning::set_autoscale`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("autoscale of queue `{queue}`: {error}")]
+pub struct InvalidTuning {
+    /// The queue.
+    pub queue: String,
+    /// What is wrong.
+    pub error: InvalidAutoscale,
+}
 
 /// Settings a running worker picks up live: retry backoffs per kind (overriding the
 /// registry's), the autoscaler settings per queue and the named limits. Obtained from [`crate::Worker::tuning`]; a
@@ -37,10 +47,15 @@ impl Tuning {
     /// Replaces the autoscaler settings, by queue (each validated first; an invalid one is
     /// refused whole, with its queue named). A queue not listed keeps its pool's size. Takes
     /// effect at the next tick.
-    pub fn set_autoscale(&self, autoscale: HashMap<String, AutoscaleConfig>) -> Result<(), String> {
+    pub fn set_autoscale(
+        &self,
+        autoscale: HashMap<String, AutoscaleConfig>,
+    ) -> Result<(), InvalidTuning> {
         for (q, c) in &autoscale {
-            c.validate()
-                .map_err(|e| format!("autoscale of queue `{q}`: {e}"))?;
+            c.validate().map_err(|e| InvalidTuning {
+                queue: q.clone(),
+                error: e,
+            })?;
         }
         self.autoscale.store(Arc::new(autoscale));
         Ok(())

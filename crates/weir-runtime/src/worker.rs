@@ -1,39 +1,32 @@
-//! The worker: its builder, the per-queue dispatchers, and the shutdown sequence. The loops
-//! that run beside them are in `exec.rs`.
+//! The worker: its builder, and the run that wires its parts together (one dispatcher and one
+//! scaler per queue, the settler, the heartbeat loop and maintenance) and takes them down in
+//! order on shutdown.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use weir_core::{
-    Broker, Clock, FetchRequest, Job, Lease, SettleOutcome, Settlement, SystemClock, Timestamp,
-};
-
+use weir_core::{Broker, Clock, Lease, SettleOutcome, Settlement, SystemClock};
 use weir_sync::ElasticPool;
+use weir_workflow::Workflows;
 
 use crate::autoscale::AutoscaleConfig;
-use crate::exec::{autoscale, backoff_pause, execute, heartbeat, settler, Counters, Exec};
+use crate::dispatch::{dispatch, Dispatch};
+use crate::heartbeat::heartbeat;
+use crate::leases::Leases;
+use crate::maintenance::Maintenance;
+use crate::membership::Membership;
+use crate::observer::{NoObserver, Observer};
 use crate::registry::Registry;
+use crate::report::{Counters, WorkerReport};
+use crate::scaler::{scale_and_report, worker_name};
+use crate::settler::settler;
+use crate::shared::Shared;
 use crate::tuning::Tuning;
-use crate::workflow::Workflows;
-
-/// Hooks called as jobs start and settle: for progress displays, benchmarks and tests. Keep
-/// them cheap; they run on the worker's hot path.
-pub trait Observer: Send + Sync + 'static {
-    /// A job's handler is about to run.
-    fn started(&self, _job: &Job, _at: Timestamp) {}
-    /// An attempt's outcome was recorded (or fenced off) by the broker.
-    fn settled(&self, _lease: &Lease, _settlement: &Settlement, _outcome: SettleOutcome) {}
-}
-
-struct NoObserver;
-impl Observer for NoObserver {}
 
 /// One queue a worker serves and how many jobs of it run at once.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,31 +56,6 @@ pub enum WorkerError {
     Invalid(String),
 }
 
-/// What a worker did, returned when it stops.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct WorkerReport {
-    /// Attempts started.
-    pub started: u64,
-    /// Attempts recorded as Succeeded.
-    pub succeeded: u64,
-    /// Attempts recorded as Retry.
-    pub retried: u64,
-    /// Attempts recorded as Failed.
-    pub failed: u64,
-    /// Settles fenced off because the lease was lost.
-    pub stale: u64,
-    /// Leases given back at shutdown.
-    pub released: u64,
-    /// Attempts deferred because their limits were full.
-    pub deferred: u64,
-    /// Jobs finished as Cancelled without running (their workflow had failed).
-    pub cancelled: u64,
-    /// Times the autoscaler grew a pool.
-    pub scaled_up: u64,
-    /// Times the autoscaler shrank a pool.
-    pub scaled_down: u64,
-}
-
 /// Builds a [`Worker`]. See each setter for its default.
 pub struct WorkerBuilder {
     broker: Arc<dyn Broker>,
@@ -101,6 +69,7 @@ pub struct WorkerBuilder {
     autoscale: HashMap<String, AutoscaleConfig>,
     autoscale_tick: Duration,
     workflows: Option<Workflows>,
+    retention: Option<Duration>,
 }
 
 impl WorkerBuilder {
@@ -153,11 +122,21 @@ impl WorkerBuilder {
         self
     }
 
-    /// Advances durable workflows as their members finish (see [`Workflows`]). By default,
-    /// none: a workflow member this worker fetches is deferred unrun, with a warning, for a
-    /// worker that has a state store.
+    /// Advances durable workflows as their members finish (see [`Workflows`]), and every
+    /// minute completes workflow submissions that were interrupted ([`Workflows::rescue`]).
+    /// By default, none: a workflow member this worker fetches is deferred unrun, with a
+    /// warning, for a worker that has a state store.
     pub fn workflows(mut self, w: Workflows) -> Self {
         self.workflows = Some(w);
+        self
+    }
+
+    /// Deletes succeeded and cancelled jobs (with their results) and finished workflows
+    /// once they are older than `keep`, sweeping every eighth of it (see
+    /// [`sweep`](crate::retention::sweep)); failed jobs stay until purged. By default, none:
+    /// everything is kept (`weir serve` sets 7 days).
+    pub fn retention(mut self, keep: Duration) -> Self {
+        self.retention = Some(keep);
         self
     }
 
@@ -192,8 +171,17 @@ impl WorkerBuilder {
                 w[0]
             )));
         }
-        if names.iter().any(|n| n.is_empty()) {
-            return Err(WorkerError::Invalid("queue names must not be empty".into()));
+        for n in &names {
+            weir_core::validate_queue_name(n).map_err(|e| WorkerError::Invalid(e.to_string()))?;
+        }
+        if let Some(keep) = self.retention {
+            if keep < Duration::from_secs(1) {
+                return Err(WorkerError::Invalid(format!(
+                    "retention must be at least 1s, got {keep:?}"
+                )));
+            }
+            weir_core::validate_duration("retention", keep, true)
+                .map_err(|e| WorkerError::Invalid(e.to_string()))?;
         }
         for (q, c) in &self.autoscale {
             if !self.queues.iter().any(|s| &s.name == q) {
@@ -279,6 +267,7 @@ impl Worker {
             autoscale: HashMap::new(),
             autoscale_tick: Duration::from_secs(5),
             workflows: None,
+            retention: None,
         }
     }
 
@@ -300,53 +289,72 @@ impl Worker {
     }
 
     /// Runs until `shutdown` completes, then drains: no more fetching; running jobs get the
-    /// grace period to finish; the rest are cancelled and their leases given back. Every task
-    /// it spawned has ended when this returns.
+    /// grace period to finish; the rest are cancelled and their leases given back; this
+    /// process's reports are withdrawn from the broker. Every task it spawned has ended when
+    /// this returns.
+    ///
+    /// Cancel safety: dropping the future stops the worker without draining; its leases
+    /// expire and their jobs run again elsewhere.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> WorkerReport {
         let Worker { b, pools, tuning } = self;
+        let caps = b.broker.capabilities();
         let (settle_tx, settle_rx) = mpsc::channel(16 * 1024);
-        let exec = Arc::new(Exec {
+        let shared = Arc::new(Shared {
             broker: b.broker.clone(),
+            caps,
             registry: b.registry,
             observer: b.observer,
-            clock: b.clock,
-            inflight: Mutex::new(HashMap::new()),
-            stopping: std::sync::atomic::AtomicBool::new(false),
+            clock: b.clock.clone(),
             tuning: tuning.clone(),
+            leases: Leases::default(),
             counters: Counters::default(),
-            workflows: b.workflows,
-            members: Mutex::new(HashMap::new()),
+            membership: Membership::new(b.workflows.clone(), caps),
         });
+        let worker = worker_name();
         let stop_fetch = CancellationToken::new();
-        let settler = tokio::spawn(settler(exec.clone(), settle_rx));
-        let hb_stop = CancellationToken::new();
-        let heartbeat = tokio::spawn(heartbeat(exec.clone(), b.lease, hb_stop.clone()));
+        let stop_rest = CancellationToken::new();
+        let settler = tokio::spawn(settler(shared.clone(), settle_rx));
+        let heartbeat = tokio::spawn(heartbeat(shared.clone(), b.lease, stop_rest.clone()));
+        let maintenance = tokio::spawn(
+            Maintenance {
+                broker: b.broker.clone(),
+                workflows: b.workflows.clone(),
+                retention: b.retention,
+                clock: b.clock.clone(),
+            }
+            .run(stop_rest.clone()),
+        );
         let mut dispatchers = JoinSet::new();
+        let mut scalers = JoinSet::new();
         for q in &b.queues {
+            let pool = pools[&q.name].clone();
             dispatchers.spawn(dispatch(
                 Dispatch {
-                    exec: exec.clone(),
-                    pool: pools[&q.name].clone(),
+                    shared: shared.clone(),
+                    pool: pool.clone(),
                     settle_tx: settle_tx.clone(),
-                    queue: q.clone(),
+                    queue: q.name.clone(),
                     lease: b.lease,
                     fetch_batch: b.fetch_batch,
                     grace: b.shutdown_grace,
                 },
                 stop_fetch.clone(),
             ));
-        }
-        let mut scalers = JoinSet::new();
-        for q in &b.queues {
-            scalers.spawn(autoscale(
-                exec.clone(),
+            scalers.spawn(scale_and_report(
+                shared.clone(),
                 q.name.clone(),
-                pools[&q.name].clone(),
+                pool,
                 b.autoscale_tick,
-                hb_stop.clone(),
+                worker.clone(),
+                stop_rest.clone(),
             ));
         }
-        tracing::info!(queues = ?b.queues, "worker started");
+        let names: Vec<String> = b
+            .queues
+            .iter()
+            .map(|q| format!("{} ({})", q.name, q.concurrency))
+            .collect();
+        tracing::info!(queues = %names.join(", "), %worker, "worker started");
         shutdown.await;
         tracing::info!(grace = ?b.shutdown_grace, "worker shutting down: no more fetching");
         stop_fetch.cancel();
@@ -355,144 +363,41 @@ impl Worker {
                 tracing::error!(error = %e, "a dispatcher failed");
             }
         }
-        // Every executor has ended: closing our sender lets the settler finish what it has.
+        // Every attempt has ended: closing our sender lets the settler finish what it has.
         drop(settle_tx);
         if let Err(e) = settler.await {
             tracing::error!(error = %e, "the settler failed");
         }
-        // What is still held was cancelled before its outcome was known: give it back.
-        let leftovers: Vec<Lease> = exec.inflight.lock().values().map(|(l, _)| *l).collect();
-        if !leftovers.is_empty() {
-            let n = leftovers.len();
-            let items = leftovers
-                .into_iter()
-                .map(|l| (l, Settlement::Release))
-                .collect();
-            match exec.broker.settle(items).await {
-                Ok(out) => {
-                    let applied = out.iter().filter(|o| **o == SettleOutcome::Applied).count();
-                    exec.counters
-                        .released
-                        .fetch_add(applied as u64, Ordering::Relaxed);
-                    tracing::info!(released = applied, of = n, "gave unfinished leases back");
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not give leases back; they will expire")
-                }
-            }
-        }
-        hb_stop.cancel();
+        give_back(&shared).await;
+        stop_rest.cancel();
         let _ = heartbeat.await;
+        let _ = maintenance.await;
         while scalers.join_next().await.is_some() {}
+        if let Err(e) = shared.broker.retire(&worker).await {
+            tracing::debug!(error = %e, "withdrawing this worker's reports failed");
+        }
         tracing::info!("worker stopped");
-        report(&exec.counters)
+        shared.counters.report()
     }
 }
 
-struct Dispatch {
-    exec: Arc<Exec>,
-    pool: ElasticPool,
-    settle_tx: mpsc::Sender<(Lease, Settlement)>,
-    queue: QueueSpec,
-    lease: Duration,
-    fetch_batch: usize,
-    grace: Duration,
-}
-
-/// One queue's loop: reserve slots, then fetch that many, then run them.
-async fn dispatch(d: Dispatch, stop: CancellationToken) {
-    let mut running = JoinSet::new();
-    let mut failures = 0u32;
-    let queues = vec![d.queue.name.clone()];
-    // The pool size the broker was last told (a push broker sizes its prefetch to it).
-    let mut announced = None;
-    loop {
-        while running.try_join_next().is_some() {}
-        let size = d.pool.size();
-        if announced != Some(size) {
-            match d.exec.broker.set_capacity(&d.queue.name, size).await {
-                Ok(()) => announced = Some(size),
-                // Fetching goes on with the old capacity; the next loop tries again.
-                Err(e) => {
-                    tracing::warn!(queue = %d.queue.name, size, error = %e, "telling the broker the pool size failed")
-                }
-            }
-        }
-        // Reserve first: nothing is fetched that cannot run now.
-        let mut slots = tokio::select! {
-            _ = stop.cancelled() => break,
-            s = d.pool.reserve_up_to(d.fetch_batch) => s,
-        };
-        if slots.is_empty() {
-            break; // the pool was closed
-        }
-        let req = FetchRequest {
-            queues: queues.clone(),
-            max: slots.len(),
-            lease: d.lease,
-            wait: Duration::from_secs(1),
-        };
-        // Cancel safe: a fetch dropped here leases nothing (the broker gives back what it took).
-        let fetched = tokio::select! {
-            _ = stop.cancelled() => break,
-            r = d.exec.broker.fetch(req) => r,
-        };
-        match fetched {
-            Ok(deliveries) => {
-                failures = 0;
-                for delivery in deliveries {
-                    let Some(slot) = slots.pop() else { break };
-                    running.spawn(execute(d.exec.clone(), d.settle_tx.clone(), delivery, slot));
-                }
-            }
-            Err(e) => {
-                // A store error never ends a worker: log it, back off, go on.
-                failures = failures.saturating_add(1);
-                let pause = backoff_pause(failures);
-                tracing::warn!(queue = %d.queue.name, error = %e, retry_in = ?pause, "fetch failed");
-                drop(slots);
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(pause) => {}
-                }
-            }
-        }
+/// Gives back what is still held: attempts cancelled before their outcome was known.
+async fn give_back(shared: &Shared) {
+    let leftovers: Vec<Lease> = shared.leases.snapshot();
+    if leftovers.is_empty() {
+        return;
     }
-    // Drain: running jobs get the grace period, then are cancelled and abandoned; their
-    // leases stay in `inflight` and are given back by `Worker::run`.
-    let deadline = tokio::time::Instant::now() + d.grace;
-    let drained = tokio::time::timeout_at(deadline, async {
-        while running.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(
-            queue = %d.queue.name,
-            running = running.len(),
-            "grace period over: cancelling running jobs"
-        );
-        // Abort first, then fire the tokens (for work the handlers started elsewhere): an
-        // attempt stopped by shutdown is given back unspent, never recorded as a failure.
-        d.exec.stopping.store(true, Ordering::Release);
-        running.abort_all();
-        for (_, token) in d.exec.inflight.lock().values() {
-            token.cancel();
+    let n = leftovers.len();
+    let items = leftovers
+        .into_iter()
+        .map(|l| (l, Settlement::Release))
+        .collect();
+    match shared.broker.settle(items).await {
+        Ok(out) => {
+            let applied = out.iter().filter(|o| **o == SettleOutcome::Applied).count();
+            shared.counters.released(applied as u64);
+            tracing::info!(released = applied, of = n, "gave unfinished leases back");
         }
-        while running.join_next().await.is_some() {}
-    }
-}
-
-fn report(c: &Counters) -> WorkerReport {
-    WorkerReport {
-        started: c.started.load(Ordering::Relaxed),
-        succeeded: c.succeeded.load(Ordering::Relaxed),
-        retried: c.retried.load(Ordering::Relaxed),
-        failed: c.failed.load(Ordering::Relaxed),
-        stale: c.stale.load(Ordering::Relaxed),
-        released: c.released.load(Ordering::Relaxed),
-        deferred: c.deferred.load(Ordering::Relaxed),
-        cancelled: c.cancelled.load(Ordering::Relaxed),
-        scaled_up: c.scaled_up.load(Ordering::Relaxed),
-        scaled_down: c.scaled_down.load(Ordering::Relaxed),
+        Err(e) => tracing::warn!(error = %e, "could not give leases back; they will expire"),
     }
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use weir_core::{
-    Broker, BrokerError, Delivery, Enqueued, FetchRequest, Lease, MemoryBroker, NewJob,
-    SettleOutcome, Settlement,
+    Broker, BrokerError, Capabilities, Delivery, Enqueued, FetchRequest, Lease, MemoryBroker,
+    NewJob, SettleOutcome, Settlement,
 };
 use weir_runtime::{Registry, Worker};
 
@@ -20,6 +20,9 @@ struct Recording {
 
 #[async_trait]
 impl Broker for Recording {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::NONE
+    }
     async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, BrokerError> {
         self.inner.enqueue_many(jobs).await
     }

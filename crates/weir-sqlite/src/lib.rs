@@ -16,7 +16,10 @@
 //!
 //! The format and its invariants are in docs/embedded-format.md.
 
+mod apply;
 mod checkpoint;
+mod codes;
+mod commands;
 mod ops;
 mod rows;
 mod schema;
@@ -35,13 +38,14 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
 use weir_core::{
-    Broker, BrokerError, Clock, Delivery, Enqueued, FetchRequest, Inspect, Job, JobId, JobState,
-    Lease, ListFilter, NewJob, QueueCounts, SettleOutcome, Settlement, SystemClock, Timestamp,
-    WorkerStatus,
+    check_new_jobs, Broker, BrokerError, Capabilities, Capability, Clock, Delivery, Enqueued,
+    FetchRequest, Inspect, InvalidUrl, Job, JobId, JobLimits, JobState, Lease, ListFilter, NewJob,
+    QueueCounts, SettleOutcome, Settlement, SystemClock, Timestamp, WorkerStatus,
 };
 
+use crate::commands::{Cmd, Fetch};
 use crate::rows::{job_from_row, JOB_COLUMNS};
-use crate::writer::{Cmd, Fetch, Writer};
+use crate::writer::Writer;
 
 /// Rows one purge window looks at: a few milliseconds of the writer's time if it deletes them
 /// all, a fraction of one if it deletes none.
@@ -65,6 +69,7 @@ pub struct SqliteOptions {
     synchronous: Synchronous,
     poll_interval: Duration,
     clock: Arc<dyn Clock>,
+    limits: JobLimits,
 }
 
 impl std::fmt::Debug for SqliteOptions {
@@ -73,6 +78,7 @@ impl std::fmt::Debug for SqliteOptions {
             .field("path", &self.path)
             .field("synchronous", &self.synchronous)
             .field("poll_interval", &self.poll_interval)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -85,10 +91,13 @@ impl SqliteOptions {
             synchronous: Synchronous::Full,
             poll_interval: Duration::from_millis(100),
             clock: Arc::new(SystemClock),
+            limits: JobLimits::default(),
         }
     }
 
-    /// Parses `sqlite:PATH` or `sqlite://PATH`, with an optional `?sync=full|normal`.
+    /// Parses `sqlite:PATH` or `sqlite://PATH`, with optional query parameters `sync=full` or
+    /// `sync=normal` (see [`Synchronous`]) and `max_payload=BYTES` (see
+    /// [`JobLimits::max_payload`]). An unknown parameter is an error.
     ///
     /// ```
     /// use weir_sqlite::{SqliteOptions, Synchronous};
@@ -97,17 +106,18 @@ impl SqliteOptions {
     /// assert_eq!(o.synchronous_mode(), Synchronous::Normal);
     /// assert!(SqliteOptions::from_url("sqlite:").is_err());
     /// ```
-    pub fn from_url(url: &str) -> Result<Self, String> {
+    pub fn from_url(url: &str) -> Result<Self, InvalidUrl> {
+        let bad = |why: String| InvalidUrl::new(url, why);
         let rest = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
-            .ok_or_else(|| format!("`{url}` is not a sqlite URL (expected sqlite:PATH)"))?;
+            .ok_or_else(|| bad("not a sqlite URL (expected sqlite:PATH)".into()))?;
         let (path, query) = match rest.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (rest, None),
         };
         if path.is_empty() {
-            return Err(format!("`{url}` names no file (expected sqlite:PATH)"));
+            return Err(bad("names no file (expected sqlite:PATH)".into()));
         }
         let mut o = SqliteOptions::new(path);
         for pair in query
@@ -119,14 +129,30 @@ impl SqliteOptions {
                 Some(("sync", "full")) => o.synchronous = Synchronous::Full,
                 Some(("sync", "normal")) => o.synchronous = Synchronous::Normal,
                 Some(("sync", v)) => {
-                    return Err(format!(
-                        "sqlite URL: sync must be `full` or `normal`, not `{v}`"
-                    ))
+                    return Err(bad(format!("sync must be `full` or `normal`, not `{v}`")))
                 }
-                _ => return Err(format!("sqlite URL: unknown option `{pair}` (known: sync)")),
+                Some(("max_payload", v)) => match v.parse::<usize>() {
+                    Ok(n) if n > 0 => o.limits.max_payload = n,
+                    _ => {
+                        return Err(bad(format!(
+                            "max_payload must be a positive number of bytes, not `{v}`"
+                        )))
+                    }
+                },
+                _ => {
+                    return Err(bad(format!(
+                        "unknown parameter `{pair}` (known: sync, max_payload)"
+                    )))
+                }
             }
         }
         Ok(o)
+    }
+
+    /// Sets the limits on new jobs. By default, [`JobLimits::default`].
+    pub fn limits(mut self, limits: JobLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Sets the commit durability. By default, [`Synchronous::Full`].
@@ -309,7 +335,7 @@ impl SqliteBroker {
     ) -> Result<u64, BrokerError> {
         let (mut total, mut after) = (0, 0);
         loop {
-            let window = writer::Purge {
+            let window = commands::Purge {
                 state,
                 queue: queue.clone(),
                 before,
@@ -346,17 +372,30 @@ impl SqliteBroker {
     }
 }
 
+/// What the embedded broker declares: everything but queue depths (it has [`Inspect`], which
+/// says more).
+const CAPABILITIES: Capabilities = Capabilities::NONE
+    .with(Capability::Inspect)
+    .with(Capability::CancelQueued)
+    .with(Capability::UniqueKeys)
+    .with(Capability::Priorities)
+    .with(Capability::StoredResults)
+    .with(Capability::Backlog)
+    .with(Capability::WorkerReports)
+    .with(Capability::RetentionByAge);
+
 #[async_trait]
 impl Broker for SqliteBroker {
+    fn capabilities(&self) -> Capabilities {
+        CAPABILITIES
+    }
+
+    fn job_limits(&self) -> JobLimits {
+        self.shared.opts.limits
+    }
+
     async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, BrokerError> {
-        for j in &jobs {
-            if j.kind.is_empty() {
-                return Err(BrokerError::Invalid("job kind must not be empty".into()));
-            }
-            if j.queue.is_empty() {
-                return Err(BrokerError::Invalid("queue name must not be empty".into()));
-            }
-        }
+        check_new_jobs(&jobs, CAPABILITIES, &self.shared.opts.limits)?;
         self.call(|r| Cmd::Enqueue(jobs, r)).await
     }
 
@@ -393,6 +432,11 @@ impl Broker for SqliteBroker {
 
     async fn report(&self, status: WorkerStatus) -> Result<(), BrokerError> {
         self.call(|r| Cmd::Report(status, r)).await
+    }
+
+    async fn retire(&self, worker: &str) -> Result<(), BrokerError> {
+        let worker = worker.to_owned();
+        self.call(|r| Cmd::Retire(worker, r)).await
     }
 
     async fn backlog(&self, queues: &[String]) -> Result<Vec<u64>, BrokerError> {

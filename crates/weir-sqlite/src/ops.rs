@@ -13,10 +13,11 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use weir_core::{
-    transition, BrokerError, Delivery, Enqueued, Event, Job, JobId, Lease, NewJob, SettleOutcome,
-    Settlement, Timestamp,
+    transition, BrokerError, Delivery, Enqueued, Event, Job, JobId, JobState, Lease, NewJob,
+    SettleOutcome, Settlement, Timestamp,
 };
 
+use crate::codes::{runnable, state, unfinished};
 use crate::rows::{delivery_from_row, job_from_row, JOB_COLUMNS, RUN_COLUMNS};
 use crate::writer::{Runnable, Writer};
 
@@ -44,10 +45,11 @@ fn reindex_unleased(
 ) -> rusqlite::Result<()> {
     let leased: std::collections::HashSet<u64> = leased.iter().map(|d| d.lease.token).collect();
     let missing = json_ints(tokens.iter().copied().filter(|t| !leased.contains(t)));
-    let mut st = conn.prepare_cached(
+    let mut st = conn.prepare_cached(concat!(
         "SELECT seq, queue, priority, run_at FROM jobs
-          WHERE seq IN (SELECT value FROM json_each(?1)) AND state IN (0, 2)",
-    )?;
+          WHERE seq IN (SELECT value FROM json_each(?1)) AND ",
+        runnable!()
+    ))?;
     let mut rows = st.query([missing])?;
     while let Some(r) = rows.next()? {
         let queue: String = r.get(1)?;
@@ -104,12 +106,14 @@ impl Writer {
         // Row numbers only grow, even across purges (see `next_seq`); assigned here once per
         // command rather than by AUTOINCREMENT, which writes sqlite_sequence on every row.
         let mut seq = self.next_seq()?;
-        let mut insert = self.conn.prepare_cached(
+        let mut insert = self.conn.prepare_cached(concat!(
             "INSERT INTO jobs (seq, id, kind, queue, payload, priority, run_at, attempt,
                                max_attempts, timeout_ms, unique_key, trace_id, created_at, state,
                                member)
-             VALUES (?12, ?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10, ?11, 0, ?13)",
-        )?;
+             VALUES (?12, ?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10, ?11, ",
+            state!(pending),
+            ", ?13)"
+        ))?;
         for new in jobs {
             if let Some(key) = &new.unique_key {
                 if let Some((_, id)) = self.key_holder(key)? {
@@ -181,9 +185,11 @@ impl Writer {
         let until = now.plus(lease).0;
         let mut out = Vec::with_capacity(max.min(4096));
         let sql = format!(
-            "UPDATE jobs SET state = 1, attempt = attempt + 1, lease_until = ?2
-              WHERE seq IN (SELECT value FROM json_each(?1)) AND state IN (0, 2) AND run_at <= ?3
-          RETURNING {RUN_COLUMNS}"
+            "UPDATE jobs SET state = {running}, attempt = attempt + 1, lease_until = ?2
+              WHERE seq IN (SELECT value FROM json_each(?1)) AND {runnable} AND run_at <= ?3
+          RETURNING {RUN_COLUMNS}",
+            running = state!(running),
+            runnable = runnable!(),
         );
         let mut st = self.conn.prepare_cached(&sql)?;
         while out.len() < max {
@@ -239,12 +245,15 @@ impl Writer {
                 let _ = write!(pairs, "[{token},{attempt}]");
             }
             pairs.push(']');
-            let mut st = self.conn.prepare_cached(
-                "UPDATE jobs SET state = 3, lease_until = NULL, finished_at = ?2
+            let mut st = self.conn.prepare_cached(concat!(
+                "UPDATE jobs SET state = ",
+                state!(succeeded),
+                ", lease_until = NULL, finished_at = ?2
                    FROM (SELECT value ->> 0 AS s, value ->> 1 AS a FROM json_each(?1)) AS x
-                  WHERE jobs.seq = x.s AND jobs.attempt = x.a AND jobs.state = 1
-              RETURNING jobs.seq",
-            )?;
+                  WHERE jobs.seq = x.s AND jobs.attempt = x.a AND jobs.state = ",
+                state!(running),
+                " RETURNING jobs.seq"
+            ))?;
             let mut rows = st.query(params![pairs, now.0])?;
             while let Some(r) = rows.next()? {
                 if let Some((i, _)) = fast.get(&(r.get::<_, i64>(0)? as u64)) {
@@ -267,26 +276,50 @@ impl Writer {
         let seq = lease.token as i64;
         let applied = match s {
             Settlement::Succeeded { result } => self.finish(
-                "UPDATE jobs SET state = 3, lease_until = NULL, finished_at = ?3, result = ?4
-                  WHERE seq = ?1 AND attempt = ?2 AND state = 1 RETURNING unique_key",
+                concat!(
+                    "UPDATE jobs SET state = ",
+                    state!(succeeded),
+                    ", lease_until = NULL, finished_at = ?3, result = ?4
+                      WHERE seq = ?1 AND attempt = ?2 AND state = ",
+                    state!(running),
+                    " RETURNING unique_key"
+                ),
                 params![seq, lease.attempt, now.0, result],
                 lease.token,
             )?,
             Settlement::Failed { error } => self.finish(
-                "UPDATE jobs SET state = 4, lease_until = NULL, finished_at = ?3, last_error = ?4
-                  WHERE seq = ?1 AND attempt = ?2 AND state = 1 RETURNING unique_key",
+                concat!(
+                    "UPDATE jobs SET state = ",
+                    state!(failed),
+                    ", lease_until = NULL, finished_at = ?3, last_error = ?4
+                      WHERE seq = ?1 AND attempt = ?2 AND state = ",
+                    state!(running),
+                    " RETURNING unique_key"
+                ),
                 params![seq, lease.attempt, now.0, error],
                 lease.token,
             )?,
             Settlement::Cancel { reason } => self.finish(
-                "UPDATE jobs SET state = 5, lease_until = NULL, finished_at = ?3, last_error = ?4
-                  WHERE seq = ?1 AND attempt = ?2 AND state = 1 RETURNING unique_key",
+                concat!(
+                    "UPDATE jobs SET state = ",
+                    state!(cancelled),
+                    ", lease_until = NULL, finished_at = ?3, last_error = ?4
+                      WHERE seq = ?1 AND attempt = ?2 AND state = ",
+                    state!(running),
+                    " RETURNING unique_key"
+                ),
                 params![seq, lease.attempt, now.0, reason],
                 lease.token,
             )?,
             Settlement::Retry { run_at, error } => self.requeue(
-                "UPDATE jobs SET state = 2, lease_until = NULL, run_at = ?3, last_error = ?4
-                  WHERE seq = ?1 AND attempt = ?2 AND state = 1 RETURNING queue, priority",
+                concat!(
+                    "UPDATE jobs SET state = ",
+                    state!(retryable),
+                    ", lease_until = NULL, run_at = ?3, last_error = ?4
+                      WHERE seq = ?1 AND attempt = ?2 AND state = ",
+                    state!(running),
+                    " RETURNING queue, priority"
+                ),
                 params![seq, lease.attempt, run_at.0, error],
                 lease.token,
                 run_at,
@@ -297,9 +330,14 @@ impl Writer {
                     _ => now,
                 };
                 self.requeue(
-                    "UPDATE jobs SET state = 0, lease_until = NULL, run_at = ?3,
-                                     attempt = MAX(attempt - 1, 0)
-                      WHERE seq = ?1 AND attempt = ?2 AND state = 1 RETURNING queue, priority",
+                    concat!(
+                        "UPDATE jobs SET state = ",
+                        state!(pending),
+                        ", lease_until = NULL, run_at = ?3, attempt = MAX(attempt - 1, 0)
+                          WHERE seq = ?1 AND attempt = ?2 AND state = ",
+                        state!(running),
+                        " RETURNING queue, priority"
+                    ),
                     params![seq, lease.attempt, run_at.0],
                     lease.token,
                     run_at,
@@ -359,25 +397,31 @@ impl Writer {
     /// Expired leases: runnable again, or Failed once the attempts are spent (so a job that
     /// keeps killing its worker ends in the dead-letter set).
     pub(crate) fn reap(&mut self, now: Timestamp) -> rusqlite::Result<()> {
-        let mut st = self.conn.prepare_cached(
+        let mut st = self.conn.prepare_cached(concat!(
             "UPDATE jobs SET
-                 state = CASE WHEN attempt >= max_attempts THEN 4 ELSE 0 END,
+                 state = CASE WHEN attempt >= max_attempts THEN ",
+            state!(failed),
+            " ELSE ",
+            state!(pending),
+            " END,
                  finished_at = CASE WHEN attempt >= max_attempts THEN ?1 END,
                  run_at = ?1,
                  lease_until = NULL,
                  last_error = 'lease expired during attempt ' || attempt || ' (worker lost)'
                      || CASE WHEN attempt >= max_attempts
                              THEN '; attempts exhausted (' || max_attempts || ')' ELSE '' END
-               WHERE state = 1 AND lease_until < ?1
-           RETURNING seq, queue, priority, state, unique_key",
-        )?;
+               WHERE state = ",
+            state!(running),
+            " AND lease_until < ?1
+           RETURNING seq, queue, priority, state, unique_key"
+        ))?;
         let mut rows = st.query([now.0])?;
         let mut failed = Vec::new();
         let mut n = 0;
         while let Some(r) = rows.next()? {
             n += 1;
             let seq = r.get::<_, i64>(0)? as u64;
-            if r.get::<_, i64>(3)? == 0 {
+            if r.get::<_, i64>(3)? == i64::from(JobState::Pending.code()) {
                 let queue: String = r.get(1)?;
                 self.runnable.add(seq, &queue, r.get(2)?, now);
             } else {
@@ -446,10 +490,12 @@ impl Writer {
             self.keyed.insert(seq);
         }
         self.conn
-            .prepare_cached(
-                "UPDATE jobs SET state = 0, attempt = 0, run_at = ?2, finished_at = NULL
-                  WHERE seq = ?1 AND state = 4",
-            )?
+            .prepare_cached(concat!(
+                "UPDATE jobs SET state = ",
+                state!(pending),
+                ", attempt = 0, run_at = ?2, finished_at = NULL WHERE seq = ?1 AND state = ",
+                state!(failed)
+            ))?
             .execute(params![seq as i64, now.0])?;
         // Other processes serving this file learn of it through `wakeups`.
         self.conn
@@ -469,10 +515,12 @@ impl Writer {
             Err(e) => return Ok(Err(e)),
         };
         self.conn
-            .prepare_cached(
-                "UPDATE jobs SET state = 5, lease_until = NULL, finished_at = ?2
-                  WHERE seq = ?1 AND state < 3",
-            )?
+            .prepare_cached(concat!(
+                "UPDATE jobs SET state = ",
+                state!(cancelled),
+                ", lease_until = NULL, finished_at = ?2 WHERE seq = ?1 AND ",
+                unfinished!()
+            ))?
             .execute(params![seq as i64, now.0])?;
         self.release_key(job.unique_key.clone(), seq)?;
         Ok(Ok(self.find(id)?.map(|(_, j)| j).unwrap_or(job)))

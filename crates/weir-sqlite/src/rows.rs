@@ -94,7 +94,7 @@ pub(crate) fn job_from_row(r: &Row<'_>) -> rusqlite::Result<(u64, Job)> {
 fn member(r: &Row<'_>, i: usize) -> rusqlite::Result<Option<Member>> {
     r.get::<_, Option<String>>(i)?
         .map(|s| {
-            s.parse().map_err(|e: String| {
+            s.parse::<Member>().map_err(|e| {
                 rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
             })
         })

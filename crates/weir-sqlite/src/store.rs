@@ -3,13 +3,17 @@
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
-use weir_core::workflow::{
-    abort, complete, result_value, Advance, BatchConn, Batcher, FailureMode, Member, MemberOutcome,
-    MemberRow, MemberStatus, NewWorkflow, Progress, Shape, StateStore, StepSpec, WorkflowId,
-    WorkflowState, WorkflowStatus, WorkflowTx,
+use weir_core::{BrokerError, JobId, JobState, Member, NewJob, Timestamp, WorkflowId};
+use weir_workflow::store::{
+    abort, complete, Advance, BatchConn, BatchError, Batcher, MemberOutcome, MemberRow,
+    NewWorkflow, Progress, WorkflowTx,
 };
-use weir_core::{BrokerError, JobId, JobState, NewJob, Timestamp};
+use weir_workflow::{
+    result_value, FailureMode, MemberStatus, Shape, StateStore, StepSpec, WorkflowState,
+    WorkflowStatus,
+};
 
+use crate::codes::{state, unfinished};
 use crate::{open_conn, schema, store_err, SqliteOptions};
 
 /// Workflow state in an embedded broker's SQLite file, on a connection of its own owned by
@@ -30,13 +34,13 @@ const BATCH: usize = 512;
 struct Conn(Connection);
 
 impl BatchConn for Conn {
-    fn control(&mut self, sql: &str) -> Result<(), String> {
+    fn control(&mut self, sql: &str) -> Result<(), BatchError> {
         // Cached: parsing these at every call showed in profiles.
         self.0
             .prepare_cached(sql)
             .and_then(|mut st| st.execute([]))
             .map(drop)
-            .map_err(|e| e.to_string())
+            .map_err(BatchError::new)
     }
 }
 
@@ -241,10 +245,13 @@ impl WorkflowTx for Tx<'_> {
     fn cancel_open(&mut self, id: WorkflowId) -> Result<(u32, Vec<JobId>), BrokerError> {
         let mut st = self
             .0
-            .prepare_cached(
-                "UPDATE wf_members SET state = 5 WHERE workflow = ?1 AND state < 3
-                 RETURNING job_id, enqueued",
-            )
+            .prepare_cached(concat!(
+                "UPDATE wf_members SET state = ",
+                state!(cancelled),
+                " WHERE workflow = ?1 AND ",
+                unfinished!(),
+                " RETURNING job_id, enqueued"
+            ))
             .map_err(db)?;
         let rows = st
             .query_map([id.as_bytes()], |r| {
@@ -431,6 +438,7 @@ impl StateStore for SqliteStore {
         self.tx(move |tx| {
             // `starts` as in `Shape::starts`: 1 for a chain (code 0), else the children.
             let mut st = tx
+                // A workflow's state 0 is running (WorkflowState::Running).
                 .prepare_cached(
                     "SELECT id, trace_id, started,
                             CASE shape WHEN 0 THEN MIN(children, 1) ELSE children END AS starts
@@ -449,11 +457,12 @@ impl StateStore for SqliteStore {
                 .map_err(db)?;
             let mut out = Vec::with_capacity(found.len());
             let mut members = tx
-                .prepare_cached(
+                .prepare_cached(concat!(
                     "SELECT idx, job_id, step FROM wf_members
-                      WHERE workflow = ?1 AND idx >= ?2 AND idx < ?3 AND state = 0
-                      ORDER BY idx",
-                )
+                      WHERE workflow = ?1 AND idx >= ?2 AND idx < ?3 AND state = ",
+                    state!(pending),
+                    " ORDER BY idx"
+                ))
                 .map_err(db)?;
             for (id, trace, started, starts) in found {
                 let id = WorkflowId::from_bytes(id);

@@ -14,100 +14,14 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection, OptionalExtension};
-use tokio::sync::oneshot;
-use weir_core::{
-    BrokerError, Clock, Delivery, Enqueued, Job, JobId, JobState, Lease, NewJob, ReadyIndex,
-    SettleOutcome, Settlement, Timestamp, WorkerStatus,
-};
+use rusqlite::{Connection, OptionalExtension};
+
+use crate::codes::{runnable, state, unfinished};
+use crate::commands::{cmd_fail, Cmd, Done, Fetch};
+use weir_core::{BrokerError, Clock, JobState, Lease, ReadyIndex, Settlement, Timestamp};
 
 /// How many commands one transaction takes at most.
 const MAX_BATCH: usize = 4096;
-
-pub(crate) type Reply<T> = oneshot::Sender<Result<T, BrokerError>>;
-
-pub(crate) enum Cmd {
-    Enqueue(Vec<NewJob>, Reply<Vec<Enqueued>>),
-    Fetch(Fetch),
-    Settle(Vec<(Lease, Settlement)>, Reply<Vec<SettleOutcome>>),
-    Heartbeat(Vec<Lease>, Duration, Reply<Vec<bool>>),
-    Retry(JobId, Reply<Job>),
-    Cancel(JobId, Reply<Job>),
-    /// One window of a purge.
-    Purge(Purge, Reply<Purged>),
-    Backlog(Vec<String>, Reply<Vec<u64>>),
-    Report(WorkerStatus, Reply<()>),
-}
-
-/// One window of a purge: deletes the finished jobs in `state` (of one queue or all,
-/// finished before a time or ever) among the `window` rows after seq `after`. The caller
-/// repeats it from [`Purged::next`] to the end of the table, so no command holds the writer
-/// for more than one window, whatever the size of the file, and finished jobs need no index
-/// (which every settle would pay for).
-pub(crate) struct Purge {
-    pub(crate) state: JobState,
-    pub(crate) queue: Option<String>,
-    pub(crate) before: Option<Timestamp>,
-    pub(crate) after: i64,
-    pub(crate) window: usize,
-}
-
-/// What one purge window did.
-#[derive(Debug)]
-pub(crate) struct Purged {
-    pub(crate) deleted: u64,
-    /// Where the next window starts; `None` at the end of the table.
-    pub(crate) next: Option<i64>,
-}
-
-pub(crate) struct Fetch {
-    pub(crate) queues: Vec<String>,
-    pub(crate) max: usize,
-    pub(crate) lease: Duration,
-    /// Until when it may stay parked.
-    pub(crate) deadline: Instant,
-    pub(crate) reply: Reply<Vec<Delivery>>,
-}
-
-/// A reply computed inside the transaction, sent only once it committed.
-enum Done {
-    Enqueue(Reply<Vec<Enqueued>>, Result<Vec<Enqueued>, BrokerError>),
-    Fetch(Reply<Vec<Delivery>>, Vec<Delivery>),
-    Settle(Reply<Vec<SettleOutcome>>, Vec<SettleOutcome>),
-    Heartbeat(Reply<Vec<bool>>, Vec<bool>),
-    Job(Reply<Job>, Box<Result<Job, BrokerError>>),
-    Purged(Reply<Purged>, Result<Purged, BrokerError>),
-    Unit(Reply<()>),
-}
-
-impl Done {
-    fn fail(self, err: &str) {
-        let e = || BrokerError::Unavailable(err.to_owned());
-        match self {
-            Done::Enqueue(r, _) => drop(r.send(Err(e()))),
-            Done::Fetch(r, _) => drop(r.send(Err(e()))),
-            Done::Settle(r, _) => drop(r.send(Err(e()))),
-            Done::Heartbeat(r, _) => drop(r.send(Err(e()))),
-            Done::Job(r, _) => drop(r.send(Err(e()))),
-            Done::Purged(r, _) => drop(r.send(Err(e()))),
-            Done::Unit(r) => drop(r.send(Err(e()))),
-        }
-    }
-}
-
-fn cmd_fail(cmd: Cmd, err: &str) {
-    let e = BrokerError::Unavailable(err.to_owned());
-    match cmd {
-        Cmd::Enqueue(_, r) => drop(r.send(Err(e))),
-        Cmd::Fetch(f) => drop(f.reply.send(Err(e))),
-        Cmd::Settle(_, r) => drop(r.send(Err(e))),
-        Cmd::Heartbeat(_, _, r) => drop(r.send(Err(e))),
-        Cmd::Retry(_, r) | Cmd::Cancel(_, r) => drop(r.send(Err(e))),
-        Cmd::Purge(_, r) => drop(r.send(Err(e))),
-        Cmd::Backlog(_, r) => drop(r.send(Err(e))),
-        Cmd::Report(_, r) => drop(r.send(Err(e))),
-    }
-}
 
 /// The in-memory ready order, at the time of the current round.
 pub(crate) struct Runnable {
@@ -131,7 +45,8 @@ impl Runnable {
 
 /// The last seq of the next purge window: the `?2`-th row after seq `?1` (none: the window
 /// runs to the end of the table).
-const PURGE_WINDOW_END: &str = "SELECT seq FROM jobs WHERE seq > ?1 ORDER BY seq LIMIT 1 OFFSET ?2";
+pub(crate) const PURGE_WINDOW_END: &str =
+    "SELECT seq FROM jobs WHERE seq > ?1 ORDER BY seq LIMIT 1 OFFSET ?2";
 
 /// Deletes the finished jobs of one purge window, seqs `?4 < seq <= ?5` (see [`Purge`]).
 pub(crate) const PURGE: &str = "DELETE FROM jobs
@@ -142,7 +57,7 @@ pub(crate) struct Writer {
     pub(crate) conn: Connection,
     clock: Arc<dyn Clock>,
     /// Fetches waiting for jobs, oldest first.
-    parked: Vec<Fetch>,
+    pub(crate) parked: Vec<Fetch>,
     pub(crate) runnable: Runnable,
     /// Highest job seq this process knows of; newer rows were written by another process.
     pub(crate) max_seen: i64,
@@ -189,9 +104,13 @@ impl Writer {
     fn reload(&mut self) -> rusqlite::Result<()> {
         self.runnable.index.clear();
         let now = self.clock.now();
-        let mut st = self.conn.prepare(
-            "SELECT seq, queue, priority, run_at FROM jobs WHERE state IN (0, 2) AND state < 3",
-        )?;
+        // `unfinished` as well as `runnable`: it lets SQLite use the jobs_unfinished index.
+        let mut st = self.conn.prepare(concat!(
+            "SELECT seq, queue, priority, run_at FROM jobs WHERE ",
+            runnable!(),
+            " AND ",
+            unfinished!()
+        ))?;
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
             let queue: String = r.get(1)?;
@@ -424,7 +343,11 @@ impl Writer {
             let expired: Option<i64> = self
                 .conn
                 .query_row(
-                    "SELECT seq FROM jobs WHERE state = 1 AND lease_until < ?1 LIMIT 1",
+                    concat!(
+                        "SELECT seq FROM jobs WHERE state = ",
+                        state!(running),
+                        " AND lease_until < ?1 LIMIT 1"
+                    ),
                     [now.0],
                     |r| r.get(0),
                 )
@@ -454,13 +377,13 @@ impl Writer {
         while let Some(r) = rows.next()? {
             let seq: i64 = r.get(0)?;
             self.max_seen = self.max_seen.max(seq);
-            let state: i64 = r.get(4)?;
-            if state == 0 || state == 2 {
+            let state = JobState::from_code(r.get(4)?);
+            if matches!(state, Some(JobState::Pending | JobState::Retryable)) {
                 let queue: String = r.get(1)?;
                 self.runnable
                     .add(seq as u64, &queue, r.get(2)?, Timestamp(r.get(3)?));
             }
-            if state < 3 && r.get::<_, bool>(5)? {
+            if state.is_some_and(|s| !s.is_finished()) && r.get::<_, bool>(5)? {
                 self.keyed.insert(seq as u64);
             }
         }
@@ -473,8 +396,8 @@ impl Writer {
         let mut rows = st.query([self.max_wakeup])?;
         while let Some(r) = rows.next()? {
             self.max_wakeup = self.max_wakeup.max(r.get(0)?);
-            let state: Option<i64> = r.get(5)?;
-            if matches!(state, Some(0 | 2)) {
+            let state = r.get::<_, Option<i64>>(5)?.and_then(JobState::from_code);
+            if matches!(state, Some(JobState::Pending | JobState::Retryable)) {
                 let seq = r.get::<_, i64>(1)? as u64;
                 let queue: String = r.get(2)?;
                 self.runnable
@@ -494,122 +417,14 @@ impl Writer {
         }
         Ok(())
     }
-
-    /// Applies one command; `None` when it was parked (a fetch that found nothing).
-    fn apply(&mut self, cmd: Cmd, now: Timestamp) -> rusqlite::Result<Option<Done>> {
-        Ok(Some(match cmd {
-            Cmd::Enqueue(jobs, reply) => {
-                let r = self.enqueue(jobs, now)?;
-                Done::Enqueue(reply, r)
-            }
-            Cmd::Fetch(f) => {
-                if f.reply.is_closed() {
-                    return Ok(None);
-                }
-                let got = self.lease(&f.queues, f.max, f.lease, now)?;
-                if got.is_empty() && f.deadline > Instant::now() && f.max > 0 {
-                    self.parked.push(f);
-                    return Ok(None);
-                }
-                Done::Fetch(f.reply, got)
-            }
-            Cmd::Settle(items, reply) => {
-                let out = self.settle(items, now)?;
-                Done::Settle(reply, out)
-            }
-            Cmd::Heartbeat(leases, extend, reply) => {
-                let until = now.plus(extend).0;
-                let mut st = self.conn.prepare_cached(
-                    "UPDATE jobs SET lease_until = ?3 WHERE seq = ?1 AND attempt = ?2 AND state = 1",
-                )?;
-                let mut out = Vec::with_capacity(leases.len());
-                for l in &leases {
-                    out.push(st.execute(params![l.token as i64, l.attempt, until])? == 1);
-                }
-                Done::Heartbeat(reply, out)
-            }
-            Cmd::Retry(id, reply) => {
-                let r = self.manual_retry(id, now)?;
-                Done::Job(reply, Box::new(r))
-            }
-            Cmd::Cancel(id, reply) => {
-                let r = self.cancel(id, now)?;
-                Done::Job(reply, Box::new(r))
-            }
-            Cmd::Report(w, reply) => {
-                self.conn
-                    .prepare_cached(
-                        "INSERT INTO workers (worker, queue, size, busy, last_decision, updated_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                         ON CONFLICT (worker, queue) DO UPDATE SET size = excluded.size,
-                             busy = excluded.busy, last_decision = excluded.last_decision,
-                             updated_at = excluded.updated_at",
-                    )?
-                    .execute(params![
-                        w.worker,
-                        w.queue,
-                        w.size as i64,
-                        w.busy as i64,
-                        w.last_decision,
-                        w.updated_at.0
-                    ])?;
-                Done::Unit(reply)
-            }
-            Cmd::Backlog(queues, reply) => {
-                // Answered from memory; nothing to commit.
-                self.runnable.index.promote(now);
-                let counts = queues
-                    .iter()
-                    .map(|q| self.runnable.index.ready_len(q) as u64)
-                    .collect();
-                let _ = reply.send(Ok(counts));
-                return Ok(None);
-            }
-            Cmd::Purge(p, reply) => {
-                let r = if !p.state.is_finished() {
-                    Err(BrokerError::Invalid(format!(
-                        "purge takes a finished state (succeeded, failed, cancelled), not {}",
-                        p.state
-                    )))
-                } else {
-                    // Row numbers must never be reused (other processes find new jobs by
-                    // `seq > last_seen`): remember the highest before deleting.
-                    self.conn
-                        .prepare_cached(
-                            "INSERT INTO meta (key, value)
-                             SELECT 'seq_floor', COALESCE(MAX(seq), 0) FROM jobs WHERE true
-                             ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
-                        )?
-                        .execute([])?;
-                    let end: Option<i64> = self
-                        .conn
-                        .prepare_cached(PURGE_WINDOW_END)?
-                        .query_row(params![p.after, p.window.saturating_sub(1) as i64], |r| {
-                            r.get(0)
-                        })
-                        .optional()?;
-                    let deleted = self.conn.prepare_cached(PURGE)?.execute(params![
-                        p.state.code(),
-                        p.queue,
-                        p.before.map(|t| t.0),
-                        p.after,
-                        end.unwrap_or(i64::MAX)
-                    ])?;
-                    Ok(Purged {
-                        deleted: deleted as u64,
-                        next: end,
-                    })
-                };
-                Done::Purged(reply, r)
-            }
-        }))
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir_core::SystemClock;
+    use rusqlite::params;
+    use tokio::sync::oneshot;
+    use weir_core::{NewJob, SystemClock};
 
     fn writer(dir: &tempfile::TempDir) -> Writer {
         let mut conn = Connection::open(dir.path().join("w.db")).unwrap();

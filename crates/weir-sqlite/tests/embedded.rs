@@ -216,8 +216,10 @@ async fn refuses_a_newer_schema_and_bad_urls() {
     assert!(e.contains("schema version 99"), "{e}");
     assert!(SqliteOptions::from_url("sqlite:x.db?sync=maybe")
         .unwrap_err()
+        .to_string()
         .contains("sync must be"));
     assert!(SqliteOptions::from_url("sqlite:x.db?mode=rw")
         .unwrap_err()
-        .contains("unknown option"));
+        .to_string()
+        .contains("unknown parameter `mode=rw`"));
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use weir_core::{
-    Broker, BrokerError, Delivery, Enqueued, FetchRequest, Inspect, Lease, NewJob, SettleOutcome,
-    Settlement,
+    Broker, BrokerError, Capabilities, Delivery, Enqueued, FetchRequest, Inspect, JobLimits, Lease,
+    NewJob, QueueStats, SettleOutcome, Settlement, WorkerStatus,
 };
 
 /// Wraps a broker; the next `n` fetches, settles or heartbeats fail with
@@ -59,6 +59,14 @@ impl FaultyBroker {
 
 #[async_trait]
 impl Broker for FaultyBroker {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    fn job_limits(&self) -> JobLimits {
+        self.inner.job_limits()
+    }
+
     async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, BrokerError> {
         self.inner.enqueue_many(jobs).await
     }
@@ -85,7 +93,27 @@ impl Broker for FaultyBroker {
         self.inner.heartbeat(leases, extend).await
     }
 
+    async fn backlog(&self, queues: &[String]) -> Result<Vec<u64>, BrokerError> {
+        self.inner.backlog(queues).await
+    }
+
+    async fn report(&self, status: WorkerStatus) -> Result<(), BrokerError> {
+        self.inner.report(status).await
+    }
+
+    async fn retire(&self, worker: &str) -> Result<(), BrokerError> {
+        self.inner.retire(worker).await
+    }
+
+    async fn set_capacity(&self, queue: &str, slots: usize) -> Result<(), BrokerError> {
+        self.inner.set_capacity(queue, slots).await
+    }
+
     fn inspect(&self) -> Option<&dyn Inspect> {
         self.inner.inspect()
+    }
+
+    fn queue_stats(&self) -> Option<&dyn QueueStats> {
+        self.inner.queue_stats()
     }
 }

@@ -2,11 +2,14 @@
 //! conformance suite ([`store_suite!`]).
 //!
 //! Every broker runs the same suite: call [`conformance_suite!`] in a test file with a function
-//! that makes a fresh [`Fixture`]:
+//! that makes a fresh [`Fixture`], the tests to run and the tests to ignore (each needs an
+//! ability the broker declares it lacks; the suite checks that):
 //!
-//! ```ignore
+//! ```text
 //! async fn fixture() -> weir_testkit::Fixture { /* a new, empty broker on a ManualClock */ }
-//! weir_testkit::conformance_suite!(fixture);
+//! weir_testkit::conformance_suite!(fixture;
+//!     run: [enqueue_fetch_settle, /* … */];
+//!     ignore: [unique_keys => "declares no UniqueKeys"]);
 //! ```
 
 pub mod conformance;
@@ -34,7 +37,6 @@ pub struct Fixture {
     /// How long a fetch that expects a job waits for it: zero for brokers that lease on fetch,
     /// more for brokers that push jobs to a consumer asynchronously (RabbitMQ).
     pub delivery_wait: Duration,
-    skips: Vec<(&'static str, &'static str)>,
     _guard: Box<dyn Any + Send>,
 }
 
@@ -46,7 +48,6 @@ impl Fixture {
             clock,
             real_time: false,
             delivery_wait: Duration::ZERO,
-            skips: Vec::new(),
             _guard: Box::new(guard),
         }
     }
@@ -61,18 +62,6 @@ impl Fixture {
     pub fn delivery_wait(mut self, wait: Duration) -> Self {
         self.delivery_wait = wait;
         self
-    }
-
-    /// Skips the conformance test named `test` for this broker, saying `reason` when it runs.
-    /// For semantics the backend cannot offer (RabbitMQ has no priorities on quorum queues).
-    pub fn skip(mut self, test: &'static str, reason: &'static str) -> Self {
-        self.skips.push((test, reason));
-        self
-    }
-
-    /// Why `test` is skipped for this broker, if it is.
-    pub fn skipped(&self, test: &str) -> Option<&'static str> {
-        self.skips.iter().find(|(t, _)| *t == test).map(|(_, r)| *r)
     }
 
     /// Moves time forward by `d` as the broker sees it.

@@ -4,11 +4,9 @@
 use std::any::Any;
 use std::sync::Arc;
 
-use weir_core::workflow::{
-    Advance, FailureMode, Member, MemberOutcome, StateStore, StepSpec, WorkflowId, WorkflowSpec,
-    WorkflowState,
-};
-use weir_core::{BrokerError, JobState, Timestamp};
+use weir_core::{BrokerError, JobState, Member, Timestamp, WorkflowId};
+use weir_workflow::store::{Advance, MemberOutcome};
+use weir_workflow::{FailureMode, StateStore, StepSpec, WorkflowSpec, WorkflowState};
 
 /// A fresh, empty store under test.
 pub struct StoreFixture {

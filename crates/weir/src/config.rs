@@ -155,13 +155,23 @@ pub struct LimitConfig {
     pub rate: Option<String>,
 }
 
+/// A setting of the file that is out of range; the message says which and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidSetting(String);
+
 impl LimitConfig {
     /// The limit it describes.
-    pub fn spec(&self) -> Result<LimitSpec, String> {
+    pub fn spec(&self) -> Result<LimitSpec, InvalidSetting> {
         if self.concurrency == Some(0) {
-            return Err("concurrency must be at least 1".into());
+            return Err(InvalidSetting("concurrency must be at least 1".into()));
         }
-        let rate = self.rate.as_deref().map(str::parse::<Rate>).transpose()?;
+        let rate = self
+            .rate
+            .as_deref()
+            .map(str::parse::<Rate>)
+            .transpose()
+            .map_err(|e| InvalidSetting(e.to_string()))?;
         Ok(LimitSpec {
             concurrency: self.concurrency,
             rate,
@@ -230,7 +240,7 @@ pub struct RetryConfig {
 
 impl RetryConfig {
     /// The backoff it describes.
-    pub fn backoff(&self) -> Result<Backoff, String> {
+    pub fn backoff(&self) -> Result<Backoff, InvalidSetting> {
         let d = Backoff::default();
         let jitter = match self.jitter.as_deref() {
             None | Some("full") => Jitter::Full,
@@ -238,9 +248,9 @@ impl RetryConfig {
             Some("equal") => Jitter::Equal,
             Some("decorrelated") => Jitter::Decorrelated,
             Some(other) => {
-                return Err(format!(
+                return Err(InvalidSetting(format!(
                     "unknown jitter `{other}` (expected none, full, equal or decorrelated)"
-                ))
+                )))
             }
         };
         Backoff::new(
@@ -249,7 +259,7 @@ impl RetryConfig {
             self.cap.unwrap_or(d.cap()),
         )
         .map(|b| b.jitter(jitter))
-        .map_err(|e| e.to_string())
+        .map_err(|e| InvalidSetting(e.to_string()))
     }
 }
 

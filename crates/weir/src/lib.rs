@@ -19,7 +19,7 @@
 //!     }
 //! }
 //!
-//! # async fn run() -> anyhow::Result<()> {
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let broker = weir::open_broker("sqlite:./weir.db")?;
 //! Client::new(broker.clone()).enqueue(&Greet { name: "ada".into() }).await?;
 //! let mut registry = Registry::new();
@@ -29,36 +29,82 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The crates behind the facade: `weir-core` (task model, broker traits), `weir-sync`
-//! (backoff), `weir-runtime` (worker), `weir-sqlite` (the embedded durable broker).
+//! ## The crates behind the facade
+//!
+//! | crate | what it holds |
+//! |---|---|
+//! | `weir-core` | the job model: [`Task`], [`Job`], [`NewJob`] and its one validation, [`JobState`] and [`transition`], [`TaskError`], the [`Broker`] trait with its declared [`Capabilities`], [`Inspect`], [`QueueStats`], the in-memory [`MemoryBroker`] |
+//! | `weir-sync` | concurrency building blocks without I/O: [`Backoff`], [`ElasticPool`], [`Limiter`], [`TaskGroup`], [`flow`] pipelines |
+//! | `weir-workflow` | durable workflows ([`workflow`]): the spec, the pure decision, the [`StateStore`] trait and its protocol, the [`Workflows`] engine |
+//! | `weir-runtime` | the [`Worker`]: dispatch, one attempt, settling, leases, the autoscaler, workflow membership, [`retention`] and rescue |
+//! | `weir-sqlite` | the embedded broker ([`SqliteBroker`]) and its workflow store ([`SqliteStore`]) |
+//! | `weir-amqp` | the RabbitMQ broker (feature `amqp`) |
+//! | `weir-postgres` | the PostgreSQL workflow store (feature `postgres`) |
+//! | `weir-testkit` | the conformance suites every broker and store runs (not published) |
+//!
+//! ## Cargo features
+//!
+//! The embedded broker is always there. By default every feature is on, which is what the
+//! `weir` binary needs; a library user can take only what they use with
+//! `default-features = false`.
+//!
+//! - `amqp`: RabbitMQ ([`AmqpBroker`], `amqp://` in [`open_broker`]).
+//! - `postgres`: the PostgreSQL workflow store ([`PgStore`], `postgres://` in [`open_store`]).
+//! - `config`: `weir.toml` ([`config`]), its live reload ([`reload`]), the built-in task
+//!   kinds ([`builtins`]) and [`Service`], a worker run from a configuration file.
+//! - `http-kind`: the built-in `http` task kind (with `config`).
+//! - `cli`: the `weir` binary, which speaks every backend (so it turns on all of the above)
+//!   and adds its own dependencies (clap, indicatif, hdrhistogram).
 
+#[cfg(feature = "config")]
 pub mod builtins;
+#[cfg(feature = "config")]
 pub mod config;
+#[cfg(feature = "config")]
 pub mod reload;
+#[cfg(feature = "config")]
+mod service;
 
 use std::sync::Arc;
 
+#[cfg(feature = "config")]
+pub use service::{Service, ServiceBuilder, ServiceError};
+#[cfg(feature = "amqp")]
 pub use weir_amqp::{AmqpBroker, AmqpOptions, QueueType};
 pub use weir_core::{
-    redact_url, transition, Broker, BrokerError, Clock, Delivery, Enqueued, ErrorKind, Event,
-    FetchRequest, IllegalTransition, Inspect, Job, JobId, JobState, Lease, ListFilter, ManualClock,
-    MemoryBroker, MemoryStore, NewJob, QueueCounts, QueueDepth, QueueStats, SettleOutcome,
-    Settlement, StateStore, SystemClock, Task, TaskContext, TaskError, Timestamp, WorkerStatus,
-    DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE,
+    check_new_jobs, redact_url, transition, validate_duration, validate_queue_name, Broker,
+    BrokerError, Capabilities, Capability, Clock, Delivery, Enqueued, ErrorKind, Event,
+    FetchRequest, IllegalTransition, Inspect, InvalidJob, InvalidQueueName, InvalidUrl, Job, JobId,
+    JobLimits, JobState, Lease, ListFilter, ManualClock, MemoryBroker, NewJob, QueueCounts,
+    QueueDepth, QueueStats, SettleOutcome, Settlement, SystemClock, Task, TaskContext, TaskError,
+    Timestamp, WorkerStatus, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_PAYLOAD, DEFAULT_QUEUE,
+    MAX_DURATION,
 };
+#[cfg(feature = "postgres")]
 pub use weir_postgres::{PgOptions, PgStore};
 pub use weir_runtime::{
-    decide, settlement_for, AutoscaleConfig, Client, Decision, EnqueueError, Handler, KindOptions,
-    Observed, Observer, QueueSpec, Reason, Registry, ScalerState, Tuning, Worker, WorkerBuilder,
-    WorkerError, WorkerReport, Workflows,
+    decide, retention, settlement_for, AutoscaleConfig, Client, Decision, EnqueueError, Handler,
+    InvalidAutoscale, InvalidTuning, KindOptions, Observed, Observer, QueueSpec, Reason, Registry,
+    ScalerState, Tuning, Worker, WorkerBuilder, WorkerError, WorkerReport,
 };
 pub use weir_sqlite::{SqliteBroker, SqliteOptions, SqliteStore, Synchronous};
+pub use weir_workflow::{MemoryStore, StateStore, Workflows};
 
 /// Durable workflows: `chain`, `group` and `chord` ([`WorkflowSpec`](workflow::WorkflowSpec)),
-/// run by a [`Workflows`] engine over a broker and a [`StateStore`].
+/// run by a [`Workflows`] engine over a broker and a [`StateStore`]. What a store author
+/// needs is in [`workflow::store`].
 pub mod workflow {
-    pub use weir_core::workflow::*;
-    pub use weir_runtime::Workflows;
+    pub use weir_workflow::{
+        result_value, FailureMode, InvalidWorkflow, Member, MemberStatus, MemoryStore, Shape,
+        StateStore, StepSpec, SubmitError, WorkflowId, WorkflowSpec, WorkflowState, WorkflowStatus,
+        Workflows, MAX_MEMBERS,
+    };
+
+    /// For authors of a [`StateStore`]: the transaction protocol, the logic written once over
+    /// it, and the batcher (see `weir_workflow::store`).
+    pub mod store {
+        pub use weir_workflow::store::*;
+    }
 }
 /// In-process pipelines with backpressure (see [`weir_sync::flow`]).
 pub use weir_sync::flow;
@@ -70,97 +116,83 @@ pub use weir_sync::{
 /// The broker URL used when none is given: an embedded file in the working directory.
 pub const DEFAULT_BROKER_URL: &str = "sqlite:./weir.db";
 
+/// The schemes [`open_broker`] takes in this build.
+const BROKER_SCHEMES: &str = if cfg!(feature = "amqp") {
+    "sqlite:, amqp:, amqps:, memory:"
+} else {
+    "sqlite:, memory: (amqp: needs the `amqp` feature)"
+};
+
+/// The schemes [`open_store`] takes in this build.
+const STORE_SCHEMES: &str = if cfg!(feature = "postgres") {
+    "sqlite:, postgres:, memory:"
+} else {
+    "sqlite:, memory: (postgres: needs the `postgres` feature)"
+};
+
 /// Opens the broker a URL names:
 ///
-/// - `sqlite:PATH[?sync=full|normal]`: the embedded durable broker (the default);
-/// - `amqp://` or `amqps://`: RabbitMQ, shared by many worker processes on many machines (see
-///   [`AmqpOptions::from_url`] for weir's query parameters). It connects on first use, inside
-///   a tokio runtime;
+/// - `sqlite:PATH[?sync=full|normal&max_payload=BYTES]`: the embedded durable broker (the
+///   default), created if missing;
+/// - `amqp://` or `amqps://` (feature `amqp`): RabbitMQ, shared by many worker processes on
+///   many machines (see `AmqpOptions::from_url` for weir's query parameters). It connects on
+///   first use, inside a tokio runtime;
 /// - `memory:`: an in-process broker, gone when the process ends (tests, benchmarks).
 ///
 /// Opening the embedded broker does blocking file I/O.
 pub fn open_broker(url: &str) -> Result<Arc<dyn Broker>, BrokerError> {
     if url.starts_with("sqlite:") {
-        let opts = SqliteOptions::from_url(url).map_err(BrokerError::Invalid)?;
+        let opts = SqliteOptions::from_url(url)?;
         return Ok(Arc::new(SqliteBroker::open_with(opts)?));
     }
+    #[cfg(feature = "amqp")]
     if url.starts_with("amqp://") || url.starts_with("amqps://") {
         return Ok(Arc::new(AmqpBroker::new(url)?));
     }
     if url == "memory:" || url == "memory://" {
         return Ok(Arc::new(MemoryBroker::new()));
     }
-    let scheme = url.split_once(':').map_or(url, |(s, _)| s);
-    Err(BrokerError::Invalid(format!(
-        "unsupported broker URL `{url}`: scheme `{scheme}` is not one of sqlite:, amqp:, amqps:, memory:"
-    )))
+    Err(unsupported("broker", url, BROKER_SCHEMES))
 }
 
 /// Opens the workflow state store a URL names: `sqlite:PATH` (the embedded broker's file,
-/// or a file of its own), `postgres://…[?schema=NAME]` (for many machines) or `memory:`.
+/// or a file of its own), `postgres://…[?schema=NAME]` (feature `postgres`; for many
+/// machines) or `memory:`.
+///
+/// Cancel safe: a store dropped half open is closed.
 pub async fn open_store(url: &str) -> Result<Arc<dyn StateStore>, BrokerError> {
     if url.starts_with("sqlite:") {
-        let opts = SqliteOptions::from_url(url).map_err(BrokerError::Invalid)?;
+        let opts = SqliteOptions::from_url(url)?;
         return Ok(Arc::new(SqliteStore::open(&opts)?));
     }
+    #[cfg(feature = "postgres")]
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let opts = weir_postgres::PgOptions::from_url(url).map_err(BrokerError::Invalid)?;
-        return Ok(Arc::new(weir_postgres::PgStore::connect(opts).await?));
+        let opts = PgOptions::from_url(url)?;
+        return Ok(Arc::new(PgStore::connect(opts).await?));
     }
     if url == "memory:" || url == "memory://" {
         return Ok(Arc::new(MemoryStore::new()));
     }
-    let scheme = url.split_once(':').map_or(url, |(s, _)| s);
-    Err(BrokerError::Invalid(format!(
-        "unsupported store URL `{url}`: scheme `{scheme}` is not one of sqlite:, postgres:, memory:"
-    )))
+    Err(unsupported("store", url, STORE_SCHEMES))
 }
 
-/// How long finished work is kept. Succeeded and cancelled jobs (with their results) and
-/// finished workflows older than this are deleted by [`sweep`](retention::sweep); failed
-/// jobs, the dead-letter set, stay until an operator purges them (`weir purge --state
-/// failed`).
-pub mod retention {
-    use std::time::Duration;
-
-    use crate::{Broker, BrokerError, JobState, StateStore, Timestamp};
-
-    /// The default retention of `weir serve`: 7 days.
-    pub const DEFAULT: Duration = Duration::from_secs(7 * 24 * 3600);
-
-    /// What one sweep deleted.
-    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-    pub struct Swept {
-        /// Jobs deleted.
-        pub jobs: u64,
-        /// Workflows deleted (with their members).
-        pub workflows: u64,
-    }
-
-    /// Deletes what finished more than `keep` before `now`: succeeded and cancelled jobs if
-    /// the broker keeps jobs (RabbitMQ does not), and finished workflows if there is a store.
-    pub async fn sweep(
-        broker: &dyn Broker,
-        store: Option<&dyn StateStore>,
-        keep: Duration,
-        now: Timestamp,
-    ) -> Result<Swept, BrokerError> {
-        let before = Timestamp(now.0.saturating_sub(keep.as_millis() as i64));
-        let mut out = Swept::default();
-        if let Some(i) = broker.inspect() {
-            for state in [JobState::Succeeded, JobState::Cancelled] {
-                match i.purge_finished_before(state, before).await {
-                    Ok(n) => out.jobs += n,
-                    Err(BrokerError::Unsupported(_)) => break,
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        if let Some(s) = store {
-            out.workflows = s.purge(before).await?;
-        }
-        Ok(out)
-    }
+/// The error for a URL whose scheme is not known, with a hint for a bare file name.
+fn unsupported(what: &str, url: &str, schemes: &str) -> BrokerError {
+    let scheme = url.split_once(':').map_or("", |(s, _)| s);
+    let hint = if !url.contains(':') || url.ends_with(".db") {
+        format!("; for a file, write `sqlite:{url}`")
+    } else {
+        String::new()
+    };
+    let why = if scheme.is_empty() {
+        format!("has no scheme; expected one of {schemes}{hint}")
+    } else {
+        format!("scheme `{scheme}` is not one of {schemes}{hint}")
+    };
+    BrokerError::Invalid(format!(
+        "unsupported {what} URL {}",
+        InvalidUrl::new(url, why)
+    ))
 }
 
 #[cfg(test)]
@@ -172,11 +204,22 @@ mod tests {
         assert!(open_broker("memory:").is_ok());
         let e = open_broker("redis://x").err().unwrap().to_string();
         assert!(e.contains("scheme `redis`"), "{e}");
-        let e = open_broker("amqp://h/?queue_type=lazy")
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(e.contains("queue_type `lazy`"), "{e}");
+        let e = open_broker("weir.db").err().unwrap().to_string();
+        assert!(e.contains("write `sqlite:weir.db`"), "{e}");
+        #[cfg(feature = "amqp")]
+        {
+            let e = open_broker("amqp://h/?queue_type=lazy")
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.contains("queue_type `lazy`"), "{e}");
+            let e = open_broker("amqp://u:pw@h/?queue_typ=classic")
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.contains("unknown parameter `queue_typ`"), "{e}");
+            assert!(!e.contains("pw"), "the password is hidden: {e}");
+        }
         let e = open_broker("sqlite:").err().unwrap().to_string();
         assert!(e.contains("names no file"), "{e}");
     }

@@ -113,6 +113,8 @@ impl LiveConfig {
     /// Follows the file until `stop` completes: reloads after it changes (debounced) and on
     /// SIGHUP. The caller runs this future (for example with `tokio::spawn`); nothing is
     /// spawned behind its back except the file watcher's own thread, which ends with it.
+    ///
+    /// Cancel safety: dropping the future stops following the file; the configuration in force stays.
     pub async fn watch(
         self: Arc<Self>,
         stop: impl Future<Output = ()>,

@@ -358,7 +358,7 @@ async fn an_advance_interrupted_before_its_mark_is_completed_on_replay() {
     let advance = store
         .complete(
             first,
-            weir::workflow::MemberOutcome::Succeeded(Some(b"2".to_vec())),
+            weir::workflow::store::MemberOutcome::Succeeded(Some(b"2".to_vec())),
             weir::Timestamp::now(),
         )
         .await

@@ -37,7 +37,8 @@ pub(crate) struct Args {
     #[arg(long, global = true, env = "WEIR_CONFIG")]
     config: Option<PathBuf>,
     /// Log filter, e.g. `info` or `weir=debug` (RUST_LOG syntax). By default, `info` for
-    /// serve and `warn` for other commands.
+    /// serve and `warn` for other commands, without the RabbitMQ client's own lines (add
+    /// `lapin=warn` to see them).
     #[arg(long, global = true, env = "WEIR_LOG")]
     log: Option<String>,
     #[command(subcommand)]
@@ -99,9 +100,15 @@ fn init_logging(filter: &str) -> Option<LogHandle> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    // Colour only for a person at a terminal: a log file or a pipe gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(ansi),
+        )
         .try_init()
         .ok()
         .map(|_| handle)
@@ -178,9 +185,11 @@ impl Args {
 
 pub(crate) fn main() -> ExitCode {
     let args = Args::parse();
+    // lapin logs every connection error itself, and weir reports them in its own words:
+    // lapin's lines reach the user only when asked for (`--log lapin=warn`).
     let default_log = match args.command {
-        Command::Serve(_) => "info",
-        _ => "warn",
+        Command::Serve(_) => "info,lapin=off",
+        _ => "warn,lapin=off",
     };
     let log = init_logging(args.log.as_deref().unwrap_or(default_log));
     let rt = match tokio::runtime::Builder::new_multi_thread()

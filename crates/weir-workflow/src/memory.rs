@@ -1,17 +1,19 @@
 //! [`MemoryStore`]: workflow state in memory, for tests and in-process use with the
-//! [`MemoryBroker`](crate::MemoryBroker).
+//! [`MemoryBroker`](weir_core::MemoryBroker).
 
 use std::collections::HashMap;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use crate::workflow::{
-    abort, complete, result_value, Advance, Member, MemberOutcome, MemberRow, MemberStatus,
-    NewWorkflow, Progress, StateStore, StepSpec, WorkflowId, WorkflowState, WorkflowStatus,
-    WorkflowTx,
-};
-use crate::{BrokerError, JobId, JobState, NewJob, Timestamp};
+use weir_core::{BrokerError, JobId, JobState, Member, NewJob, Timestamp, WorkflowId};
+
+use crate::decide::Progress;
+use crate::decide::WorkflowState;
+use crate::spec::{NewWorkflow, StepSpec};
+use crate::state_store::StateStore;
+use crate::status::{result_value, MemberStatus, WorkflowStatus};
+use crate::tx::{abort, complete, Advance, MemberOutcome, MemberRow, WorkflowTx};
 
 struct Stored {
     progress: Progress,

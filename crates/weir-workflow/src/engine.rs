@@ -2,11 +2,26 @@
 
 use std::sync::Arc;
 
-use weir_core::workflow::{
-    Advance, Member, MemberOutcome, MemberStatus, StateStore, WorkflowId, WorkflowSpec,
-    WorkflowStatus,
+use weir_core::{
+    Broker, BrokerError, Capability, Clock, JobId, JobState, Member, SystemClock, WorkflowId,
 };
-use weir_core::{Broker, BrokerError, Clock, JobId, JobState, SystemClock};
+
+use crate::spec::{InvalidWorkflow, WorkflowSpec};
+use crate::state_store::StateStore;
+use crate::status::{MemberStatus, WorkflowStatus};
+use crate::tx::{Advance, MemberOutcome};
+
+/// A workflow could not be submitted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubmitError {
+    /// The spec breaks a rule; nothing was stored.
+    #[error("invalid workflow: {0}")]
+    Invalid(#[from] InvalidWorkflow),
+    /// The store or the broker failed. If the workflow was stored, it is marked failed.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
 
 /// How many jobs one enqueue call carries when a workflow is submitted.
 const SUBMIT_BATCH: usize = 1_000;
@@ -15,8 +30,7 @@ const SUBMIT_BATCH: usize = 1_000;
 const RESCUE_BATCH: usize = 1_000;
 
 /// The workflow engine: a broker for the jobs and a [`StateStore`] for what links them.
-/// A worker given one (see [`WorkerBuilder::workflows`](crate::WorkerBuilder::workflows))
-/// advances a workflow when one of its members finishes for good, *before* that member's job
+/// A worker given one (see `WorkerBuilder::workflows` in `weir-runtime`) advances a workflow when one of its members finishes for good, *before* that member's job
 /// is settled: if the store or the broker fails, the member is deferred and runs again, so an
 /// advance is never lost. Cheap to clone (handles).
 #[derive(Clone)]
@@ -58,8 +72,11 @@ impl Workflows {
     /// member gets its own job id and the workflow's trace id. If the enqueue fails, the
     /// workflow is marked failed, whatever was enqueued is cancelled where the broker allows,
     /// and the error is returned.
-    pub async fn submit(&self, spec: &WorkflowSpec) -> Result<WorkflowId, BrokerError> {
-        spec.validate().map_err(BrokerError::Invalid)?;
+    ///
+    /// Cancel safety: dropping the future part way leaves a workflow stored with some of its
+    /// first jobs enqueued; [`rescue`](Self::rescue) completes it later.
+    pub async fn submit(&self, spec: &WorkflowSpec) -> Result<WorkflowId, SubmitError> {
+        spec.validate_with(&self.broker.job_limits())?;
         let id = WorkflowId::new();
         let trace = JobId::new().as_uuid().simple().to_string();
         let (wf, jobs) = spec.plan(id, &trace, self.clock.now());
@@ -72,7 +89,7 @@ impl Workflows {
         // enqueues the batch again, not the submission: the jobs are durable. A broker that
         // can be asked needs no record (and beside the embedded broker each record would
         // wait for the file's write lock).
-        let record = self.broker.inspect().is_none();
+        let record = !self.broker.capabilities().has(Capability::Inspect);
         let mut records = tokio::task::JoinSet::new();
         let mut confirmed = 0;
         let mut jobs = jobs.into_iter().peekable();
@@ -84,7 +101,7 @@ impl Workflows {
                 if let Ok(open) = self.store.abort(id, self.clock.now()).await {
                     self.cancel_jobs(&open).await;
                 }
-                return Err(e);
+                return Err(SubmitError::Broker(e));
             }
             confirmed += n;
             if record {
@@ -114,10 +131,15 @@ impl Workflows {
     /// submitter died may be enqueued twice (a member the store has as finished is then not
     /// run again). Returns how many jobs were enqueued. `older_than` must exceed the longest
     /// submission: a submitter still enqueueing would collide with the rescue.
+    ///
+    /// Cancel safety: dropped part way, the workflows not yet looked at are looked at next time; a submission completed twice enqueues nothing new on a broker that keeps job ids.
     pub async fn rescue(&self, older_than: std::time::Duration) -> Result<u64, BrokerError> {
         let now = self.clock.now();
-        let before = weir_core::Timestamp(now.0.saturating_sub(older_than.as_millis() as i64));
-        let inspect = self.broker.inspect();
+        let before = now.minus(older_than);
+        let inspect = self
+            .broker
+            .inspect()
+            .filter(|_| self.broker.capabilities().has(Capability::Inspect));
         let mut enqueued = 0;
         for (id, jobs) in self.store.unstarted(before, RESCUE_BATCH).await? {
             let Some(status) = self.store.status(id).await? else {
@@ -151,11 +173,15 @@ impl Workflows {
     }
 
     /// A workflow's status; `None` if the store has no such workflow.
+    ///
+    /// Cancel safe (a read).
     pub async fn status(&self, id: WorkflowId) -> Result<Option<WorkflowStatus>, BrokerError> {
         self.store.status(id).await
     }
 
     /// A workflow's members, in order, with their results and errors.
+    ///
+    /// Cancel safe (a read).
     pub async fn members(&self, id: WorkflowId) -> Result<Vec<MemberStatus>, BrokerError> {
         self.store.members(id).await
     }
@@ -165,7 +191,12 @@ impl Workflows {
     /// crash between the record and the settle). `None` while it is open, for an unknown
     /// member, and on a store error: the member then runs, and its outcome is recorded, or
     /// ignored, when it finishes.
-    pub(crate) async fn recorded(&self, member: Member) -> Option<JobState> {
+    ///
+    /// The runtime asks this before it runs a member on a broker that cannot cancel queued
+    /// jobs ([`Capability::CancelQueued`]), and for the members it runs at each heartbeat.
+    ///
+    /// Cancel safe (a read).
+    pub async fn recorded(&self, member: Member) -> Option<JobState> {
         match self.store.member_state(member).await {
             Ok(Some(state)) if state.is_finished() => Some(state),
             Ok(_) => None,
@@ -179,7 +210,12 @@ impl Workflows {
     /// Records a member's final outcome and carries out what follows: enqueue the next step
     /// or the callback (then mark it enqueued), or cancel the open siblings. Returns the job
     /// ids cancelled, so the caller can stop those it runs itself.
-    pub(crate) async fn finished(
+    ///
+    /// The runtime calls this before it settles a member's job; an error means the outcome
+    /// may not be recorded, and the member should run again. Cancel safety: dropping the
+    /// future may leave the outcome recorded and the next step not enqueued; the member's
+    /// next run replays the advance.
+    pub async fn finished(
         &self,
         member: Member,
         outcome: MemberOutcome,
@@ -214,8 +250,10 @@ impl Workflows {
     /// True if the broker can look jobs up by id and has `id`.
     async fn broker_has(&self, id: JobId) -> bool {
         match self.broker.inspect() {
-            Some(i) => matches!(i.get(id).await, Ok(Some(_))),
-            None => false,
+            Some(i) if self.broker.capabilities().has(Capability::Inspect) => {
+                matches!(i.get(id).await, Ok(Some(_)))
+            }
+            _ => false,
         }
     }
 
@@ -227,7 +265,11 @@ impl Workflows {
         if ids.is_empty() {
             return;
         }
-        let Some(inspect) = self.broker.inspect() else {
+        let inspect = self
+            .broker
+            .inspect()
+            .filter(|_| self.broker.capabilities().has(Capability::CancelQueued));
+        let Some(inspect) = inspect else {
             // RabbitMQ: workers find these cancelled in the store, and finish queued ones
             // unrun and stop running ones at their next heartbeat.
             tracing::debug!(jobs = ids.len(), "members cancelled in the store only");

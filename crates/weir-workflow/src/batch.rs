@@ -9,14 +9,26 @@
 
 use std::sync::mpsc;
 
-use crate::BrokerError;
+use weir_core::BrokerError;
+
+/// A transaction-control statement failed (the database's own words).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BatchError(String);
+
+impl BatchError {
+    /// An error with the database's message.
+    pub fn new(message: impl std::fmt::Display) -> Self {
+        BatchError(message.to_string())
+    }
+}
 
 /// A connection a [`Batcher`] drives.
 pub trait BatchConn: Send + 'static {
     /// Runs one transaction-control statement (`BEGIN`, `SAVEPOINT …`, `COMMIT`, …).
-    fn control(&mut self, sql: &str) -> Result<(), String>;
+    fn control(&mut self, sql: &str) -> Result<(), BatchError>;
     /// Called before each batch: reconnects a connection that was lost. By default, nothing.
-    fn ensure(&mut self) -> Result<(), String> {
+    fn ensure(&mut self) -> Result<(), BatchError> {
         Ok(())
     }
 }
@@ -25,8 +37,8 @@ pub trait BatchConn: Send + 'static {
 /// transaction (or learns why there is none), says whether it succeeded, and hands back what
 /// to reply once the commit's outcome is known.
 type Call<C> = (bool, Run<C>);
-type Run<C> = Box<dyn FnOnce(Result<&mut C, &str>) -> (bool, Reply) + Send>;
-type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
+type Run<C> = Box<dyn FnOnce(Result<&mut C, &BatchError>) -> (bool, Reply) + Send>;
+type Reply = Box<dyn FnOnce(Option<&BatchError>) + Send>;
 
 /// A handle to a batching thread. Cheap to clone; the thread ends when the last handle is
 /// dropped, after answering what was queued.
@@ -61,8 +73,9 @@ impl<C: BatchConn> Batcher<C> {
 
     /// Runs `f` in the next batch's transaction and returns its result once that transaction
     /// has committed. An error from `f` rolls the whole batch back (every call in it fails):
-    /// for calls that fail only when the database does. Dropping the future does not undo
-    /// the call: it still runs and commits.
+    /// for calls that fail only when the database does.
+    ///
+    /// Cancel safety: dropping the future does not undo the call: it still runs and commits.
     pub async fn call<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut C) -> Result<T, BrokerError> + Send + 'static,
@@ -72,6 +85,8 @@ impl<C: BatchConn> Batcher<C> {
 
     /// As [`call`](Self::call), in a savepoint of its own: an error from `f` undoes only what
     /// `f` did, and the rest of the batch commits. Two more statements per call.
+    ///
+    /// Cancel safety: as [`call`](Self::call).
     pub async fn call_isolated<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut C) -> Result<T, BrokerError> + Send + 'static,
@@ -88,12 +103,12 @@ impl<C: BatchConn> Batcher<C> {
         let run: Run<C> = Box::new(move |conn| {
             let out = match conn {
                 Ok(c) => f(c),
-                Err(e) => Err(BrokerError::Unavailable(e.to_owned())),
+                Err(e) => Err(BrokerError::Unavailable(e.to_string())),
             };
             let ok = out.is_ok();
             let reply: Reply = Box::new(move |commit_error| {
                 let _ = reply.send(match (commit_error, out) {
-                    (Some(e), Ok(_)) => Err(BrokerError::Unavailable(e.to_owned())),
+                    (Some(e), Ok(_)) => Err(BrokerError::Unavailable(e.to_string())),
                     (_, out) => out,
                 });
             });
@@ -121,7 +136,7 @@ fn serve<C: BatchConn>(mut conn: C, rx: mpsc::Receiver<Call<C>>, begin: &str, ma
             continue;
         }
         // Set when the batch cannot commit: a plain call failed, or a savepoint broke.
-        let mut failed: Option<String> = None;
+        let mut failed: Option<BatchError> = None;
         for (isolated, call) in batch {
             if let Some(e) = &failed {
                 replies.push(call(Err(e)).1);
@@ -138,7 +153,9 @@ fn serve<C: BatchConn>(mut conn: C, rx: mpsc::Receiver<Call<C>>, begin: &str, ma
             replies.push(reply);
             let closed = match (isolated, ok) {
                 (false, true) => Ok(()),
-                (false, false) => Err("another call in the same transaction failed".to_owned()),
+                (false, false) => Err(BatchError::new(
+                    "another call in the same transaction failed",
+                )),
                 (true, true) => conn.control("RELEASE SAVEPOINT weir_call"),
                 (true, false) => conn
                     .control("ROLLBACK TO SAVEPOINT weir_call")
@@ -155,7 +172,7 @@ fn serve<C: BatchConn>(mut conn: C, rx: mpsc::Receiver<Call<C>>, begin: &str, ma
         if committed.is_err() {
             let _ = conn.control("ROLLBACK");
         }
-        let err = committed.as_ref().err().map(String::as_str);
+        let err = committed.as_ref().err();
         replies.into_iter().for_each(|r| r(err));
     }
 }
@@ -169,10 +186,10 @@ mod tests {
     struct Log(Arc<Mutex<Vec<String>>>, bool);
 
     impl BatchConn for Log {
-        fn control(&mut self, sql: &str) -> Result<(), String> {
+        fn control(&mut self, sql: &str) -> Result<(), BatchError> {
             self.0.lock().unwrap().push(sql.to_owned());
             if sql == "COMMIT" && self.1 {
-                return Err("disk full".into());
+                return Err(BatchError::new("disk full"));
             }
             Ok(())
         }

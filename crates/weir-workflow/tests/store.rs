@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use weir_core::MemoryStore;
 use weir_testkit::StoreFixture;
+use weir_workflow::MemoryStore;
 
 async fn fixture() -> StoreFixture {
     StoreFixture::new(Arc::new(MemoryStore::new()), ())
