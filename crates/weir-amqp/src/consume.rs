@@ -354,7 +354,9 @@ fn on_delivery(
                 },
             ))
         }
-        Ok(mut job) if job.attempt > job.max_attempts => {
+        // A workflow member past its attempts goes to the worker, which fails it through the
+        // workflow's advance (and so dead-letters it); any other job is dead-lettered here.
+        Ok(mut job) if job.attempt > job.max_attempts && job.member.is_none() => {
             job.attempt -= 1;
             let lost = job.attempt;
             job.last_error = Some(format!(

@@ -34,6 +34,7 @@ weir_testkit::conformance_suite!(fixture;
         concurrent_workers_no_double_delivery,
         lease_expiry_and_fencing,
         lease_expiry_exhausts_attempts,
+        lost_member_comes_back_past_its_attempts,
         heartbeat_extends_lease,
         retry_scheduling,
         release_gives_job_back,

@@ -77,7 +77,10 @@ impl Inner {
             let Some(job) = self.jobs.get(&token) else {
                 continue;
             };
-            let exhausted = job.attempt >= job.max_attempts;
+            // A workflow member runs once more, past its attempts, for the worker to fail it
+            // through the workflow's advance (see `SqliteBroker`'s reaper).
+            let spent = job.attempt >= job.max_attempts;
+            let exhausted = spent && job.member.is_none();
             let msg = format!("lease expired during attempt {} (worker lost)", job.attempt);
             let event = if exhausted {
                 Event::Fail
@@ -85,7 +88,7 @@ impl Inner {
                 Event::Expire
             };
             if let Ok(job) = self.apply(token, event, now) {
-                job.last_error = Some(if exhausted {
+                job.last_error = Some(if spent {
                     format!("{msg}; attempts exhausted ({})", job.max_attempts)
                 } else {
                     msg

@@ -20,6 +20,7 @@ weir_testkit::conformance_suite!(fixture;
         clock_stepping_back_loses_no_job,
         lease_expiry_and_fencing,
         lease_expiry_exhausts_attempts,
+        lost_member_comes_back_past_its_attempts,
         heartbeat_extends_lease,
         retry_scheduling,
         release_gives_job_back,

@@ -41,6 +41,10 @@ async fn attempt(shared: Arc<Shared>, settle_tx: SettleTx, d: Delivery, mut slot
     // parent contends on the parent's lock at every job. Shutdown cancels the held tokens.
     let token = CancellationToken::new();
     shared.leases.hold(lease, token.clone());
+    let _unwinding = ReleaseOnPanic {
+        shared: &shared,
+        lease,
+    };
     shared.counters.started();
     shared.observer.started(&job, shared.clock.now());
     let m = &shared.membership;
@@ -49,6 +53,31 @@ async fn attempt(shared: Arc<Shared>, settle_tx: SettleTx, d: Delivery, mut slot
             drop(slot);
             return send(&settle_tx, &job, lease, instead).await;
         }
+    }
+    if job.attempt > job.max_attempts {
+        // Its attempts were spent by deliveries that never settled (each worker died or lost
+        // its lease). A broker fails such a job itself, except a workflow member: that one it
+        // gives back once more, for its failure to go through the workflow's advance here.
+        drop(slot);
+        let mut error = format!(
+            "attempts exhausted ({}), the last without an outcome (its worker died or its \
+             lease expired)",
+            job.max_attempts
+        );
+        if let Some(last) = &job.last_error {
+            error.push_str("; last error: ");
+            error.push_str(last);
+        }
+        tracing::warn!(max_attempts = job.max_attempts, %error, "job failed");
+        let failed = Settlement::Failed { error };
+        let settlement = match job.member {
+            Some(member) => {
+                m.advance(&*shared.clock, &shared.leases, &job, member, failed)
+                    .await
+            }
+            None => failed,
+        };
+        return send(&settle_tx, &job, lease, settlement).await;
     }
     let _watched = job.member.and_then(|member| m.watch(lease.token, member));
     let kind = shared.registry.get(&job.kind);
@@ -73,6 +102,23 @@ async fn attempt(shared: Arc<Shared>, settle_tx: SettleTx, d: Delivery, mut slot
         None => settlement,
     };
     send(&settle_tx, &job, lease, settlement).await;
+}
+
+/// If an attempt panics outside the handler (whose panics are caught), its lease leaves the
+/// heartbeat set, so it expires and the job runs again, instead of being renewed for ever
+/// for a task that no longer exists.
+struct ReleaseOnPanic<'a> {
+    shared: &'a Shared,
+    lease: Lease,
+}
+
+impl Drop for ReleaseOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(job = %self.lease.id, "the attempt panicked; its lease is left to expire");
+            self.shared.leases.release([&self.lease]);
+        }
+    }
 }
 
 /// Takes the job's limits, or says when to run it instead (a deferral, attempt unspent).

@@ -225,6 +225,7 @@ impl std::fmt::Debug for SqliteBroker {
 }
 
 fn open_conn(opts: &SqliteOptions) -> rusqlite::Result<Connection> {
+    create_private(&opts.path);
     let conn = Connection::open_with_flags(
         &opts.path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -232,7 +233,23 @@ fn open_conn(opts: &SqliteOptions) -> rusqlite::Result<Connection> {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(Duration::from_secs(10))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // Turning a fresh file to WAL takes an exclusive lock, and SQLite answers BUSY at once
+    // there, without the busy handler: workers started together on a new file would fail.
+    // So this one statement waits for the lock itself, as long as the busy timeout.
+    let start = std::time::Instant::now();
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && start.elapsed() < Duration::from_secs(10) =>
+            {
+                std::thread::sleep(Duration::from_millis(10 + rand_jitter_ms()));
+            }
+            other => break other?,
+        }
+    }
     conn.pragma_update(
         None,
         "synchronous",
@@ -245,6 +262,29 @@ fn open_conn(opts: &SqliteOptions) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
+}
+
+/// Creates the file, if it does not exist, readable and writable by its owner only (0600):
+/// it holds every payload. SQLite gives its `-wal` and `-shm` files the same mode. Failure
+/// is left to the open that follows, which reports it.
+fn create_private(path: &std::path::Path) {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    let _ = o.open(path);
+}
+
+/// 0–19 ms, from the clock's nanoseconds: enough to keep processes that collide from
+/// colliding again in step (not worth a random-number crate here).
+fn rand_jitter_ms() -> u64 {
+    u64::from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+            % 20,
+    )
 }
 
 fn store_err(e: impl std::fmt::Display) -> BrokerError {

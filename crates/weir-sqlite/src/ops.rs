@@ -395,16 +395,18 @@ impl Writer {
     }
 
     /// Expired leases: runnable again, or Failed once the attempts are spent (so a job that
-    /// keeps killing its worker ends in the dead-letter set).
+    /// keeps killing its worker ends in the dead-letter set). A workflow member with its
+    /// attempts spent runs once more instead, with `attempt > max_attempts`: the worker
+    /// fails it without running it, through the workflow's advance, so the workflow learns.
     pub(crate) fn reap(&mut self, now: Timestamp) -> rusqlite::Result<()> {
         let mut st = self.conn.prepare_cached(concat!(
             "UPDATE jobs SET
-                 state = CASE WHEN attempt >= max_attempts THEN ",
+                 state = CASE WHEN attempt >= max_attempts AND member IS NULL THEN ",
             state!(failed),
             " ELSE ",
             state!(pending),
             " END,
-                 finished_at = CASE WHEN attempt >= max_attempts THEN ?1 END,
+                 finished_at = CASE WHEN attempt >= max_attempts AND member IS NULL THEN ?1 END,
                  run_at = ?1,
                  lease_until = NULL,
                  last_error = 'lease expired during attempt ' || attempt || ' (worker lost)'

@@ -228,23 +228,83 @@ impl Workflows {
             .store
             .complete(member, outcome, self.clock.now())
             .await?;
-        if let Some((next, job)) = enqueue {
+        let (mut cancel, mut finished, mut pending) = (cancel, finished, enqueue);
+        // Each turn enqueues one member or fails it for good, so this ends.
+        while let Some((next, job)) = pending.take() {
             let id = job.id;
-            if let Err(e) = self.broker.enqueue(job).await {
+            match self.broker.enqueue(job).await {
+                Ok(_) => self.store.mark_enqueued(next).await?,
                 // A replay after a crash between an enqueue and its mark: a broker that keeps
                 // ids refuses the job a second time, and it is there already.
-                if !self.broker_has(id).await {
-                    return Err(e);
+                Err(_) if self.broker_has(id).await => {
+                    tracing::debug!(job = %id, "next step enqueued before; marking it");
+                    self.store.mark_enqueued(next).await?;
                 }
-                tracing::debug!(job = %id, "next step enqueued before; marking it");
+                // The broker will never take this job (a spec validated before a limit
+                // changed, a priority RabbitMQ refuses): running `member` again would not
+                // help, so the member that cannot be enqueued fails with the reason and the
+                // workflow goes on from there (a chain fails). Bounded: one record, no loop.
+                Err(e @ (BrokerError::InvalidJob { .. } | BrokerError::Unsupported(_))) => {
+                    tracing::warn!(workflow = %member.workflow, member = %next, error = %e, "the broker refused a workflow member; it fails");
+                    let reason = format!("the broker refused this member's job: {e}");
+                    let then = self
+                        .store
+                        .complete(next, MemberOutcome::Failed(reason), self.clock.now())
+                        .await?;
+                    cancel.extend(then.cancel);
+                    finished = finished.or(then.finished);
+                    pending = then.enqueue;
+                }
+                Err(e) => return Err(e),
             }
-            self.store.mark_enqueued(next).await?;
         }
         if let Some(state) = finished {
             tracing::info!(workflow = %member.workflow, state = state.as_str(), "workflow finished");
         }
         self.cancel_jobs(&cancel).await;
         Ok(cancel)
+    }
+
+    /// Cancels a running workflow: it ends Failed, its open members are recorded as
+    /// cancelled (so a chord's callback or a chain's next step never runs), pending ones are
+    /// cancelled at the broker where it can ([`Capability::CancelQueued`]), and running ones
+    /// are stopped (a lost lease, or on other brokers the store's record, fires their token
+    /// at their worker's next heartbeat). Returns the job ids of the members cancelled.
+    /// Errors: [`BrokerError::NotFound`] for an unknown workflow, [`BrokerError::Invalid`]
+    /// (naming the state it ended in) for one that already finished.
+    ///
+    /// Cancel safety: dropped after the store's record, the members are cancelled there and
+    /// workers finish them unrun as they meet them.
+    pub async fn cancel(&self, id: WorkflowId) -> Result<Vec<JobId>, BrokerError> {
+        let status = self
+            .store
+            .status(id)
+            .await?
+            .ok_or(BrokerError::NotFound(id))?;
+        if status.state != crate::WorkflowState::Running {
+            return Err(BrokerError::Invalid(format!(
+                "workflow {id} already finished ({})",
+                status.state.as_str()
+            )));
+        }
+        let cancelled = self.store.abort(id, self.clock.now()).await?;
+        tracing::info!(workflow = %id, members = cancelled.len(), "workflow cancelled");
+        self.cancel_jobs(&cancelled).await;
+        Ok(cancelled)
+    }
+
+    /// Records that a member's job ended outside any worker (an operator cancelled it by
+    /// id): the member fails with `reason`, and its workflow goes on as for any failure (a
+    /// fail-fast workflow cancels the rest). Returns the job ids cancelled as a result.
+    ///
+    /// Cancel safety: as [`finished`](Self::finished).
+    pub async fn member_ended(
+        &self,
+        member: Member,
+        reason: impl Into<String>,
+    ) -> Result<Vec<JobId>, BrokerError> {
+        self.finished(member, MemberOutcome::Failed(reason.into()))
+            .await
     }
 
     /// True if the broker can look jobs up by id and has `id`.

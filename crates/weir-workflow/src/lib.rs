@@ -32,7 +32,7 @@ pub use engine::{SubmitError, Workflows};
 pub use memory::MemoryStore;
 pub use spec::{FailureMode, InvalidWorkflow, Shape, StepSpec, WorkflowSpec, MAX_MEMBERS};
 pub use state_store::StateStore;
-pub use status::{result_value, MemberStatus, WorkflowStatus};
+pub use status::{result_value, workflow_result, MemberStatus, WorkflowStatus};
 pub use weir_core::{Member, WorkflowId};
 
 /// For authors of a [`StateStore`]: the transaction protocol every store implements

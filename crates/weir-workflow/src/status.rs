@@ -73,6 +73,30 @@ pub struct MemberStatus {
     pub error: Option<String>,
 }
 
+/// A finished workflow's result, built from its members (in index order): a group's is the
+/// array of its children's results, a chain's its last step's, a chord's its callback's.
+/// `None` unless the workflow succeeded.
+pub fn workflow_result(
+    status: &WorkflowStatus,
+    members: &[MemberStatus],
+) -> Option<serde_json::Value> {
+    if status.state != crate::WorkflowState::Succeeded {
+        return None;
+    }
+    Some(match status.shape {
+        crate::Shape::Group => serde_json::Value::Array(
+            members
+                .iter()
+                .map(|m| m.result.clone().unwrap_or_default())
+                .collect(),
+        ),
+        crate::Shape::Chain | crate::Shape::Chord => members
+            .last()
+            .and_then(|m| m.result.clone())
+            .unwrap_or_default(),
+    })
+}
+
 /// Parses a stored result for display: JSON as is, anything else as a string.
 pub fn result_value(bytes: &[u8]) -> serde_json::Value {
     serde_json::from_slice(bytes)

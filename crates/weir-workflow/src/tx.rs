@@ -235,6 +235,10 @@ pub fn abort<T: WorkflowTx>(
     let Some(mut p) = tx.progress(id)? else {
         return Err(BrokerError::NotFound(id));
     };
+    if p.state != WorkflowState::Running {
+        // Finished meanwhile: it keeps the state it finished with.
+        return Ok(Vec::new());
+    }
     let (n, jobs) = tx.cancel_open(id)?;
     p.cancelled += n;
     p.state = WorkflowState::Failed;

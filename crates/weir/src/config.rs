@@ -272,10 +272,24 @@ mod opt_duration {
         d: D,
     ) -> Result<Option<Duration>, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map(Some).map_err(|e| {
-            serde::de::Error::custom(format!("`{s}` is not a duration ({e}); e.g. \"30s\""))
-        })
+        super::parse_duration(&s, false)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
     }
+}
+
+/// Parses a duration of the file, at most [`crate::MAX_DURATION`] and, if `nonzero`,
+/// above zero; the error names the text and the range.
+fn parse_duration(s: &str, nonzero: bool) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration ({e}); e.g. \"30s\""))?;
+    if d > crate::MAX_DURATION {
+        return Err(format!("`{s}` is longer than 100 years"));
+    }
+    if nonzero && d.is_zero() {
+        return Err(format!("`{s}` is zero; give a duration above 0"));
+    }
+    Ok(d)
 }
 
 /// Settings of the `shell` built-in kind.
@@ -292,8 +306,8 @@ pub struct ShellConfig {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Per-request timeout. By default, 30 s.
-    #[serde(default = "default_http_timeout", with = "humantime_serde_compat")]
+    /// Per-request timeout, above zero. By default, 30 s.
+    #[serde(default = "default_http_timeout", with = "positive_duration")]
     pub timeout: Duration,
 }
 
@@ -309,16 +323,14 @@ fn default_http_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
-mod humantime_serde_compat {
+mod positive_duration {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!("`{s}` is not a duration ({e}); e.g. \"30s\""))
-        })
+        super::parse_duration(&s, true).map_err(serde::de::Error::custom)
     }
 }
 
@@ -568,5 +580,16 @@ mod tests {
             .to_string();
         assert!(e.starts_with("w.toml:2:11:"), "{e}");
         assert!(e.contains("`soon` is not a duration"), "{e}");
+        let e = Config::parse(Path::new("w.toml"), "[http]\ntimeout = \"0s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`0s` is zero"), "{e}");
+        let e = Config::parse(
+            Path::new("w.toml"),
+            "[queues.q]\nmax_workers = 4\ncooldown = \"300000000y\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("longer than 100 years"), "{e}");
     }
 }

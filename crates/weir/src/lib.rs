@@ -95,9 +95,9 @@ pub use weir_workflow::{MemoryStore, StateStore, Workflows};
 /// needs is in [`workflow::store`].
 pub mod workflow {
     pub use weir_workflow::{
-        result_value, FailureMode, InvalidWorkflow, Member, MemberStatus, MemoryStore, Shape,
-        StateStore, StepSpec, SubmitError, WorkflowId, WorkflowSpec, WorkflowState, WorkflowStatus,
-        Workflows, MAX_MEMBERS,
+        result_value, workflow_result, FailureMode, InvalidWorkflow, Member, MemberStatus,
+        MemoryStore, Shape, StateStore, StepSpec, SubmitError, WorkflowId, WorkflowSpec,
+        WorkflowState, WorkflowStatus, Workflows, MAX_MEMBERS,
     };
 
     /// For authors of a [`StateStore`]: the transaction protocol, the logic written once over

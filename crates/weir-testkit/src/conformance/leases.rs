@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use weir_core::{Capability, FetchRequest, JobState, SettleOutcome};
+use weir_core::{Capability, FetchRequest, JobId, JobState, Member, SettleOutcome};
 
 use super::{fetch, fetch_until, inspect_if_declared, job, ok, req, settle, LEASE};
 use crate::Fixture;
@@ -90,6 +90,50 @@ pub async fn lease_expiry_exhausts_attempts(f: Fixture) {
     }
     let error = error.expect("the job ended failed");
     assert!(error.contains("lease expired"), "{error}");
+}
+
+/// A workflow member whose last attempt loses its lease is not failed by the broker behind
+/// the workflow's back: it is delivered once more, with `attempt > max_attempts`, for the
+/// worker to fail it through the workflow's advance (and settling it Failed then applies).
+pub async fn lost_member_comes_back_past_its_attempts(f: Fixture) {
+    let b = &*f.broker;
+    let m = Member {
+        workflow: JobId::new(),
+        index: 0,
+    };
+    let id = b
+        .enqueue(job("lostmember").member(m).max_attempts(1))
+        .await
+        .unwrap()
+        .id;
+    let first = b
+        .fetch(FetchRequest {
+            lease: Duration::from_secs(1),
+            wait: f.delivery_wait,
+            ..req("lostmember", 1)
+        })
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    f.advance(Duration::from_secs(3)).await;
+    let again = fetch_until(&f, "lostmember", 100).await;
+    assert_eq!(again.len(), 1, "the member is delivered past its attempts");
+    let d = &again[0];
+    assert_eq!((d.job.id, d.job.member), (id, Some(m)));
+    assert!(
+        d.job.attempt > d.job.max_attempts,
+        "attempt {} of {}",
+        d.job.attempt,
+        d.job.max_attempts
+    );
+    let failed = weir_core::Settlement::Failed {
+        error: "attempts exhausted".into(),
+    };
+    assert_eq!(settle(b, d, failed).await, SettleOutcome::Applied);
+    if let Some(i) = inspect_if_declared(&f) {
+        let j = i.get(id).await.unwrap().unwrap();
+        assert_eq!(j.state, JobState::Failed);
+    }
 }
 
 /// Heartbeats keep a lease alive past its first expiry.

@@ -51,6 +51,7 @@ pub const TESTS: &[(&str, &[Needs])] = &[
     ("clock_stepping_back_loses_no_job", &[InjectedClock]),
     ("lease_expiry_and_fencing", &[]),
     ("lease_expiry_exhausts_attempts", &[]),
+    ("lost_member_comes_back_past_its_attempts", &[]),
     ("heartbeat_extends_lease", &[]),
     ("retry_scheduling", &[]),
     ("release_gives_job_back", &[]),

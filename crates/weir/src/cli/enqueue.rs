@@ -1,14 +1,14 @@
 use std::io::BufRead;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args as ClapArgs;
 use serde::Deserialize;
-use weir::NewJob;
+use weir::{JobLimits, NewJob};
 
-use super::{parse_duration, Args};
+use super::{parse_duration, parse_positive_duration, Args};
 
 #[derive(ClapArgs, Debug)]
 pub(crate) struct EnqueueArgs {
@@ -16,8 +16,8 @@ pub(crate) struct EnqueueArgs {
     #[arg(required_unless_present = "batch", conflicts_with = "batch")]
     kind: Option<String>,
     /// The payload, as JSON.
-    #[arg(long, default_value = "{}")]
-    payload: String,
+    #[arg(long, default_value = "{}", value_parser = parse_payload)]
+    payload: serde_json::Value,
     /// The queue.
     #[arg(long, default_value = weir::DEFAULT_QUEUE)]
     queue: String,
@@ -34,7 +34,7 @@ pub(crate) struct EnqueueArgs {
     #[arg(long, default_value_t = weir::DEFAULT_MAX_ATTEMPTS, value_parser = clap::value_parser!(u32).range(1..))]
     max_attempts: u32,
     /// Time budget of one attempt (a timeout is retried).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_positive_duration)]
     timeout: Option<Duration>,
     /// Enqueue from a JSON-lines file (`-` for stdin), one object per line:
     /// {"kind":..,"payload":..,"queue":..,"delay":..,"priority":..,"unique":..,"max_attempts":..}
@@ -114,57 +114,149 @@ fn job_from_line(l: Line) -> Result<NewJob, String> {
     Ok(j)
 }
 
-/// Reads every line first, so a bad line enqueues nothing and names itself.
-fn read_batch(path: &PathBuf) -> anyhow::Result<Vec<NewJob>> {
-    let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
-        Box::new(std::io::stdin().lock())
-    } else {
-        Box::new(std::io::BufReader::new(
-            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
-        ))
-    };
-    let name = if path.as_os_str() == "-" {
-        "stdin".to_owned()
-    } else {
-        path.display().to_string()
-    };
-    let mut jobs = Vec::new();
-    for (i, line) in reader.lines().enumerate() {
-        let line = line.with_context(|| format!("reading {name}"))?;
-        if line.trim().is_empty() {
-            continue;
+/// Where a batch comes from: a file (read twice, so a bad line enqueues nothing) or
+/// stdin (read once, so a bad line stops the batch with an exact account).
+struct BatchSource {
+    path: PathBuf,
+    name: String,
+}
+
+impl BatchSource {
+    fn new(path: &Path) -> BatchSource {
+        let name = if path.as_os_str() == "-" {
+            "stdin".to_owned()
+        } else {
+            path.display().to_string()
+        };
+        BatchSource {
+            path: path.to_owned(),
+            name,
         }
-        let parsed: Line =
-            serde_json::from_str(&line).map_err(|e| anyhow::anyhow!("{name}:{}: {e}", i + 1))?;
-        jobs.push(job_from_line(parsed).map_err(|e| anyhow::anyhow!("{name}:{}: {e}", i + 1))?);
     }
-    Ok(jobs)
+
+    fn is_stdin(&self) -> bool {
+        self.path.as_os_str() == "-"
+    }
+
+    fn open(&self) -> anyhow::Result<Box<dyn BufRead>> {
+        Ok(if self.is_stdin() {
+            Box::new(std::io::stdin().lock())
+        } else {
+            Box::new(std::io::BufReader::new(
+                std::fs::File::open(&self.path)
+                    .with_context(|| format!("cannot open {}", self.path.display()))?,
+            ))
+        })
+    }
+
+    /// Every job of the source with its line number, one at a time (memory stays bounded
+    /// by one line, whatever the file's size).
+    fn jobs(
+        &self,
+        limits: JobLimits,
+    ) -> anyhow::Result<impl Iterator<Item = anyhow::Result<(usize, NewJob)>> + '_> {
+        let reader = self.open()?;
+        Ok(reader.lines().enumerate().filter_map(move |(i, line)| {
+            let n = i + 1;
+            let line = match line {
+                Ok(l) if l.trim().is_empty() => return None,
+                Ok(l) => l,
+                Err(e) => return Some(Err(anyhow::anyhow!("reading {}: {e}", self.name))),
+            };
+            Some(
+                serde_json::from_str::<Line>(&line)
+                    .map_err(|e| e.to_string())
+                    .and_then(job_from_line)
+                    .and_then(|j| j.validate(&limits).map(|()| j).map_err(|e| e.to_string()))
+                    .map(|j| (n, j))
+                    .map_err(|e| anyhow::anyhow!("{}:{n}: {e}", self.name)),
+            )
+        }))
+    }
+}
+
+/// Enqueues a JSON-lines batch in chunks of 1,000, streaming. A file is checked in full
+/// first, so a bad line enqueues nothing; after that (and for stdin throughout) a failure
+/// says exactly how many jobs went in and from which line to resume, so a rerun does not
+/// duplicate.
+async fn enqueue_batch(args: &Args, path: &Path) -> anyhow::Result<ExitCode> {
+    const CHUNK: usize = 1000;
+    let src = BatchSource::new(path);
+    let broker = args.open()?;
+    let limits = broker.job_limits();
+    if !src.is_stdin() {
+        for job in src.jobs(limits)? {
+            job?;
+        }
+    }
+    let (mut total, mut dup, mut last_line) = (0usize, 0usize, 0usize);
+    let stopped = |done: usize, last: usize, e: anyhow::Error| {
+        let resume = if done == 0 {
+            "nothing was enqueued".to_owned()
+        } else {
+            format!(
+                "the {done} jobs up to line {last} were enqueued; resume from line {} (e.g. `tail -n +{} {}`)",
+                last + 1,
+                last + 1,
+                src.name
+            )
+        };
+        e.context(resume)
+    };
+    let mut chunk = Vec::with_capacity(CHUNK);
+    let mut lines = src.jobs(limits)?.peekable();
+    while lines.peek().is_some() {
+        let mut chunk_last = last_line;
+        for item in lines.by_ref().take(CHUNK) {
+            match item {
+                Ok((n, job)) => {
+                    chunk_last = n;
+                    chunk.push(job);
+                }
+                Err(e) => {
+                    // A bad stdin line: enqueue what came before it, then stop there.
+                    let k = chunk.len();
+                    if k > 0 {
+                        broker
+                            .enqueue_many(std::mem::take(&mut chunk))
+                            .await
+                            .map_err(|e| stopped(total, last_line, e.into()))?;
+                        total += k;
+                        last_line = chunk_last;
+                    }
+                    return Err(stopped(total, last_line, e));
+                }
+            }
+        }
+        let k = chunk.len();
+        let out = broker
+            .enqueue_many(std::mem::take(&mut chunk))
+            .await
+            .map_err(|e| stopped(total, last_line, e.into()))?;
+        dup += out.iter().filter(|e| e.duplicate).count();
+        total += k;
+        last_line = chunk_last;
+    }
+    println!(
+        "enqueued {} jobs ({dup} duplicates of unfinished unique keys)",
+        total - dup
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--payload`: any JSON value; a malformed one is a usage error (exit 2).
+fn parse_payload(s: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(s).map_err(|e| format!("not valid JSON: {e}"))
 }
 
 pub(crate) async fn run(args: &Args, a: &EnqueueArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &a.batch {
-        let jobs = read_batch(path)?;
-        let broker = args.open()?;
-        let total = jobs.len();
-        let mut dup = 0;
-        let mut it = jobs.into_iter().peekable();
-        while it.peek().is_some() {
-            let chunk: Vec<NewJob> = it.by_ref().take(1000).collect();
-            let out = broker.enqueue_many(chunk).await?;
-            dup += out.iter().filter(|e| e.duplicate).count();
-        }
-        println!(
-            "enqueued {} jobs ({dup} duplicates of unfinished unique keys)",
-            total - dup
-        );
-        return Ok(ExitCode::SUCCESS);
+        return enqueue_batch(args, path).await;
     }
     let Some(kind) = &a.kind else {
         bail!("a KIND or --batch is required")
     };
-    let payload: serde_json::Value = serde_json::from_str(&a.payload)
-        .map_err(|e| anyhow::anyhow!("--payload is not valid JSON: {e}"))?;
-    let mut job = NewJob::new(kind.as_str(), serde_json::to_vec(&payload)?)
+    let mut job = NewJob::new(kind.as_str(), serde_json::to_vec(&a.payload)?)
         .queue(a.queue.as_str())
         .priority(a.priority)
         .max_attempts(a.max_attempts);

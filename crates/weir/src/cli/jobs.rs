@@ -96,7 +96,7 @@ async fn status_depths(stats: &dyn weir::QueueStats, a: &StatusArgs) -> anyhow::
 }
 
 pub(crate) async fn status(args: &Args, a: &StatusArgs) -> anyhow::Result<ExitCode> {
-    let broker = args.open()?;
+    let broker = args.open_existing()?;
     if broker.inspect().is_none() {
         if let Some(stats) = broker.queue_stats() {
             return status_depths(stats, a).await;
@@ -186,7 +186,7 @@ fn print_job(j: &Job) {
 }
 
 pub(crate) async fn inspect(args: &Args, a: &InspectArgs) -> anyhow::Result<ExitCode> {
-    let broker = args.open()?;
+    let broker = args.open_existing()?;
     if let Some(store) = args.store().await? {
         if let Some(s) = store.status(a.id).await? {
             super::workflow::show(&*store, s, a.json, a.limit).await?;
@@ -208,7 +208,7 @@ pub(crate) async fn inspect(args: &Args, a: &InspectArgs) -> anyhow::Result<Exit
 }
 
 pub(crate) async fn list(args: &Args, a: &ListArgs) -> anyhow::Result<ExitCode> {
-    let broker = args.open()?;
+    let broker = args.open_existing()?;
     let jobs = match (broker.inspect(), broker.queue_stats()) {
         (Some(i), _) => {
             i.list(ListFilter {
@@ -248,7 +248,7 @@ pub(crate) async fn list(args: &Args, a: &ListArgs) -> anyhow::Result<ExitCode> 
 }
 
 pub(crate) async fn retry(args: &Args, a: &IdArg) -> anyhow::Result<ExitCode> {
-    let broker = args.open()?;
+    let broker = args.open_existing()?;
     let i = broker
         .inspect()
         .context("this broker cannot retry jobs by id")?;
@@ -258,26 +258,35 @@ pub(crate) async fn retry(args: &Args, a: &IdArg) -> anyhow::Result<ExitCode> {
 }
 
 pub(crate) async fn cancel(args: &Args, a: &IdArg) -> anyhow::Result<ExitCode> {
-    let broker = args.open()?;
+    let broker = args.open_existing()?;
     let i = broker
         .inspect()
         .context("this broker cannot cancel jobs by id")?;
     let j = i.cancel(a.id).await?;
     println!("{} is {}", j.id, j.state);
+    if let Some(member) = j.member {
+        // A member cancelled by id fails its workflow (else the workflow would wait for it
+        // for ever): the store records it, and a fail-fast workflow cancels the rest.
+        let store = args.require_store().await?;
+        let wf = weir::Workflows::new(broker.clone(), store);
+        wf.member_ended(member, "cancelled by an operator (weir cancel)")
+            .await
+            .with_context(|| format!("recording the cancel in workflow {}", member.workflow))?;
+        println!(
+            "workflow {} told (member {} failed)",
+            member.workflow, member.index
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) async fn purge(args: &Args, a: &PurgeArgs) -> anyhow::Result<ExitCode> {
-    let broker = args.open()?;
+    let broker = args.open_existing()?;
     let i = broker.inspect().context("this broker cannot purge jobs")?;
     let n = match a.older_than {
         None => i.purge(a.state, a.queue.as_deref()).await?,
         Some(d) => {
-            let before = weir::Timestamp(
-                weir::Timestamp::now()
-                    .0
-                    .saturating_sub(d.as_millis() as i64),
-            );
+            let before = weir::Timestamp::now().minus(d);
             i.purge_finished_before(a.state, before).await?
         }
     };

@@ -84,10 +84,25 @@ enum ConfigCommand {
     },
 }
 
-/// Parses a duration such as `10s`, `250ms` or `1h 30m`.
+/// Parses a duration such as `10s`, `250ms` or `1h 30m`, at most [`weir::MAX_DURATION`]
+/// (100 years): a larger one would overflow the millisecond timestamps it is added to.
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("`{s}` is not a duration ({e}); e.g. 10s, 250ms, 1h"))
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration ({e}); e.g. 10s, 250ms, 1h"))?;
+    if d > weir::MAX_DURATION {
+        return Err(format!("`{s}` is longer than 100 years"));
+    }
+    Ok(d)
+}
+
+/// [`parse_duration`] for a time budget or a period, where zero means nothing sensible
+/// (a timeout that fires at once, a lease that is always expired).
+pub(crate) fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!("`{s}` is zero; give a duration above 0"));
+    }
+    Ok(d)
 }
 
 /// Changes the log filter of the running process (a reloaded `log = ".."`).
@@ -174,6 +189,24 @@ impl Args {
         self.store().await?.context(
             "workflows need a state store: give --store postgres://… (or sqlite:PATH), WEIR_STORE, or `store` in weir.toml",
         )
+    }
+
+    /// The broker, for a command that reads or changes jobs already there (status, list,
+    /// inspect, retry, cancel, purge): an embedded file that does not exist is an error that
+    /// names it, rather than a new empty file (only serve, enqueue and workflow submit
+    /// create one).
+    fn open_existing(&self) -> anyhow::Result<Arc<dyn Broker>> {
+        let url = self.broker_url()?;
+        if url.starts_with("sqlite:") {
+            let opts = weir::SqliteOptions::from_url(&url)?;
+            if !opts.path().exists() {
+                anyhow::bail!(
+                    "{}: no such file; `weir serve`, `weir enqueue` or `weir workflow submit` create it (check --broker or the working directory)",
+                    opts.path().display()
+                );
+            }
+        }
+        self.open()
     }
 
     fn open(&self) -> anyhow::Result<Arc<dyn Broker>> {

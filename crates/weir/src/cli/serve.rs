@@ -7,7 +7,7 @@ use clap::Args as ClapArgs;
 use weir::reload::LiveConfig;
 use weir::Service;
 
-use super::{parse_duration, Args, LogHandle};
+use super::{parse_duration, parse_positive_duration, Args, LogHandle};
 
 #[derive(ClapArgs, Debug)]
 pub(crate) struct ServeArgs {
@@ -23,17 +23,17 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     max_workers: Option<u32>,
     /// With --max-workers: how long utilisation must stay low before each shrink.
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = parse_positive_duration)]
     cooldown: Duration,
     /// How often the autoscaler looks at each queue and the worker reports to `weir status`.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = parse_positive_duration)]
     tick: Duration,
     /// Lease time: a job whose worker dies runs again elsewhere after at most this long.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_positive_duration)]
     lease: Duration,
     /// How long running jobs may finish after a shutdown signal before they are cancelled
     /// and given back.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_positive_duration)]
     grace: Duration,
     /// How long succeeded and cancelled jobs (with their results) and finished workflows are
     /// kept, e.g. 7d or 12h; `off` keeps them for good. Failed jobs stay until purged.

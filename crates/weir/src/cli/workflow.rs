@@ -16,6 +16,15 @@ pub(crate) enum WorkflowCommand {
     /// Submit a workflow described in a JSON file (see the README's Workflows section);
     /// prints its id.
     Submit(SubmitArgs),
+    /// Cancel a running workflow: its open members are cancelled (running ones stopped at
+    /// their worker's next heartbeat) and it ends failed; a chord's callback never runs.
+    Cancel(CancelArgs),
+}
+
+#[derive(ClapArgs, Debug)]
+pub(crate) struct CancelArgs {
+    /// The workflow's id (as `workflow submit` printed it).
+    id: weir::workflow::WorkflowId,
 }
 
 #[derive(ClapArgs, Debug)]
@@ -28,7 +37,7 @@ pub(crate) struct SubmitArgs {
     #[arg(long)]
     wait: bool,
     /// With --wait, give up after this long (exit 2), e.g. 30s or 10m.
-    #[arg(long, value_parser = super::parse_duration, default_value = "1h")]
+    #[arg(long, value_parser = super::parse_positive_duration, default_value = "1h")]
     timeout: Duration,
     /// Print JSON.
     #[arg(long)]
@@ -50,7 +59,23 @@ fn read_spec(path: &PathBuf) -> anyhow::Result<WorkflowSpec> {
 pub(crate) async fn run(args: &Args, cmd: &WorkflowCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         WorkflowCommand::Submit(a) => submit(args, a).await,
+        WorkflowCommand::Cancel(a) => cancel(args, a).await,
     }
+}
+
+async fn cancel(args: &Args, a: &CancelArgs) -> anyhow::Result<ExitCode> {
+    let broker = args.open_existing()?;
+    let wf = Workflows::new(broker, args.require_store().await?);
+    let cancelled = wf.cancel(a.id).await.map_err(|e| match e {
+        weir::BrokerError::NotFound(_) => anyhow::anyhow!("no workflow with id {}", a.id),
+        e => e.into(),
+    })?;
+    println!(
+        "workflow {} cancelled ({} queued or running jobs cancelled)",
+        a.id,
+        cancelled.len()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn submit(args: &Args, a: &SubmitArgs) -> anyhow::Result<ExitCode> {
@@ -100,10 +125,13 @@ pub(crate) async fn show(
     limit: usize,
 ) -> anyhow::Result<()> {
     let members = store.members(s.id).await?;
+    let result = weir::workflow::workflow_result(&s, &members);
     if json {
         println!(
             "{}",
-            serde_json::to_string(&serde_json::json!({ "workflow": s, "members": members }))?
+            serde_json::to_string(
+                &serde_json::json!({ "workflow": s, "members": members, "result": result })
+            )?
         );
         return Ok(());
     }
@@ -156,24 +184,15 @@ pub(crate) async fn show(
             println!("  … {} more (--json shows all)", open.len() - limit);
         }
     }
-    if s.state == WorkflowState::Succeeded {
-        let result = match s.shape {
-            weir::workflow::Shape::Group => serde_json::Value::Array(
-                members
-                    .iter()
-                    .map(|m| m.result.clone().unwrap_or_default())
-                    .collect(),
-            ),
-            _ => members
-                .last()
-                .and_then(|m| m.result.clone())
-                .unwrap_or_default(),
-        };
+    if let Some(result) = result {
         let text = result.to_string();
         if text.len() > 2000 {
             println!(
                 "result       {}… ({} bytes; --json shows all)",
-                &text[..2000],
+                &text[..(0..=2000)
+                    .rev()
+                    .find(|&i| text.is_char_boundary(i))
+                    .unwrap_or(0)],
                 text.len()
             );
         } else {
