@@ -117,9 +117,9 @@ fn bad_input_is_named_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("bad.db");
     let out = weir(&db, &["enqueue", "noop", "--payload", "{not json"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "a usage error");
     assert!(
-        text(&out.stderr).contains("--payload is not valid JSON"),
+        text(&out.stderr).contains("--payload") && text(&out.stderr).contains("not valid JSON"),
         "{}",
         text(&out.stderr)
     );

@@ -114,39 +114,40 @@ fn job_from_line(l: Line) -> Result<NewJob, String> {
     Ok(j)
 }
 
-/// Where a batch comes from: a file (read twice, so a bad line enqueues nothing) or
-/// stdin (read once, so a bad line stops the batch with an exact account).
+/// Where a batch comes from: a file, read twice (once to check every line, so a bad line
+/// enqueues nothing; once to enqueue). Stdin is first copied to a temporary file, so it
+/// gets the same promise in bounded memory.
 struct BatchSource {
     path: PathBuf,
     name: String,
+    /// The copy of stdin, deleted when the batch is done.
+    _spool: Option<tempfile::NamedTempFile>,
 }
 
 impl BatchSource {
-    fn new(path: &Path) -> BatchSource {
-        let name = if path.as_os_str() == "-" {
-            "stdin".to_owned()
-        } else {
-            path.display().to_string()
-        };
-        BatchSource {
-            path: path.to_owned(),
-            name,
+    fn new(path: &Path) -> anyhow::Result<BatchSource> {
+        if path.as_os_str() != "-" {
+            return Ok(BatchSource {
+                path: path.to_owned(),
+                name: path.display().to_string(),
+                _spool: None,
+            });
         }
-    }
-
-    fn is_stdin(&self) -> bool {
-        self.path.as_os_str() == "-"
+        let mut spool = tempfile::NamedTempFile::new().context("spooling stdin")?;
+        std::io::copy(&mut std::io::stdin().lock(), spool.as_file_mut())
+            .context("reading stdin")?;
+        Ok(BatchSource {
+            path: spool.path().to_owned(),
+            name: "stdin".to_owned(),
+            _spool: Some(spool),
+        })
     }
 
     fn open(&self) -> anyhow::Result<Box<dyn BufRead>> {
-        Ok(if self.is_stdin() {
-            Box::new(std::io::stdin().lock())
-        } else {
-            Box::new(std::io::BufReader::new(
-                std::fs::File::open(&self.path)
-                    .with_context(|| format!("cannot open {}", self.path.display()))?,
-            ))
-        })
+        Ok(Box::new(std::io::BufReader::new(
+            std::fs::File::open(&self.path)
+                .with_context(|| format!("cannot open {}", self.name))?,
+        )))
     }
 
     /// Every job of the source with its line number, one at a time (memory stays bounded
@@ -175,19 +176,16 @@ impl BatchSource {
     }
 }
 
-/// Enqueues a JSON-lines batch in chunks of 1,000, streaming. A file is checked in full
-/// first, so a bad line enqueues nothing; after that (and for stdin throughout) a failure
-/// says exactly how many jobs went in and from which line to resume, so a rerun does not
-/// duplicate.
+/// Enqueues a JSON-lines batch in chunks of 1,000, streaming. Every line is checked first,
+/// so a bad line enqueues nothing; if the broker then fails part way, the error says exactly
+/// how many jobs went in and from which line to resume, so a rerun does not duplicate.
 async fn enqueue_batch(args: &Args, path: &Path) -> anyhow::Result<ExitCode> {
     const CHUNK: usize = 1000;
-    let src = BatchSource::new(path);
+    let src = BatchSource::new(path)?;
     let broker = args.open()?;
     let limits = broker.job_limits();
-    if !src.is_stdin() {
-        for job in src.jobs(limits)? {
-            job?;
-        }
+    for job in src.jobs(limits)? {
+        job?;
     }
     let (mut total, mut dup, mut last_line) = (0usize, 0usize, 0usize);
     let stopped = |done: usize, last: usize, e: anyhow::Error| {
@@ -214,7 +212,8 @@ async fn enqueue_batch(args: &Args, path: &Path) -> anyhow::Result<ExitCode> {
                     chunk.push(job);
                 }
                 Err(e) => {
-                    // A bad stdin line: enqueue what came before it, then stop there.
+                    // The file changed since it was checked: enqueue what came before the
+                    // bad line, then stop there.
                     let k = chunk.len();
                     if k > 0 {
                         broker
@@ -237,7 +236,7 @@ async fn enqueue_batch(args: &Args, path: &Path) -> anyhow::Result<ExitCode> {
         total += k;
         last_line = chunk_last;
     }
-    println!(
+    out!(
         "enqueued {} jobs ({dup} duplicates of unfinished unique keys)",
         total - dup
     );
@@ -274,7 +273,7 @@ pub(crate) async fn run(args: &Args, a: &EnqueueArgs) -> anyhow::Result<ExitCode
     if out.duplicate {
         eprintln!("unique key already held by unfinished job {}", out.id);
     }
-    println!("{}", out.id);
+    out!("{}", out.id);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -13,8 +13,8 @@ pub(crate) struct StatusArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
-    /// Queues to show, for brokers that cannot list their queues (RabbitMQ); repeatable.
-    /// By default, `default`.
+    /// Only these queues (repeatable). By default, every queue; on RabbitMQ, which cannot
+    /// list its queues, `default`.
     #[arg(long = "queue", value_name = "NAME")]
     queues: Vec<String>,
 }
@@ -56,7 +56,7 @@ pub(crate) struct ListArgs {
 #[derive(ClapArgs, Debug)]
 pub(crate) struct PurgeArgs {
     /// The state to delete: succeeded, failed or cancelled.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_finished_state)]
     state: JobState,
     /// Only this queue.
     #[arg(long, conflicts_with = "older_than")]
@@ -64,6 +64,17 @@ pub(crate) struct PurgeArgs {
     /// Only jobs that finished more than this long ago, e.g. 7d.
     #[arg(long, value_parser = super::parse_duration)]
     older_than: Option<std::time::Duration>,
+}
+
+/// `purge --state`: only a finished state; an unfinished one is a usage error (exit 2).
+fn parse_finished_state(s: &str) -> Result<JobState, String> {
+    let state: JobState = s.parse().map_err(|e| format!("{e}"))?;
+    if !state.is_finished() {
+        return Err(format!(
+            "`{s}` jobs are not finished; purge takes succeeded, failed or cancelled (cancel unfinished jobs first)"
+        ));
+    }
+    Ok(state)
 }
 
 /// Status from a broker that can count its queues but not its jobs (RabbitMQ).
@@ -75,23 +86,31 @@ async fn status_depths(stats: &dyn weir::QueueStats, a: &StatusArgs) -> anyhow::
     };
     let depths = stats.depths(&queues).await?;
     if a.json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string(&serde_json::json!({ "queues": depths }))?
         );
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    out!(
         "{:<20} {:>10} {:>10} {:>10} {:>10}",
-        "QUEUE", "READY", "DELAYED", "DEAD", "CONSUMERS"
+        "QUEUE",
+        "READY",
+        "DELAYED",
+        "DEAD",
+        "CONSUMERS"
     );
     for d in &depths {
-        println!(
+        out!(
             "{:<20} {:>10} {:>10} {:>10} {:>10}",
-            d.queue, d.ready, d.delayed, d.dead, d.consumers
+            d.queue,
+            d.ready,
+            d.delayed,
+            d.dead,
+            d.consumers
         );
     }
-    println!("(running jobs are not counted: RabbitMQ does not report unacked messages over AMQP)");
+    out!("(running jobs are not counted: RabbitMQ does not report unacked messages over AMQP)");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -103,45 +122,74 @@ pub(crate) async fn status(args: &Args, a: &StatusArgs) -> anyhow::Result<ExitCo
         }
     }
     let i = broker.inspect().context("this broker cannot count jobs")?;
-    let counts = i.counts().await?;
+    let mut counts = i.counts().await?;
+    if !a.queues.is_empty() {
+        // Only the queues asked for; one without jobs is shown with zeros, and said so.
+        counts.retain(|q| a.queues.contains(&q.queue));
+        for name in &a.queues {
+            if !counts.iter().any(|q| &q.queue == name) {
+                eprintln!("queue `{name}` has no jobs");
+                counts.push(weir::QueueCounts {
+                    queue: name.clone(),
+                    ..Default::default()
+                });
+            }
+        }
+    }
     // Workers that reported within the last minute (they report every autoscaler tick).
     let now = weir::Timestamp::now();
     let workers: Vec<weir::WorkerStatus> = match i.workers().await {
         Ok(w) => w
             .into_iter()
             .filter(|w| now.since(w.updated_at) <= std::time::Duration::from_secs(60))
+            .filter(|w| a.queues.is_empty() || a.queues.contains(&w.queue))
             .collect(),
         Err(weir::BrokerError::Unsupported(_)) => Vec::new(),
         Err(e) => return Err(e.into()),
     };
     if a.json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string(&serde_json::json!({ "queues": counts, "workers": workers }))?
         );
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    out!(
         "{:<20} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
-        "QUEUE", "PENDING", "RUNNING", "RETRYABLE", "SUCCEEDED", "FAILED", "CANCELLED"
+        "QUEUE",
+        "PENDING",
+        "RUNNING",
+        "RETRYABLE",
+        "SUCCEEDED",
+        "FAILED",
+        "CANCELLED"
     );
     for q in &counts {
-        println!(
+        out!(
             "{:<20} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
-            q.queue, q.pending, q.running, q.retryable, q.succeeded, q.failed, q.cancelled
+            q.queue,
+            q.pending,
+            q.running,
+            q.retryable,
+            q.succeeded,
+            q.failed,
+            q.cancelled
         );
     }
     if counts.is_empty() {
-        println!("(no jobs)");
+        out!("(no jobs)");
     }
     if !workers.is_empty() {
-        println!();
-        println!(
+        out!();
+        out!(
             "{:<28} {:<20} {:>6} {:>6}  LAST DECISION",
-            "WORKER", "QUEUE", "SIZE", "BUSY"
+            "WORKER",
+            "QUEUE",
+            "SIZE",
+            "BUSY"
         );
         for w in &workers {
-            println!(
+            out!(
                 "{:<28} {:<20} {:>6} {:>6}  {}",
                 w.worker,
                 w.queue,
@@ -154,42 +202,43 @@ pub(crate) async fn status(args: &Args, a: &StatusArgs) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_job(j: &Job) {
-    println!("id           {}", j.id);
-    println!("kind         {}", j.kind);
-    println!("queue        {}", j.queue);
-    println!("state        {}", j.state);
-    println!("attempt      {} of {}", j.attempt, j.max_attempts);
-    println!("priority     {}", j.priority);
-    println!("created_at   {}", j.created_at);
-    println!("run_at       {}", j.run_at);
+fn print_job(j: &Job) -> std::io::Result<()> {
+    out!("id           {}", j.id);
+    out!("kind         {}", j.kind);
+    out!("queue        {}", j.queue);
+    out!("state        {}", j.state);
+    out!("attempt      {} of {}", j.attempt, j.max_attempts);
+    out!("priority     {}", j.priority);
+    out!("created_at   {}", j.created_at);
+    out!("run_at       {}", j.run_at);
     if let Some(t) = j.lease_until {
-        println!("lease_until  {t}");
+        out!("lease_until  {t}");
     }
     if let Some(t) = j.finished_at {
-        println!("finished_at  {t}");
+        out!("finished_at  {t}");
     }
     if let Some(t) = j.timeout {
-        println!("timeout      {}", humantime::format_duration(t));
+        out!("timeout      {}", humantime::format_duration(t));
     }
     if let Some(k) = &j.unique_key {
-        println!("unique_key   {k}");
+        out!("unique_key   {k}");
     }
-    println!("trace_id     {}", j.trace_id);
-    println!("payload      {}", j.payload_str());
+    out!("trace_id     {}", j.trace_id);
+    out!("payload      {}", j.payload_str());
     if let Some(e) = &j.last_error {
-        println!("last_error   {e}");
+        out!("last_error   {e}");
     }
     if let Some(r) = &j.result {
-        println!("result       {}", String::from_utf8_lossy(r));
+        out!("result       {}", String::from_utf8_lossy(r));
     }
+    Ok(())
 }
 
 pub(crate) async fn inspect(args: &Args, a: &InspectArgs) -> anyhow::Result<ExitCode> {
     let broker = args.open_existing()?;
     if let Some(store) = args.store().await? {
         if let Some(s) = store.status(a.id).await? {
-            super::workflow::show(&*store, s, a.json, a.limit).await?;
+            super::workflow::show(&*store, &*broker, s, a.json, a.limit).await?;
             return Ok(ExitCode::SUCCESS);
         }
     }
@@ -200,48 +249,82 @@ pub(crate) async fn inspect(args: &Args, a: &InspectArgs) -> anyhow::Result<Exit
         anyhow::bail!("no job or workflow with id {}", a.id);
     };
     if a.json {
-        println!("{}", serde_json::to_string(&j)?);
+        out!("{}", serde_json::to_string(&j)?);
     } else {
-        print_job(&j);
+        print_job(&j)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) async fn list(args: &Args, a: &ListArgs) -> anyhow::Result<ExitCode> {
     let broker = args.open_existing()?;
-    let jobs = match (broker.inspect(), broker.queue_stats()) {
+    let (jobs, matching) = match (broker.inspect(), broker.queue_stats()) {
         (Some(i), _) => {
-            i.list(ListFilter {
-                queue: a.queue.clone(),
-                state: a.state,
-                limit: a.limit,
-            })
-            .await?
+            let jobs = i
+                .list(ListFilter {
+                    queue: a.queue.clone(),
+                    state: a.state,
+                    limit: a.limit,
+                })
+                .await?;
+            // How many match in all, from the maintained counts, to say what was left out.
+            let matching: u64 = i
+                .counts()
+                .await?
+                .iter()
+                .filter(|q| a.queue.as_ref().is_none_or(|name| *name == q.queue))
+                .map(|q| match a.state {
+                    Some(state) => q.get(state),
+                    None => JobState::ALL.iter().map(|s| q.get(*s)).sum(),
+                })
+                .sum();
+            (jobs, Some(matching))
         }
         // RabbitMQ: only dead letters can be looked at (without removing them).
         (None, Some(stats)) if a.state == Some(JobState::Failed) => {
             let queue = a.queue.as_deref().unwrap_or(weir::DEFAULT_QUEUE);
-            stats.dead_letters(queue, a.limit).await?
+            (stats.dead_letters(queue, a.limit).await?, None)
         }
         (None, Some(_)) => anyhow::bail!(
             "this broker can only list dead letters: use --state failed [--queue NAME]"
         ),
         (None, None) => anyhow::bail!("this broker cannot list jobs"),
     };
+    if a.json {
+        for j in &jobs {
+            out!("{}", serde_json::to_string(j)?);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if jobs.is_empty() {
+        out!("(no jobs)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let width = |f: fn(&Job) -> usize, min: usize| jobs.iter().map(f).max().unwrap_or(0).max(min);
+    let kind_w = width(|j| j.kind.chars().count(), 4);
+    let queue_w = width(|j| j.queue.chars().count(), 5);
+    out!(
+        "{:<36}  {:<9}  {:<kind_w$}  {:<queue_w$}  {:>8}  LAST ERROR",
+        "ID",
+        "STATE",
+        "KIND",
+        "QUEUE",
+        "ATTEMPT"
+    );
     for j in &jobs {
-        if a.json {
-            println!("{}", serde_json::to_string(j)?);
-        } else {
-            println!(
-                "{}  {:<10} {:<12} {:<10} attempt {}/{}  {}",
-                j.id,
-                j.state,
-                j.kind,
-                j.queue,
-                j.attempt,
-                j.max_attempts,
-                j.last_error.as_deref().unwrap_or("")
-            );
+        out!(
+            "{:<36}  {:<9}  {:<kind_w$}  {:<queue_w$}  {:>8}  {}",
+            j.id,
+            j.state.as_str(),
+            j.kind,
+            j.queue,
+            format!("{}/{}", j.attempt, j.max_attempts),
+            j.last_error.as_deref().unwrap_or("")
+        );
+    }
+    if let Some(more) = matching.and_then(|m| m.checked_sub(jobs.len() as u64)) {
+        if more > 0 {
+            out!("… {more} more (use --limit)");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -253,7 +336,7 @@ pub(crate) async fn retry(args: &Args, a: &IdArg) -> anyhow::Result<ExitCode> {
         .inspect()
         .context("this broker cannot retry jobs by id")?;
     let j = i.retry(a.id).await?;
-    println!("{} is {} again", j.id, j.state);
+    out!("{} is {} again", j.id, j.state);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -263,7 +346,7 @@ pub(crate) async fn cancel(args: &Args, a: &IdArg) -> anyhow::Result<ExitCode> {
         .inspect()
         .context("this broker cannot cancel jobs by id")?;
     let j = i.cancel(a.id).await?;
-    println!("{} is {}", j.id, j.state);
+    out!("{} is {}", j.id, j.state);
     if let Some(member) = j.member {
         // A member cancelled by id fails its workflow (else the workflow would wait for it
         // for ever): the store records it, and a fail-fast workflow cancels the rest.
@@ -272,9 +355,10 @@ pub(crate) async fn cancel(args: &Args, a: &IdArg) -> anyhow::Result<ExitCode> {
         wf.member_ended(member, "cancelled by an operator (weir cancel)")
             .await
             .with_context(|| format!("recording the cancel in workflow {}", member.workflow))?;
-        println!(
+        out!(
             "workflow {} told (member {} failed)",
-            member.workflow, member.index
+            member.workflow,
+            member.index
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -290,6 +374,6 @@ pub(crate) async fn purge(args: &Args, a: &PurgeArgs) -> anyhow::Result<ExitCode
             i.purge_finished_before(a.state, before).await?
         }
     };
-    println!("purged {n} {} jobs", a.state);
+    out!("purged {n} {} jobs", a.state);
     Ok(ExitCode::SUCCESS)
 }

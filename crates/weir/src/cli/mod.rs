@@ -1,6 +1,17 @@
 //! Command-line parsing (stage one: raw arguments, by clap) and dispatch to the commands, which
 //! validate further (stage two) and call the library.
 
+/// `println!` for the commands' output: a closed stdout (`weir list | head -1`) is an error
+/// returned with `?`, which `main` turns into a quiet exit, instead of a panic.
+macro_rules! out {
+    () => {
+        $crate::cli::write_out(format_args!(""))?
+    };
+    ($($t:tt)*) => {
+        $crate::cli::write_out(format_args!($($t)*))?
+    };
+}
+
 mod bench;
 mod demo;
 mod enqueue;
@@ -84,6 +95,10 @@ enum ConfigCommand {
     },
 }
 
+/// The exit code of `workflow submit --wait` when it gives up with the workflow still running
+/// (0: done and succeeded; 1: a failure, including a failed workflow; 2: a usage error).
+pub(crate) const EXIT_STILL_RUNNING: u8 = 3;
+
 /// Parses a duration such as `10s`, `250ms` or `1h 30m`, at most [`weir::MAX_DURATION`]
 /// (100 years): a larger one would overflow the millisecond timestamps it is added to.
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -103,6 +118,22 @@ pub(crate) fn parse_positive_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("`{s}` is zero; give a duration above 0"));
     }
     Ok(d)
+}
+
+/// Writes one line to stdout (see `out!`).
+pub(crate) fn write_out(args: std::fmt::Arguments<'_>) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    o.write_fmt(args)?;
+    o.write_all(b"\n")
+}
+
+/// True if `e` comes from writing to a stdout whose reader went away.
+fn closed_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Changes the log filter of the running process (a reloaded `log = ".."`).
@@ -238,6 +269,9 @@ pub(crate) fn main() -> ExitCode {
     let result = rt.block_on(run(args, log));
     match result {
         Ok(code) => code,
+        // The reader of our output went away (`| head`): nothing more to say, as Unix
+        // tools do.
+        Err(e) if closed_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -250,7 +284,7 @@ async fn run(args: Args, log: Option<LogHandle>) -> anyhow::Result<ExitCode> {
         Command::Serve(a) => serve::run(&args, a, log).await,
         Command::Config(ConfigCommand::Check { file }) => {
             let c = Config::load(file)?;
-            println!(
+            out!(
                 "{}: ok ({} queues, {} retry policies)",
                 file.display(),
                 c.queues.len(),

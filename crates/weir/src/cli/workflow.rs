@@ -36,7 +36,7 @@ pub(crate) struct SubmitArgs {
     /// failed.
     #[arg(long)]
     wait: bool,
-    /// With --wait, give up after this long (exit 2), e.g. 30s or 10m.
+    /// With --wait, give up after this long (exit 3; the workflow goes on), e.g. 30s or 10m.
     #[arg(long, value_parser = super::parse_positive_duration, default_value = "1h")]
     timeout: Duration,
     /// Print JSON.
@@ -70,7 +70,7 @@ async fn cancel(args: &Args, a: &CancelArgs) -> anyhow::Result<ExitCode> {
         weir::BrokerError::NotFound(_) => anyhow::anyhow!("no workflow with id {}", a.id),
         e => e.into(),
     })?;
-    println!(
+    out!(
         "workflow {} cancelled ({} queued or running jobs cancelled)",
         a.id,
         cancelled.len()
@@ -83,13 +83,13 @@ async fn submit(args: &Args, a: &SubmitArgs) -> anyhow::Result<ExitCode> {
     let spec = read_spec(&a.file)?;
     let broker = args.open()?;
     let store = args.require_store().await?;
-    let wf = Workflows::new(broker, store.clone());
+    let wf = Workflows::new(broker.clone(), store.clone());
     let id = wf.submit(&spec).await?;
     if !a.wait {
         if a.json {
-            println!("{}", serde_json::json!({ "id": id }));
+            out!("{}", serde_json::json!({ "id": id }));
         } else {
-            println!("{id}");
+            out!("{id}");
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -100,7 +100,7 @@ async fn submit(args: &Args, a: &SubmitArgs) -> anyhow::Result<ExitCode> {
             .await?
             .context("the workflow vanished from the store")?;
         if s.state != WorkflowState::Running {
-            show(&*store, s.clone(), a.json, 20).await?;
+            show(&*store, &*broker, s.clone(), a.json, 20).await?;
             return Ok(if s.state == WorkflowState::Succeeded {
                 ExitCode::SUCCESS
             } else {
@@ -109,25 +109,43 @@ async fn submit(args: &Args, a: &SubmitArgs) -> anyhow::Result<ExitCode> {
         }
         if tokio::time::Instant::now() >= deadline {
             eprintln!("workflow {id} still running after {:?}", a.timeout);
-            show(&*store, s, a.json, 20).await?;
-            return Ok(ExitCode::from(2));
+            show(&*store, &*broker, s, a.json, 20).await?;
+            return Ok(ExitCode::from(super::EXIT_STILL_RUNNING));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 /// Prints a workflow: its progress, then (as text) the members that did not succeed, at most
-/// `limit` of them, and the result.
+/// `limit` of them, and the result. The store has an open member as pending until it
+/// finishes; where the broker can look jobs up, an open member shows its job's real state
+/// and last error instead (e.g. retryable, attempt 9 of 25, with why).
 pub(crate) async fn show(
     store: &dyn StateStore,
+    broker: &dyn weir::Broker,
     s: WorkflowStatus,
     json: bool,
     limit: usize,
 ) -> anyhow::Result<()> {
-    let members = store.members(s.id).await?;
+    let mut members = store.members(s.id).await?;
+    if let Some(i) = broker
+        .inspect()
+        .filter(|_| broker.capabilities().has(weir::Capability::Inspect))
+    {
+        let open = members
+            .iter_mut()
+            .filter(|m| m.enqueued && !m.state.is_finished())
+            .take(if json { usize::MAX } else { limit });
+        for m in open {
+            if let Some(job) = i.get(m.job_id).await? {
+                m.state = job.state;
+                m.error = job.last_error;
+            }
+        }
+    }
     let result = weir::workflow::workflow_result(&s, &members);
     if json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string(
                 &serde_json::json!({ "workflow": s, "members": members, "result": result })
@@ -139,11 +157,11 @@ pub(crate) async fn show(
         weir::workflow::FailureMode::FailFast => "fail_fast",
         weir::workflow::FailureMode::CollectAll => "collect_all",
     };
-    println!("workflow     {}", s.id);
-    println!("shape        {} ({mode})", s.shape.as_str());
-    println!("state        {}", s.state.as_str());
+    out!("workflow     {}", s.id);
+    out!("shape        {} ({mode})", s.shape.as_str());
+    out!("state        {}", s.state.as_str());
     let finished = s.succeeded + s.failed;
-    println!(
+    out!(
         "progress     {finished}/{} {} finished: {} succeeded, {} failed, {} members cancelled",
         s.children,
         if s.shape == weir::workflow::Shape::Chain {
@@ -155,19 +173,19 @@ pub(crate) async fn show(
         s.failed,
         s.cancelled
     );
-    println!("trace_id     {}", s.trace_id);
-    println!("created_at   {}", s.created_at);
+    out!("trace_id     {}", s.trace_id);
+    out!("created_at   {}", s.created_at);
     if let Some(t) = s.finished_at {
-        println!("finished_at  {t}");
+        out!("finished_at  {t}");
     }
     let open: Vec<&MemberStatus> = members
         .iter()
         .filter(|m| m.state != JobState::Succeeded)
         .collect();
     if !open.is_empty() {
-        println!("members not succeeded ({}):", open.len());
+        out!("members not succeeded ({}):", open.len());
         for m in open.iter().take(limit) {
-            println!(
+            out!(
                 "  {:>6}  {:<10} {:<16} {}  {}",
                 m.index,
                 m.state.as_str(),
@@ -181,13 +199,13 @@ pub(crate) async fn show(
             );
         }
         if open.len() > limit {
-            println!("  … {} more (--json shows all)", open.len() - limit);
+            out!("  … {} more (--json shows all)", open.len() - limit);
         }
     }
     if let Some(result) = result {
         let text = result.to_string();
         if text.len() > 2000 {
-            println!(
+            out!(
                 "result       {}… ({} bytes; --json shows all)",
                 &text[..(0..=2000)
                     .rev()
@@ -196,7 +214,7 @@ pub(crate) async fn show(
                 text.len()
             );
         } else {
-            println!("result       {text}");
+            out!("result       {text}");
         }
     }
     Ok(())

@@ -64,7 +64,7 @@ pub(super) async fn run(
         worker.run(async move { stop.notified().await })
     });
     if !a.json {
-        println!(
+        out!(
             "weir bench --chord: {n} children, {} workers, {target}",
             a.workers
         );
@@ -126,30 +126,32 @@ pub(super) async fn run(
     let plain_rate = f64::from(n) / plain;
     let chord_rate = f64::from(n) / recorded_secs;
     if !a.json {
-        println!("  baseline    {plain_rate:.0} plain jobs/s ({plain:.3} s)");
-        println!(
+        out!("  baseline    {plain_rate:.0} plain jobs/s ({plain:.3} s)");
+        out!(
             "  chord       {chord_rate:.0} children/s recorded ({recorded_secs:.3} s from submit until every child was recorded and settled; submit {submit:.3} s; the last handler ended at {handlers_secs:.3} s)"
         );
-        println!(
+        out!(
             "  callback    started {callback_ms:.1} ms after the last child's handler ended; chord done in {total:.3} s"
         );
-        println!(
+        out!(
             "  ratio       {:.2}x the baseline's rate",
             chord_rate / plain_rate
         );
     }
-    println!(
-        "{}",
-        serde_json::json!({
-            "children": n,
-            "baseline_jobs_per_sec": plain_rate,
-            "children_per_sec": chord_rate,
-            "handlers_done_seconds": handlers_secs,
-            "submit_seconds": submit,
-            "callback_latency_ms": callback_ms,
-            "chord_seconds": total,
-            "workers": a.workers,
-        })
-    );
+    if a.json {
+        out!(
+            "{}",
+            serde_json::json!({
+                "children": n,
+                "baseline_jobs_per_sec": plain_rate,
+                "children_per_sec": chord_rate,
+                "handlers_done_seconds": handlers_secs,
+                "submit_seconds": submit,
+                "callback_latency_ms": callback_ms,
+                "chord_seconds": total,
+                "workers": a.workers,
+            })
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -178,9 +178,10 @@ pub(crate) async fn run(args: &Args, a: &BenchArgs) -> anyhow::Result<ExitCode> 
         None => "as fast as possible".to_owned(),
     };
     if !a.json {
-        println!(
+        out!(
             "weir bench: {} no-op tasks, {} workers, {target}, enqueued {mode}",
-            a.tasks, a.workers
+            a.tasks,
+            a.workers
         );
     }
     let t0 = Instant::now();
@@ -244,28 +245,30 @@ pub(crate) async fn run(args: &Args, a: &BenchArgs) -> anyhow::Result<ExitCode> 
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let rate = a.tasks as f64 / secs;
     if !a.json {
-        println!("  throughput  {rate:.0} tasks/s ({secs:.3} s)");
-        println!(
+        out!("  throughput  {rate:.0} tasks/s ({secs:.3} s)");
+        out!(
             "  latency     p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms  (enqueue -> start)",
             ms(0.5),
             ms(0.99),
             h.max() as f64 / 1000.0
         );
     }
-    println!(
-        "{}",
-        serde_json::json!({
-            "tasks": a.tasks,
-            "seconds": secs,
-            "tasks_per_sec": rate,
-            "p50_ms": ms(0.5),
-            "p99_ms": ms(0.99),
-            "max_ms": h.max() as f64 / 1000.0,
-            "workers": a.workers,
-            "rate": a.rate,
-            "broker": if a.memory { "memory" } else if a.amqp.is_some() { "amqp" } else { "sqlite" },
-            "sync": a.sync,
-        })
-    );
+    if a.json {
+        out!(
+            "{}",
+            serde_json::json!({
+                "tasks": a.tasks,
+                "seconds": secs,
+                "tasks_per_sec": rate,
+                "p50_ms": ms(0.5),
+                "p99_ms": ms(0.99),
+                "max_ms": h.max() as f64 / 1000.0,
+                "workers": a.workers,
+                "rate": a.rate,
+                "broker": if a.memory { "memory" } else if a.amqp.is_some() { "amqp" } else { "sqlite" },
+                "sync": a.sync,
+            })
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,185 @@
+//! What a newcomer meets in the first hour, through the real binary: read-only commands that
+//! create nothing, filters that filter, output that says what it left out, a closed pipe,
+//! and the exit codes the README gives.
+
+mod bin_support;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::Duration;
+
+use bin_support::{s, text, wait_for, Weir};
+
+const LONG: Duration = Duration::from_secs(60);
+
+#[test]
+fn reads_create_no_file_and_name_the_missing_one() {
+    let w = Weir::new();
+    for args in [
+        &["status"][..],
+        &["list"][..],
+        &["inspect", "01a233dd-5251-71f5-ac34-225d71b2180a"][..],
+        &["purge", "--state", "failed"][..],
+    ] {
+        let out = w.run(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains("weir.db: no such file"), "{args:?}: {err}");
+    }
+    assert!(!w.db.exists());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .current_dir(w.dir.path())
+        .env_remove("WEIR_BROKER")
+        .args(["--broker", "sqlite:/nonexistent/dir/x.db", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("/nonexistent/dir/x.db: no such file"));
+    assert!(!std::path::Path::new("/nonexistent/dir").exists());
+    // The file is created by what writes, and private to its owner.
+    w.ok(&["enqueue", "noop"]);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&w.db).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+}
+
+#[test]
+fn status_shows_only_the_queues_asked_for() {
+    let w = Weir::new();
+    w.ok(&["enqueue", "noop", "--queue", "a"]);
+    w.ok(&["enqueue", "noop", "--queue", "b"]);
+    let v = w.json(&["status", "--json", "--queue", "a"]);
+    let names: Vec<&str> = v["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["queue"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a"]);
+    let out = w.run(&["status", "--queue", "nosuch"]);
+    assert!(out.status.success());
+    assert!(text(&out.stderr).contains("queue `nosuch` has no jobs"));
+    assert!(!text(&out.stdout).contains("\na "), "{}", text(&out.stdout));
+}
+
+#[test]
+fn list_has_a_header_aligned_columns_and_says_what_it_left_out() {
+    let w = Weir::new();
+    let batch: String = (0..30)
+        .map(|i| {
+            format!(
+                "{{\"kind\":\"{}\",\"queue\":\"q{}\"}}\n",
+                "k".repeat(1 + i % 7),
+                i % 3
+            )
+        })
+        .collect();
+    let f = w.file("jobs.jsonl", &batch);
+    w.ok(&["enqueue", "--batch", s(&f)]);
+    let out = w.ok(&["list", "--limit", "5"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("ID "), "{out}");
+    assert_eq!(lines.len(), 1 + 5 + 1, "{out}");
+    let state_col = lines[0].find("STATE").unwrap();
+    let queue_col = lines[0].find("QUEUE").unwrap();
+    for l in &lines[1..6] {
+        assert_eq!(&l[state_col..state_col + 7], "pending", "{out}");
+        assert!(l[queue_col..].starts_with('q'), "{out}");
+    }
+    assert_eq!(lines[6], "… 25 more (use --limit)");
+    let out = w.ok(&[
+        "list", "--state", "pending", "--queue", "q1", "--limit", "100",
+    ]);
+    assert!(!out.contains("more"), "{out}");
+    assert_eq!(out.lines().count(), 1 + 10, "{out}");
+}
+
+#[test]
+fn a_closed_pipe_ends_a_command_quietly() {
+    let w = Weir::new();
+    let batch: String = (0..5000).map(|_| "{\"kind\":\"noop\"}\n").collect();
+    let f = w.file("jobs.jsonl", &batch);
+    w.ok(&["enqueue", "--batch", s(&f)]);
+    let mut child = w
+        .cmd(&["list", "--limit", "5000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap(); // and the pipe is closed here
+    let out = child.wait_with_output().unwrap();
+    assert!(first.starts_with("ID"), "{first}");
+    assert!(out.status.success(), "{}", out.status);
+    assert_eq!(text(&out.stderr), "");
+}
+
+#[test]
+fn exit_codes_follow_the_readme() {
+    let w = Weir::new();
+    w.ok(&["enqueue", "noop"]);
+    // 2: usage errors, before anything changes.
+    let out = w.run(&["purge", "--state", "pending"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("not finished"));
+    let out = w.run(&["nosuchcommand"]);
+    assert_eq!(out.status.code(), Some(2));
+    // 1: a failure.
+    let out = w.run(&["inspect", "01a233dd-5251-71f5-ac34-225d71b2180a"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no job or workflow with id"));
+    // 3: --wait gave up with the workflow still running (no worker runs it).
+    let spec = w.file(
+        "wf.json",
+        r#"{"shape":"chain","steps":[{"kind":"noop"},{"kind":"noop"}]}"#,
+    );
+    let out = w.run(&[
+        "workflow",
+        "submit",
+        s(&spec),
+        "--wait",
+        "--timeout",
+        "300ms",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("still running"));
+}
+
+#[test]
+fn a_workflow_shows_its_members_real_state_and_error() {
+    let w = Weir::new();
+    let spec = w.file(
+        "wf.json",
+        r#"{"shape":"group","steps":[{"kind":"fail","payload":{"times":1000}},{"kind":"noop"}]}"#,
+    );
+    let id = w.ok(&["workflow", "submit", s(&spec)]).trim().to_owned();
+    let _serve = w.serve(&[]);
+    let v = wait_for("the failing member to be retryable", LONG, || {
+        let v = w.json(&["inspect", &id, "--json"]);
+        if v["members"][0]["state"] == "retryable" {
+            Ok(v)
+        } else {
+            Err(v)
+        }
+    });
+    let err = v["members"][0]["error"].as_str().unwrap();
+    assert!(err.contains("planned failure"), "{v}");
+    let out = w.ok(&["inspect", &id]);
+    assert!(
+        out.contains("retryable") && out.contains("planned failure"),
+        "{out}"
+    );
+}
+
+#[test]
+fn bench_prints_json_only_when_asked() {
+    let w = Weir::new();
+    let out = w.ok(&["bench", "--tasks", "500", "--workers", "16"]);
+    assert!(out.contains("throughput"), "{out}");
+    assert!(!out.contains('{'), "{out}");
+}
