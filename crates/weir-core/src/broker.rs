@@ -455,7 +455,9 @@ pub trait Inspect: Send + Sync {
     async fn list(&self, filter: ListFilter) -> Result<Vec<Job>, BrokerError>;
     /// Counts by queue and state, queues in name order.
     async fn counts(&self) -> Result<Vec<QueueCounts>, BrokerError>;
-    /// Runs a Failed job again (attempts start over). Errors with [`BrokerError::WrongState`]
+    /// Runs a Failed job again, with a fresh set of attempts on top of those spent
+    /// (`max_attempts` grows by its old value; `attempt` never goes back, so the lease of an
+    /// earlier attempt stays fenced off). Errors with [`BrokerError::WrongState`]
     /// for a job in any other state.
     async fn retry(&self, id: JobId) -> Result<Job, BrokerError>;
     /// Cancels an unfinished job; a running attempt loses its lease at its next heartbeat.

@@ -432,8 +432,10 @@ impl Inspect for MemoryBroker {
         }
         if let Some(j) = g.jobs.get_mut(&token) {
             if j.state == JobState::Failed {
+                // A fresh set of attempts on top of those spent: `attempt` never goes back,
+                // so a lease of an earlier attempt stays fenced off.
                 j.run_at = now;
-                j.attempt = 0;
+                j.max_attempts = j.attempt.saturating_add(j.max_attempts);
                 j.finished_at = None;
             }
         }

@@ -495,7 +495,9 @@ impl Writer {
             .prepare_cached(concat!(
                 "UPDATE jobs SET state = ",
                 state!(pending),
-                ", attempt = 0, run_at = ?2, finished_at = NULL WHERE seq = ?1 AND state = ",
+                ",
+                 max_attempts = MIN(attempt + max_attempts, 4294967295),
+                 run_at = ?2, finished_at = NULL WHERE seq = ?1 AND state = ",
                 state!(failed)
             ))?
             .execute(params![seq as i64, now.0])?;

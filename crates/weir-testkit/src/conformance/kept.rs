@@ -3,9 +3,11 @@
 
 use std::time::Duration;
 
-use weir_core::{BrokerError, Clock, JobId, JobState, ListFilter, SettleOutcome, Settlement};
+use weir_core::{
+    BrokerError, Clock, FetchRequest, JobId, JobState, ListFilter, SettleOutcome, Settlement,
+};
 
-use super::{fetch, fetch_some, fetch_until, inspect, job, ok, settle, state_of, LEASE};
+use super::{fetch, fetch_some, fetch_until, inspect, job, ok, req, settle, state_of, LEASE};
 use crate::Fixture;
 
 /// A succeeded job keeps its result and the time it finished.
@@ -52,8 +54,9 @@ pub async fn jobs_are_found_by_id_and_counted(f: Fixture) {
     assert_eq!(state_of(i, d.job.id).await, JobState::Succeeded);
 }
 
-/// An operator runs a failed job again (attempts start over) and purges failed jobs; a job
-/// in another state is refused with what is wrong.
+/// An operator runs a failed job again (with a fresh set of attempts on top of those spent:
+/// the attempt count never goes back, so it keeps fencing old leases) and purges failed
+/// jobs; a job in another state is refused with what is wrong.
 pub async fn manual_retry_and_purge(f: Fixture) {
     let b = &*f.broker;
     let i = inspect(&f);
@@ -70,10 +73,19 @@ pub async fn manual_retry_and_purge(f: Fixture) {
         Err(BrokerError::WrongState { .. })
     ));
     let j = i.retry(id).await.unwrap();
-    assert_eq!((j.state, j.attempt), (JobState::Pending, 0));
+    assert_eq!(
+        (j.state, j.attempt, j.max_attempts),
+        (JobState::Pending, 1, 1 + d.job.max_attempts),
+        "a fresh set of attempts"
+    );
     let again = fetch_until(&f, "mr", 100).await;
     assert_eq!(again.len(), 1, "a retried job runs again");
-    assert_eq!(again[0].lease.attempt, 1, "attempts start over");
+    assert_eq!(again[0].lease.attempt, 2, "the count goes on");
+    assert_eq!(
+        b.heartbeat(&[d.lease], LEASE).await.unwrap(),
+        vec![false],
+        "the first attempt's lease stays fenced off"
+    );
     settle(b, &again[0], failed).await;
     assert!(matches!(
         i.purge(JobState::Running, None).await,
@@ -85,6 +97,48 @@ pub async fn manual_retry_and_purge(f: Fixture) {
         i.retry(JobId::new()).await,
         Err(BrokerError::NotFound(_))
     ));
+}
+
+/// A worker whose lease expired on the last attempt cannot touch the job once an operator
+/// retried it and it runs again, even at the same attempt number it would have had if the
+/// count started over (it does not).
+pub async fn manual_retry_fences_the_stale_lease(f: Fixture) {
+    let b = &*f.broker;
+    let i = inspect(&f);
+    let id = b.enqueue(job("mrf").max_attempts(1)).await.unwrap().id;
+    let stale = b
+        .fetch(FetchRequest {
+            lease: Duration::from_secs(1),
+            wait: f.delivery_wait,
+            ..req("mrf", 1)
+        })
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    f.advance(Duration::from_secs(3)).await;
+    // The reaper fails it (its only attempt lost its lease); the operator retries it.
+    let mut retried = None;
+    for _ in 0..200 {
+        assert!(fetch(b, "mrf", 1).await.is_empty());
+        if i.get(id).await.unwrap().unwrap().state == JobState::Failed {
+            retried = Some(i.retry(id).await.unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(retried.is_some(), "the lost attempt failed the job");
+    let fresh = fetch_until(&f, "mrf", 100).await.pop().unwrap();
+    assert_eq!(fresh.job.id, id);
+    assert_ne!(fresh.lease, stale.lease);
+    assert_eq!(
+        b.heartbeat(&[stale.lease, fresh.lease], LEASE)
+            .await
+            .unwrap(),
+        vec![false, true]
+    );
+    assert_eq!(settle(b, &stale, ok()).await, SettleOutcome::Stale);
+    assert_eq!(settle(b, &fresh, ok()).await, SettleOutcome::Applied);
 }
 
 /// Cancelling a pending job keeps it from running; cancelling a running one fences its lease.
