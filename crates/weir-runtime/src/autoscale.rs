@@ -365,24 +365,22 @@ mod tests {
         }
     }
 
-    /// A sine-shaped load (period shorter than the cooldown) changes direction at most once per
-    /// cooldown window.
-    #[test]
-    fn sine_load_changes_direction_at_most_once_per_cooldown() {
-        let c = cfg(2, 40);
+    /// Runs the autoscaler for three hours of 5 s ticks against a sine-shaped demand between
+    /// 2 and 30 workers' worth with the given period; returns the times and directions of
+    /// each change of direction, and the final size.
+    fn sine_run(c: &AutoscaleConfig, period_secs: f64) -> (Vec<(Timestamp, i8)>, usize) {
         let clock = ManualClock::new(Timestamp(0));
         let mut state = ScalerState::default();
-        let mut size = 2usize;
+        let mut size = c.min_workers;
         let mut changes: Vec<(Timestamp, i8)> = Vec::new();
         let mut last_dir = 0i8;
         for tick in 0..(3 * 3600 / 5) {
             let t = tick as f64 * 5.0;
-            // Demand oscillates between 2 and 30 workers' worth, period 2 minutes.
-            let demand = 16.0 + 14.0 * (t * std::f64::consts::TAU / 120.0).sin();
+            let demand = 16.0 + 14.0 * (t * std::f64::consts::TAU / period_secs).sin();
             let busy = (demand.round() as usize).min(size);
             let backlog = (demand - size as f64).max(0.0).round() as u64;
             let o = obs(backlog, busy, size, busy as f64 / size as f64);
-            let d = decide(&c, &state, &o, clock.now());
+            let d = decide(c, &state, &o, clock.now());
             let dir = (d.target as i64 - size as i64).signum() as i8;
             if dir != 0 && dir != last_dir {
                 if last_dir != 0 {
@@ -394,6 +392,10 @@ mod tests {
             state = d.state;
             clock.advance(Duration::from_secs(5));
         }
+        (changes, size)
+    }
+
+    fn at_most_one_change_per_cooldown(c: &AutoscaleConfig, changes: &[(Timestamp, i8)]) {
         for (i, (t, _)) in changes.iter().enumerate() {
             let in_window = changes[i..]
                 .iter()
@@ -401,7 +403,32 @@ mod tests {
                 .count();
             assert!(in_window <= 1, "direction changes {changes:?}");
         }
+    }
+
+    /// A load faster than the cooldown (period 2 minutes): the pool grows to cover the peaks
+    /// and stays there; it never flaps.
+    #[test]
+    fn sine_load_faster_than_the_cooldown_does_not_flap() {
+        let c = cfg(2, 40);
+        let (changes, size) = sine_run(&c, 120.0);
+        at_most_one_change_per_cooldown(&c, &changes);
         assert!(size >= 30, "it grew to cover the peaks and stayed: {size}");
+    }
+
+    /// A load slower than the cooldown (period 40 minutes): the pool follows it down and up
+    /// again, so the direction does change (the check above has something to check), and
+    /// never more than once per cooldown.
+    #[test]
+    fn sine_load_slower_than_the_cooldown_is_followed_without_flapping() {
+        let c = cfg(2, 40);
+        assert!(c.cooldown < Duration::from_secs(40 * 60));
+        let (changes, _) = sine_run(&c, 40.0 * 60.0);
+        assert!(
+            changes.len() >= 4,
+            "the pool followed the load down and up: {changes:?}"
+        );
+        assert!(changes.iter().any(|(_, d)| *d < 0) && changes.iter().any(|(_, d)| *d > 0));
+        at_most_one_change_per_cooldown(&c, &changes);
     }
 
     #[test]
