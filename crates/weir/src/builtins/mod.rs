@@ -51,7 +51,9 @@ pub enum BuiltinsError {
 
 #[cfg(feature = "http-kind")]
 pub use http::Http;
-pub use shell::{Shell, SHELL_RETRY_EXIT};
+pub use shell::{
+    Shell, SHELL_BASE_ENV, SHELL_DEFAULT_MAX_OUTPUT, SHELL_DEFAULT_TIMEOUT, SHELL_RETRY_EXIT,
+};
 
 /// Registers every built-in kind on `registry`, configured by `config`.
 pub fn register(registry: &mut Registry, config: &Config) -> Result<(), BuiltinsError> {

@@ -1,18 +1,32 @@
-//! The `shell` kind: runs an allow-listed command without a shell.
+//! The `shell` kind: runs an allow-listed command without a shell, in its own process group,
+//! with a scrubbed environment, a set working directory, a time limit and capped output.
+//! Whoever can enqueue chooses the arguments, so each of these limits is part of the kind's
+//! contract, not a nicety.
 
 use std::process::Stdio;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use weir_core::{TaskContext, TaskError};
 use weir_runtime::Registry;
 
 use super::tail;
-use crate::config::Config;
+use crate::config::{Config, ShellConfig};
 
 /// Exit status a `shell` command uses to ask for a retry (`EX_TEMPFAIL` from sysexits.h).
 pub const SHELL_RETRY_EXIT: i32 = 75;
+
+/// Variables a command always gets from the worker's environment (when set there).
+pub const SHELL_BASE_ENV: [&str; 5] = ["PATH", "HOME", "LANG", "LC_ALL", "TZ"];
+
+/// How long a command may run when its job sets no timeout, by default.
+pub const SHELL_DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How many bytes of each of stdout and stderr are kept, by default.
+pub const SHELL_DEFAULT_MAX_OUTPUT: usize = 1024 * 1024;
 
 /// Payload of `shell`.
 #[derive(Deserialize)]
@@ -28,44 +42,136 @@ pub struct Shell {
 pub(super) fn register(registry: &mut Registry, config: Arc<ArcSwap<Config>>) {
     registry.register_fn("shell", move |p: Shell, cx: TaskContext| {
         let config = config.load_full();
-        async move { run_shell(&config.shell.allow, p, cx).await }
+        async move { run_shell(&config.shell, p, cx).await }
     });
 }
 
+/// Kills the command's whole process group when dropped, unless it exited by itself: a
+/// timeout, a cancellation, or the attempt's future dropped part way leave no process
+/// behind, grandchildren included.
+struct GroupGuard {
+    pgid: Option<nix::unistd::Pid>,
+}
+
+impl GroupGuard {
+    fn disarm(&mut self) {
+        self.pgid = None;
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.pgid {
+            // ESRCH (already gone) is the common case after a clean exit of the leader.
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// Reads all of `r`, keeping at most `cap` bytes; returns them and how many were dropped.
+/// Reading on (rather than closing the pipe) keeps a chatty command from blocking on a
+/// full pipe or dying of SIGPIPE.
+async fn read_capped(r: Option<impl AsyncRead + Unpin>, cap: usize) -> (Vec<u8>, u64) {
+    let Some(mut r) = r else {
+        return (Vec::new(), 0);
+    };
+    let mut kept = Vec::new();
+    let mut dropped = 0u64;
+    let mut buf = [0u8; 8192];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return (kept, dropped),
+            Ok(n) => {
+                let room = cap.saturating_sub(kept.len()).min(n);
+                kept.extend_from_slice(&buf[..room]);
+                dropped += (n - room) as u64;
+            }
+        }
+    }
+}
+
 async fn run_shell(
-    allow: &[String],
+    cfg: &ShellConfig,
     p: Shell,
     cx: TaskContext,
 ) -> Result<serde_json::Value, TaskError> {
-    if !allow.contains(&p.cmd) {
+    if !cfg.allow.contains(&p.cmd) {
         return Err(TaskError::permanent(format!(
             "shell command `{}` is not allowed: add it to [shell] allow in weir.toml",
             p.cmd
         )));
     }
-    let child = tokio::process::Command::new(&p.cmd)
-        .args(&p.args)
+    let dir = cfg.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let mut cmd = tokio::process::Command::new(&p.cmd);
+    cmd.args(&p.args)
+        .env_clear()
+        .envs(
+            SHELL_BASE_ENV
+                .iter()
+                .map(|v| v.to_string())
+                .chain(cfg.env.iter().cloned())
+                .filter_map(|name| std::env::var_os(&name).map(|v| (name, v))),
+        )
+        .current_dir(&dir)
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| TaskError::permanent(format!("cannot start `{}`: {e}", p.cmd)))?;
-    let out = tokio::select! {
-        r = child.wait_with_output() => r.map_err(|e| TaskError::retryable(format!("waiting for `{}`: {e}", p.cmd)))?,
-        _ = cx.cancellation().cancelled() => return Err(TaskError::retryable(format!("`{}` cancelled", p.cmd))),
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|e| {
+        TaskError::permanent(format!(
+            "cannot start `{}` in {}: {e}",
+            p.cmd,
+            dir.display()
+        ))
+    })?;
+    let mut guard = GroupGuard {
+        pgid: child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .map(nix::unistd::Pid::from_raw),
     };
-    match out.status.code() {
-        Some(0) => Ok(serde_json::json!({ "stdout": tail(&out.stdout) })),
+    let cap = cfg.max_output.unwrap_or(SHELL_DEFAULT_MAX_OUTPUT);
+    let limit = cfg.timeout.unwrap_or(SHELL_DEFAULT_TIMEOUT);
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let run = async {
+        let (status, (out, out_dropped), (err, _)) = tokio::join!(
+            child.wait(),
+            read_capped(stdout, cap),
+            read_capped(stderr, cap)
+        );
+        (status, out, out_dropped, err)
+    };
+    let (status, out, out_dropped, err) = tokio::select! {
+        r = tokio::time::timeout(limit, run) => match r {
+            Ok(r) => r,
+            Err(_) => return Err(TaskError::retryable(format!(
+                "`{}` ran longer than {} ([shell] timeout); its process group was killed",
+                p.cmd,
+                humantime::format_duration(limit)
+            ))),
+        },
+        _ = cx.cancellation().cancelled() => {
+            return Err(TaskError::retryable(format!("`{}` cancelled; its process group was killed", p.cmd)))
+        }
+    };
+    let status =
+        status.map_err(|e| TaskError::retryable(format!("waiting for `{}`: {e}", p.cmd)))?;
+    guard.disarm();
+    match status.code() {
+        Some(0) => Ok(serde_json::json!({
+            "stdout": tail(&out),
+            "stdout_truncated_bytes": out_dropped,
+        })),
         Some(SHELL_RETRY_EXIT) => Err(TaskError::retryable(format!(
             "`{}` exited {SHELL_RETRY_EXIT} (retry): {}",
             p.cmd,
-            tail(&out.stderr)
+            tail(&err)
         ))),
         Some(code) => Err(TaskError::permanent(format!(
             "`{}` exited {code}: {}",
             p.cmd,
-            tail(&out.stderr)
+            tail(&err)
         ))),
         None => Err(TaskError::retryable(format!(
             "`{}` was killed by a signal",
