@@ -183,3 +183,23 @@ fn bench_prints_json_only_when_asked() {
     assert!(out.contains("throughput"), "{out}");
     assert!(!out.contains('{'), "{out}");
 }
+
+#[test]
+fn demo_never_deletes_a_file_it_did_not_make() {
+    let w = Weir::new();
+    let mine = w.file("precious.db", "not weir's");
+    let out = w.run(&["demo", "--db", s(&mine), "--tasks", "10"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("was not made by `weir demo`"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&mine).unwrap(), "not weir's");
+    // Its own file it replaces, run after run.
+    let demo = w.dir.path().join("demo.db");
+    for _ in 0..2 {
+        let out = w.run(&["demo", "--db", s(&demo), "--tasks", "50"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+}

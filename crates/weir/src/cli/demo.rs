@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use clap::Args as ClapArgs;
 use hdrhistogram::Histogram;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -98,11 +99,30 @@ fn style(template: &str) -> ProgressStyle {
 }
 
 pub(crate) async fn run(_args: &Args, a: &DemoArgs) -> anyhow::Result<ExitCode> {
-    for suffix in ["", "-wal", "-shm"] {
+    // The demo starts from an empty file, but deletes only a file an earlier demo made (it
+    // leaves a marker beside it): never a user's database that happens to be named so.
+    let with = |suffix: &str| {
         let mut p = a.db.clone().into_os_string();
         p.push(suffix);
-        let _ = std::fs::remove_file(PathBuf::from(p));
+        PathBuf::from(p)
+    };
+    let marker = with(".weir-demo");
+    if a.db.exists() {
+        if !marker.exists() {
+            anyhow::bail!(
+                "{} exists and was not made by `weir demo`: give another --db, or remove it yourself",
+                a.db.display()
+            );
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(with(suffix));
+        }
     }
+    std::fs::write(
+        &marker,
+        "made by `weir demo`: its next run may replace the database beside this file\n",
+    )
+    .with_context(|| format!("writing {}", marker.display()))?;
     let broker = Arc::new(SqliteBroker::open(&a.db)?);
     let url = format!("sqlite:{}", a.db.display());
     let tally = Arc::new(Tally {
