@@ -560,10 +560,9 @@ pub fn redact_url(url: &str) -> String {
         let pairs: Vec<String> = q
             .split('&')
             .map(|pair| match pair.split_once('=') {
-                Some((k, _))
-                    if k.eq_ignore_ascii_case("password")
-                        || k.eq_ignore_ascii_case("sslpassword") =>
-                {
+                // `password`, `sslpassword`, and any odd spelling a parser might still
+                // read as one (`??password`, `PassWord`).
+                Some((k, _)) if k.to_ascii_lowercase().ends_with("password") => {
                     format!("{k}=***")
                 }
                 _ => pair.to_owned(),

@@ -231,7 +231,14 @@ fn submit_wait_json_carries_the_result() {
 #[test]
 fn bad_durations_and_payloads_are_usage_errors() {
     let w = Weir::new();
-    w.ok(&["enqueue", "fail"]);
+    w.ok(&[
+        "enqueue",
+        "fail",
+        "--payload",
+        r#"{"times":10}"#,
+        "--max-attempts",
+        "1",
+    ]);
     let _serve = w.serve(&[]);
     wait_for("the job to fail", LONG, || {
         let q = queue_counts(&w, "default");

@@ -55,6 +55,26 @@ pub use shell::{
     Shell, SHELL_BASE_ENV, SHELL_DEFAULT_MAX_OUTPUT, SHELL_DEFAULT_TIMEOUT, SHELL_RETRY_EXIT,
 };
 
+/// Checks that `payload` decodes as the payload of built-in kind `kind` (`sleep`, `fail`,
+/// `shell`, `http`), so a job that could never run is refused when it is enqueued rather
+/// than failing at its first attempt; the error says what is wrong. Any other kind (the
+/// user's own, or `noop` and `echo`, which take anything) passes.
+pub fn check_payload(kind: &str, payload: &[u8]) -> Result<(), String> {
+    fn check<T: serde::de::DeserializeOwned>(kind: &str, payload: &[u8]) -> Result<(), String> {
+        serde_json::from_slice::<T>(payload)
+            .map(drop)
+            .map_err(|e| format!("the payload of a `{kind}` job does not decode: {e}"))
+    }
+    match kind {
+        "sleep" => check::<Sleep>(kind, payload),
+        "fail" => check::<Fail>(kind, payload),
+        "shell" => check::<Shell>(kind, payload),
+        #[cfg(feature = "http-kind")]
+        "http" => check::<Http>(kind, payload),
+        _ => Ok(()),
+    }
+}
+
 /// Registers every built-in kind on `registry`, configured by `config`.
 pub fn register(registry: &mut Registry, config: &Config) -> Result<(), BuiltinsError> {
     register_live(registry, Arc::new(ArcSwap::from_pointee(config.clone())))

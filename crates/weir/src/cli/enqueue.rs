@@ -86,6 +86,7 @@ fn job_from_line(l: Line) -> Result<NewJob, String> {
     }
     let payload = serde_json::to_vec(&l.payload.unwrap_or_else(|| serde_json::json!({})))
         .map_err(|e| e.to_string())?;
+    weir::builtins::check_payload(&l.kind, &payload)?;
     let mut j = NewJob::new(l.kind, payload);
     if let Some(q) = l.queue {
         if q.is_empty() {
@@ -255,7 +256,13 @@ pub(crate) async fn run(args: &Args, a: &EnqueueArgs) -> anyhow::Result<ExitCode
     let Some(kind) = &a.kind else {
         bail!("a KIND or --batch is required")
     };
-    let mut job = NewJob::new(kind.as_str(), serde_json::to_vec(&a.payload)?)
+    let payload = serde_json::to_vec(&a.payload)?;
+    if let Err(e) = weir::builtins::check_payload(kind, &payload) {
+        // A value that can never work: a usage error, like a malformed one.
+        eprintln!("error: --payload: {e}");
+        return Ok(ExitCode::from(2));
+    }
+    let mut job = NewJob::new(kind.as_str(), payload)
         .queue(a.queue.as_str())
         .priority(a.priority)
         .max_attempts(a.max_attempts);

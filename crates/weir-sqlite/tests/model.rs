@@ -1,0 +1,338 @@
+//! Model-based test of the embedded broker: random operations from two handles on one file
+//! (two processes, as far as the broker can tell: each has its own writer and ready order),
+//! including reopening a handle (a restart) and moving a shared clock past leases, checked
+//! after every step against a plain model of what each job may be.
+//!
+//! Where the broker may legitimately be in one of several states (a lease has expired, and
+//! the reaper of one handle or the other may or may not have run yet), the model accepts each
+//! and then follows what the broker says; everything else must match exactly.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use weir_core::{
+    Broker, Clock, Delivery, FetchRequest, Inspect, JobId, JobState, ManualClock, NewJob,
+    SettleOutcome, Settlement, Timestamp,
+};
+use weir_sqlite::{SqliteBroker, SqliteOptions};
+
+const LEASE: Duration = Duration::from_secs(10);
+const MAX_ATTEMPTS: u32 = 3;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Enqueue { h: usize, priority: i8, delay: u8 },
+    Fetch { h: usize, max: u8 },
+    Settle { pick: usize, how: How },
+    Heartbeat { pick: usize },
+    Advance { secs: u8 },
+    Cancel { pick: usize },
+    ManualRetry { pick: usize },
+    Reopen { h: usize },
+}
+
+#[derive(Clone, Copy, Debug)]
+enum How {
+    Succeed,
+    Retry { secs: u8 },
+    Fail,
+    Release,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let how = prop_oneof![
+        Just(How::Succeed),
+        (0u8..5).prop_map(|secs| How::Retry { secs }),
+        Just(How::Fail),
+        Just(How::Release),
+    ];
+    prop_oneof![
+        4 => (0usize..2, -2i8..3, 0u8..4).prop_map(|(h, priority, delay)| Op::Enqueue { h, priority, delay }),
+        4 => (0usize..2, 1u8..4).prop_map(|(h, max)| Op::Fetch { h, max }),
+        3 => (any::<usize>(), how).prop_map(|(pick, how)| Op::Settle { pick, how }),
+        1 => any::<usize>().prop_map(|pick| Op::Heartbeat { pick }),
+        2 => (1u8..15).prop_map(|secs| Op::Advance { secs }),
+        1 => any::<usize>().prop_map(|pick| Op::Cancel { pick }),
+        1 => any::<usize>().prop_map(|pick| Op::ManualRetry { pick }),
+        1 => (0usize..2).prop_map(|h| Op::Reopen { h }),
+    ]
+}
+
+/// What the model knows of one job.
+#[derive(Clone, Debug)]
+struct Model {
+    state: JobState,
+    attempt: u32,
+    max_attempts: u32,
+    run_at: Timestamp,
+    /// The current lease token and attempt, and when it expires, while Running.
+    lease: Option<(u64, u32, Timestamp)>,
+}
+
+fn open(path: &Path, clock: &Arc<ManualClock>) -> SqliteBroker {
+    let opts = SqliteOptions::new(path)
+        .clock(clock.clone())
+        .poll_interval(Duration::from_millis(5));
+    SqliteBroker::open_with(opts).unwrap()
+}
+
+fn fetch_req(max: u8) -> FetchRequest {
+    FetchRequest {
+        queues: vec!["m".into()],
+        max: usize::from(max),
+        lease: LEASE,
+        wait: Duration::ZERO,
+    }
+}
+
+async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.db");
+    let clock = Arc::new(ManualClock::new(Timestamp(1_000_000)));
+    let mut handles = vec![open(&path, &clock), open(&path, &clock)];
+    let mut jobs: HashMap<JobId, Model> = HashMap::new();
+    let mut order: Vec<JobId> = Vec::new();
+    let mut out: Vec<Delivery> = Vec::new(); // deliveries not settled yet
+    for op in ops {
+        let now = clock.now();
+        match op {
+            Op::Enqueue { h, priority, delay } => {
+                let job = NewJob::new("k", "{}")
+                    .queue("m")
+                    .priority(i32::from(priority))
+                    .max_attempts(MAX_ATTEMPTS)
+                    .delay(Duration::from_secs(u64::from(delay)));
+                let id = handles[h].enqueue(job).await.unwrap().id;
+                jobs.insert(
+                    id,
+                    Model {
+                        state: JobState::Pending,
+                        attempt: 0,
+                        max_attempts: MAX_ATTEMPTS,
+                        run_at: now.plus(Duration::from_secs(u64::from(delay))),
+                        lease: None,
+                    },
+                );
+                order.push(id);
+            }
+            Op::Fetch { h, max } => {
+                for d in handles[h].fetch(fetch_req(max)).await.unwrap() {
+                    let m = jobs.get_mut(&d.job.id).expect("a job the model knows");
+                    let due = matches!(m.state, JobState::Pending | JobState::Retryable)
+                        && m.run_at <= now;
+                    let expired = m.state == JobState::Running
+                        && m.lease.is_some_and(|(_, _, until)| until < now);
+                    prop_assert!(
+                        due || expired,
+                        "delivered a job that was not runnable: {m:?} at {now}"
+                    );
+                    prop_assert_eq!(d.job.attempt, m.attempt + 1, "the attempt counts on");
+                    prop_assert!(
+                        d.job.attempt <= m.max_attempts,
+                        "delivered past its attempts: {:?}",
+                        m
+                    );
+                    m.state = JobState::Running;
+                    m.attempt = d.job.attempt;
+                    m.lease = Some((d.lease.token, d.lease.attempt, now.plus(LEASE)));
+                    out.push(d);
+                }
+            }
+            Op::Settle { pick, how } if !out.is_empty() => {
+                let d = out.swap_remove(pick % out.len());
+                let s = match how {
+                    How::Succeed => Settlement::Succeeded { result: None },
+                    // As the runtime does: the last attempt fails instead of retrying.
+                    How::Retry { .. } if d.job.attempt >= d.job.max_attempts => {
+                        Settlement::Failed {
+                            error: "out of attempts".into(),
+                        }
+                    }
+                    How::Retry { secs } => Settlement::Retry {
+                        run_at: now.plus(Duration::from_secs(u64::from(secs))),
+                        error: "again".into(),
+                    },
+                    How::Fail => Settlement::Failed { error: "no".into() },
+                    How::Release => Settlement::Release,
+                };
+                let got = handles[0].settle(vec![(d.lease, s.clone())]).await.unwrap()[0];
+                let m = jobs.get_mut(&d.job.id).unwrap();
+                let current = m.state == JobState::Running
+                    && m.lease
+                        .is_some_and(|(t, a, _)| t == d.lease.token && a == d.lease.attempt);
+                let expired = m.lease.is_some_and(|(_, _, until)| until < now);
+                if !current {
+                    prop_assert_eq!(got, SettleOutcome::Stale, "a superseded lease settled");
+                } else if !expired {
+                    prop_assert_eq!(got, SettleOutcome::Applied, "a live lease was refused");
+                }
+                if got == SettleOutcome::Applied {
+                    m.lease = None;
+                    match s {
+                        Settlement::Succeeded { .. } => m.state = JobState::Succeeded,
+                        Settlement::Retry { run_at, .. } => {
+                            m.state = JobState::Retryable;
+                            m.run_at = run_at;
+                        }
+                        Settlement::Failed { .. } => m.state = JobState::Failed,
+                        Settlement::Release => {
+                            m.state = JobState::Pending;
+                            m.attempt -= 1; // given back unspent
+                            m.run_at = now;
+                        }
+                        _ => unreachable!(),
+                    }
+                }
+            }
+            Op::Heartbeat { pick } if !out.is_empty() => {
+                let d = &out[pick % out.len()];
+                let alive = handles[1].heartbeat(&[d.lease], LEASE).await.unwrap()[0];
+                let m = jobs.get_mut(&d.job.id).unwrap();
+                let current = m.state == JobState::Running
+                    && m.lease
+                        .is_some_and(|(t, a, _)| t == d.lease.token && a == d.lease.attempt);
+                let expired = m.lease.is_some_and(|(_, _, until)| until < now);
+                if !current {
+                    prop_assert!(!alive, "a superseded lease was extended");
+                } else if !expired {
+                    prop_assert!(alive, "a live lease was not extended");
+                }
+                if alive {
+                    m.lease = m.lease.map(|(t, a, _)| (t, a, now.plus(LEASE)));
+                }
+            }
+            Op::Advance { secs } => clock.advance(Duration::from_secs(u64::from(secs))),
+            Op::Cancel { pick } if !order.is_empty() => {
+                let id = order[pick % order.len()];
+                let before = jobs[&id].state;
+                let r = handles[1].cancel(id).await;
+                let m = jobs.get_mut(&id).unwrap();
+                match r {
+                    Ok(j) => {
+                        prop_assert_eq!(j.state, JobState::Cancelled);
+                        prop_assert!(!before.is_finished() || before == JobState::Running);
+                        m.state = JobState::Cancelled;
+                        m.lease = None;
+                    }
+                    Err(_) => prop_assert!(
+                        before.is_finished()
+                            || (before == JobState::Running
+                                && m.lease.is_some_and(|(_, _, u)| u < now)),
+                        "cancel refused for a {before:?} job"
+                    ),
+                }
+            }
+            Op::ManualRetry { pick } if !order.is_empty() => {
+                let id = order[pick % order.len()];
+                let r = handles[0].retry(id).await;
+                let m = jobs.get_mut(&id).unwrap();
+                match r {
+                    Ok(j) => {
+                        prop_assert!(
+                            m.state == JobState::Failed
+                                || (m.state == JobState::Running
+                                    && m.lease.is_some_and(|(_, _, u)| u < now)),
+                            "retried a {:?} job",
+                            m.state
+                        );
+                        prop_assert_eq!(j.attempt, m.attempt, "the count never goes back");
+                        m.state = JobState::Pending;
+                        m.max_attempts = j.max_attempts;
+                        m.run_at = now;
+                        m.lease = None;
+                    }
+                    Err(_) => prop_assert!(m.state != JobState::Failed, "a failed job not retried"),
+                }
+            }
+            Op::Reopen { h } => {
+                let old = std::mem::replace(&mut handles[h], open(&path, &clock));
+                drop(old);
+            }
+            _ => {}
+        }
+        // The broker's record agrees with the model, or, where a lease expired, with one of
+        // the outcomes a reaper may have produced; the model then follows the broker.
+        let now = clock.now();
+        for (id, m) in jobs.iter_mut() {
+            let j = handles[0].get(*id).await.unwrap().expect("no job is lost");
+            let expired =
+                m.state == JobState::Running && m.lease.is_some_and(|(_, _, until)| until < now);
+            if expired && j.state != JobState::Running {
+                prop_assert!(
+                    matches!(j.state, JobState::Pending | JobState::Failed),
+                    "an expired lease became {:?}",
+                    j.state
+                );
+                prop_assert!(
+                    j.state == JobState::Pending || m.attempt >= m.max_attempts,
+                    "reaped to Failed with attempts left"
+                );
+                m.state = j.state;
+                m.run_at = j.run_at;
+                m.lease = None;
+            }
+            prop_assert_eq!(
+                j.state,
+                m.state,
+                "job {} in the broker vs the model {:?}",
+                id,
+                m
+            );
+            prop_assert_eq!(j.attempt, m.attempt);
+        }
+    }
+    // The end: every unfinished job runs to success from either handle; none is lost.
+    clock.advance(Duration::from_secs(3600));
+    let mut rounds = 0;
+    loop {
+        let mut unfinished = 0;
+        for id in &order {
+            if !handles[0]
+                .get(*id)
+                .await
+                .unwrap()
+                .unwrap()
+                .state
+                .is_finished()
+            {
+                unfinished += 1;
+            }
+        }
+        if unfinished == 0 {
+            break;
+        }
+        rounds += 1;
+        prop_assert!(rounds < 200, "{unfinished} jobs never finished");
+        for h in &handles {
+            let got = h
+                .fetch(FetchRequest {
+                    wait: Duration::from_millis(20),
+                    ..fetch_req(50)
+                })
+                .await
+                .unwrap();
+            let settle = got
+                .iter()
+                .map(|d| (d.lease, Settlement::Succeeded { result: None }))
+                .collect();
+            h.settle(settle).await.unwrap();
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #[test]
+    fn two_handles_on_one_file_follow_the_model(ops in prop::collection::vec(op(), 1..80)) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(run(ops))?;
+    }
+}
