@@ -132,10 +132,11 @@ impl SqliteOptions {
                     return Err(bad(format!("sync must be `full` or `normal`, not `{v}`")))
                 }
                 Some(("max_payload", v)) => match v.parse::<usize>() {
-                    Ok(n) if n > 0 => o.limits.max_payload = n,
+                    Ok(n) if n > 0 && n <= MAX_PAYLOAD_LIMIT => o.limits.max_payload = n,
                     _ => {
                         return Err(bad(format!(
-                            "max_payload must be a positive number of bytes, not `{v}`"
+                            "max_payload must be a number of bytes from 1 to {MAX_PAYLOAD_LIMIT} \
+                             (SQLite keeps at most 1 GB in one value), not `{v}`"
                         )))
                     }
                 },
@@ -149,8 +150,10 @@ impl SqliteOptions {
         Ok(o)
     }
 
-    /// Sets the limits on new jobs. By default, [`JobLimits::default`].
-    pub fn limits(mut self, limits: JobLimits) -> Self {
+    /// Sets the limits on new jobs. By default, [`JobLimits::default`]. A `max_payload` above
+    /// [`MAX_PAYLOAD_LIMIT`] is lowered to it.
+    pub fn limits(mut self, mut limits: JobLimits) -> Self {
+        limits.max_payload = limits.max_payload.min(MAX_PAYLOAD_LIMIT);
         self.limits = limits;
         self
     }
@@ -223,6 +226,12 @@ impl std::fmt::Debug for SqliteBroker {
             .finish_non_exhaustive()
     }
 }
+
+/// The largest `max_payload` the embedded broker accepts: below SQLite's limit on one value
+/// (1,000,000,000 bytes), so a payload that passed validation is always stored. That is what
+/// keeps one job from failing a whole commit round: a round rolls back only on the store's
+/// own errors (I/O, a full disk), which every command of it shares anyway.
+pub const MAX_PAYLOAD_LIMIT: usize = 900_000_000;
 
 fn open_conn(opts: &SqliteOptions) -> rusqlite::Result<Connection> {
     create_private(&opts.path);

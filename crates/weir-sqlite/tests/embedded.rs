@@ -236,4 +236,17 @@ async fn refuses_a_newer_schema_and_bad_urls() {
         .unwrap_err()
         .to_string()
         .contains("unknown parameter `mode=rw`"));
+    // A payload limit SQLite could not honour is refused, so a validated job always fits.
+    assert!(
+        SqliteOptions::from_url("sqlite:x.db?max_payload=2000000000")
+            .unwrap_err()
+            .to_string()
+            .contains("SQLite keeps at most 1 GB")
+    );
+    let big = weir_core::JobLimits {
+        max_payload: usize::MAX,
+    };
+    let b =
+        SqliteBroker::open_with(SqliteOptions::new(dir.path().join("big.db")).limits(big)).unwrap();
+    assert_eq!(b.job_limits().max_payload, weir_sqlite::MAX_PAYLOAD_LIMIT);
 }
