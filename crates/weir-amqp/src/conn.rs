@@ -106,6 +106,14 @@ impl Connector {
                     }
                     return Ok(c);
                 }
+                Err(e) if refused(&e) => {
+                    // Wrong credentials or a vhost the user may not use: trying again will
+                    // not help, so say so at once.
+                    return Err(BrokerError::Invalid(format!(
+                        "RabbitMQ refused {}: {e}",
+                        self.opts.display_url()
+                    )));
+                }
                 Err(e) => {
                     n += 1;
                     let pause = self.pause(n);
@@ -115,7 +123,9 @@ impl Connector {
                             e,
                         ));
                     }
-                    tracing::warn!(error = %e, retry_in = ?pause, "connecting to RabbitMQ failed");
+                    // `info`: a worker's log shows its reconnects; a one-shot command (which
+                    // logs warnings only) shows just the final error.
+                    tracing::info!(error = %e, retry_in = ?pause, "connecting to RabbitMQ failed");
                     tokio::time::sleep(pause).await;
                 }
             }
@@ -288,4 +298,19 @@ impl Connector {
             let _ = c.connection.close(200, "weir broker closed".into()).await;
         }
     }
+}
+
+/// True for a refusal that no retry can fix: bad credentials (`ACCESS_REFUSED`) or a vhost
+/// that does not exist or is not allowed (`NOT_ALLOWED`). lapin reports these as protocol
+/// errors whose text names the AMQP reply code, in either spelling.
+fn refused(e: &lapin::Error) -> bool {
+    let text = e.to_string();
+    [
+        "ACCESS_REFUSED",
+        "ACCESS-REFUSED",
+        "NOT_ALLOWED",
+        "NOT-ALLOWED",
+    ]
+    .iter()
+    .any(|code| text.contains(code))
 }

@@ -29,7 +29,9 @@ impl QueueStats for AmqpBroker {
                         .await
                 }
             };
-            let (ready, consumers) = count(Target::Work).await?.unwrap_or((0, 0));
+            let work = count(Target::Work).await?;
+            let exists = work.is_some();
+            let (ready, consumers) = work.unwrap_or((0, 0));
             let dead = count(Target::Dead).await?.map_or(0, |c| c.0);
             let mut delayed = 0;
             for ms in TIERS_MS {
@@ -41,6 +43,7 @@ impl QueueStats for AmqpBroker {
                 delayed,
                 dead,
                 consumers,
+                exists,
             });
         }
         Ok(out)

@@ -371,6 +371,9 @@ pub struct QueueDepth {
     pub dead: u64,
     /// Consumers attached to the queue (worker processes serving it).
     pub consumers: u64,
+    /// False when the broker has no such queue at all (nothing was ever enqueued to it or
+    /// served from it): the counts are then zeros, and likely a typo.
+    pub exists: bool,
 }
 
 /// Counting and peeking at queues, for brokers that cannot find a job by id. A separate

@@ -45,3 +45,60 @@ async fn sigkilled_worker_jobs_are_redelivered() {
     assert!(twice <= 64, "{twice} jobs ran twice");
     run.finish().await;
 }
+
+fn weir(args: &[&str]) -> (Option<i32>, String, String, Duration) {
+    let start = std::time::Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .env_remove("WEIR_BROKER")
+        .env_remove("WEIR_CONFIG")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        start.elapsed(),
+    )
+}
+
+/// One-shot commands on RabbitMQ fail fast with one line: a refused login or vhost at once
+/// (no retry can fix it), an unreachable server within seconds; a queue that does not exist
+/// is named once; a priority RabbitMQ cannot honour is refused.
+#[test]
+fn one_shot_commands_on_rabbitmq_fail_fast_and_say_why() {
+    let good = amqp_url();
+    let bad_password = good.replacen("guest:guest", "guest:wrong", 1);
+    let (code, _, err, took) = weir(&["--broker", &bad_password, "status"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("ACCESS_REFUSED") && !err.contains("wrong"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+
+    let no_vhost = format!("{}/weir-no-such-vhost", good.rsplit_once('/').unwrap().0);
+    let (code, _, err, took) = weir(&["--broker", &no_vhost, "status"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("NOT_ALLOWED"), "{err}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+
+    let (code, _, err, took) = weir(&["--broker", "amqp://guest:guest@127.0.0.1:1/%2f", "status"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(took < Duration::from_secs(8), "{took:?}");
+
+    let url = url_in(&format!("oneshot{}", std::process::id()));
+    let (code, out, err, _) = weir(&["--broker", &url, "status", "--queue", "nosuch"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("nosuch"), "{out}");
+    assert_eq!(
+        err.trim(),
+        "no such queue: `nosuch` (nothing was enqueued to it or served from it)"
+    );
+
+    let (code, _, err, _) = weir(&["--broker", &url, "enqueue", "noop", "--priority", "5"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("priorit"), "{err}");
+}

@@ -85,6 +85,12 @@ async fn status_depths(stats: &dyn weir::QueueStats, a: &StatusArgs) -> anyhow::
         a.queues.clone()
     };
     let depths = stats.depths(&queues).await?;
+    for d in depths.iter().filter(|d| !d.exists) {
+        eprintln!(
+            "no such queue: `{}` (nothing was enqueued to it or served from it)",
+            d.queue
+        );
+    }
     if a.json {
         out!(
             "{}",

@@ -242,6 +242,16 @@ impl Args {
 
     fn open(&self) -> anyhow::Result<Arc<dyn Broker>> {
         let url = self.broker_url()?;
+        if (url.starts_with("amqp://") || url.starts_with("amqps://"))
+            && !matches!(self.command, Command::Serve(_) | Command::Bench(_))
+        {
+            // A one-shot command fails fast: a worker keeps trying (30 s per attempt to
+            // connect, then again), a person at a prompt wants the error in seconds.
+            let mut opts = weir::AmqpOptions::from_url(&url)
+                .with_context(|| format!("opening broker {}", weir::redact_url(&url)))?;
+            opts.connect_timeout = Duration::from_secs(3);
+            return Ok(Arc::new(weir::AmqpBroker::with_options(opts)));
+        }
         weir::open_broker(&url)
             .with_context(|| format!("opening broker {}", weir::redact_url(&url)))
     }
