@@ -388,10 +388,23 @@ impl Writer {
         Ok(match row {
             Some((queue, priority)) => {
                 self.runnable.add(seq, &queue, priority, run_at);
+                self.wake(seq)?;
                 true
             }
             None => false,
         })
+    }
+
+    /// Tells the other processes on this file that job `seq` is runnable again (each keeps
+    /// its own ready order, and learns of rows it did not write only through new seqs and
+    /// this table). Without it, a job retried, deferred, released or reclaimed by one process
+    /// (a short-lived CLI call, a worker that then dies) would be invisible to the others
+    /// until they restart.
+    fn wake(&mut self, seq: u64) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached("INSERT INTO wakeups (seq, at) VALUES (?1, ?2)")?
+            .execute(params![seq as i64, self.runnable.now.0])?;
+        Ok(())
     }
 
     /// Expired leases: runnable again, or Failed once the attempts are spent (so a job that
@@ -419,6 +432,7 @@ impl Writer {
         ))?;
         let mut rows = st.query([now.0])?;
         let mut failed = Vec::new();
+        let mut woken = Vec::new();
         let mut n = 0;
         while let Some(r) = rows.next()? {
             n += 1;
@@ -426,6 +440,7 @@ impl Writer {
             if r.get::<_, i64>(3)? == i64::from(JobState::Pending.code()) {
                 let queue: String = r.get(1)?;
                 self.runnable.add(seq, &queue, r.get(2)?, now);
+                woken.push(seq);
             } else {
                 failed.push((seq, r.get::<_, Option<String>>(4)?));
             }
@@ -434,6 +449,9 @@ impl Writer {
         drop(st);
         for (seq, key) in failed {
             self.release_key(key, seq)?;
+        }
+        for seq in woken {
+            self.wake(seq)?;
         }
         if n > 0 {
             tracing::info!(count = n, "sqlite broker: reclaimed expired leases");

@@ -27,7 +27,7 @@ const MAX_BATCH: usize = 4096;
 pub(crate) struct Runnable {
     pub(crate) index: ReadyIndex,
     /// The time of the current round.
-    now: Timestamp,
+    pub(crate) now: Timestamp,
 }
 
 impl Runnable {

@@ -250,3 +250,47 @@ async fn refuses_a_newer_schema_and_bad_urls() {
         SqliteBroker::open_with(SqliteOptions::new(dir.path().join("big.db")).limits(big)).unwrap();
     assert_eq!(b.job_limits().max_payload, weir_sqlite::MAX_PAYLOAD_LIMIT);
 }
+
+/// A job that one process puts back (a retry, a release, a deferral, a reclaimed lease) is
+/// seen by the others on the file, even after that process is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_put_back_by_one_process_is_seen_by_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wake.db");
+    let server = open(&path);
+    let cli = open(&path);
+    let id = server
+        .enqueue(NewJob::new("k", "{}").queue("w"))
+        .await
+        .unwrap()
+        .id;
+    // Another process takes it and asks for a retry at once, then goes away.
+    let got = cli.fetch(req("w", Duration::from_secs(5))).await.unwrap();
+    assert_eq!(got.len(), 1);
+    let retry = Settlement::Retry {
+        run_at: weir_core::Timestamp::now(),
+        error: "again".into(),
+    };
+    cli.settle(vec![(got[0].lease, retry)]).await.unwrap();
+    drop(cli);
+    let again = server
+        .fetch(req("w", Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1, "the retried job reached the other process");
+    assert_eq!(again[0].job.id, id);
+    // The same for a release, to a process that opened while the job was running.
+    let third = open(&path);
+    assert!(third
+        .fetch(req("w", Duration::ZERO))
+        .await
+        .unwrap()
+        .is_empty());
+    server
+        .settle(vec![(again[0].lease, Settlement::Release)])
+        .await
+        .unwrap();
+    drop(server);
+    let last = third.fetch(req("w", Duration::from_secs(5))).await.unwrap();
+    assert_eq!(last.len(), 1);
+}
