@@ -201,7 +201,10 @@ class Soak:
         if a.broker == "sqlite":
             time.sleep(3)  # one report tick
             st = json.loads(self.weir("status", "--json").stdout)
-            busy = sum(w["busy"] for w in st["workers"])
+            # Only the live workers: a SIGKILLed one's last report stays in the file (up to a
+            # minute in `weir status`), with whatever it was running when it died.
+            live = {str(p.pid) for p in self.workers}
+            busy = sum(w["busy"] for w in st["workers"] if w["worker"].rsplit(":", 1)[-1] in live)
             unfinished = sum(q["pending"] + q["running"] + q["retryable"] for q in st["queues"])
             failed = sum(q["failed"] for q in st["queues"])
         for p in self.workers:

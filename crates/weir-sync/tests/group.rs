@@ -142,5 +142,14 @@ async fn a_parent_token_cancels_the_group() {
     })
     .await;
     parent.cancel();
-    assert!(g.join().await.is_err());
+    let e = g.join().await.expect_err("the group was cancelled");
+    // The task saw the parent's cancellation through its own token, and its error is the one
+    // reported (not a panic, not another task's).
+    assert_eq!(e.failures.len(), 1, "{e}");
+    match &e.failures[0] {
+        TaskFailure::Failed { index, error } => {
+            assert_eq!((*index, error.as_str()), (0, "stopped"))
+        }
+        other => panic!("expected the task's own error: {other}"),
+    }
 }

@@ -201,7 +201,11 @@ mod tests {
 
     #[test]
     fn broker_urls() {
-        assert!(open_broker("memory:").is_ok());
+        let memory = open_broker("memory:").unwrap();
+        assert!(
+            memory.capabilities().has(Capability::Inspect),
+            "the memory broker"
+        );
         let e = open_broker("redis://x").err().unwrap().to_string();
         assert!(e.contains("scheme `redis`"), "{e}");
         let e = open_broker("weir.db").err().unwrap().to_string();

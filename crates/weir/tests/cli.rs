@@ -90,6 +90,12 @@ fn enqueue_inspect_cancel_retry_purge() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["state"], "pending");
+    // --delay 1h: due an hour after it was created (give or take the clock's millisecond).
+    let delay_ms = j["run_at"].as_i64().unwrap() - j["created_at"].as_i64().unwrap();
+    assert!(
+        (3_600_000..3_600_100).contains(&delay_ms),
+        "run_at is created_at + 1h: {delay_ms} ms"
+    );
     assert_eq!(j["priority"], -3);
     assert_eq!(j["max_attempts"], 4);
     assert_eq!(j["payload"]["ms"], 5);
@@ -106,7 +112,8 @@ fn enqueue_inspect_cancel_retry_purge() {
         text(&out.stderr)
     );
     let out = weir(&db, &["purge", "--state", "cancelled"]);
-    assert!(text(&out.stdout).contains("purged 1 cancelled jobs"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "purged 1 cancelled jobs");
     let out = weir(&db, &["inspect", &id]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("no job or workflow with id"));
@@ -222,10 +229,32 @@ fn bench_prints_json_last() {
     let stdout = text(&out.stdout);
     let last = stdout.lines().last().unwrap();
     let v: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "with --json, only the JSON: {stdout}"
+    );
     assert_eq!(v["tasks"], 2000);
-    for k in ["seconds", "tasks_per_sec", "p50_ms", "p99_ms"] {
-        assert!(v[k].as_f64().unwrap() > 0.0, "{k} in {last}");
-    }
+    assert_eq!(
+        (v["workers"].as_u64(), v["broker"].as_str()),
+        (Some(64), Some("sqlite"))
+    );
+    let f = |k: &str| v[k].as_f64().unwrap();
+    // The figures agree with each other, not merely exist.
+    let rate = 2000.0 / f("seconds");
+    assert!(
+        (f("tasks_per_sec") - rate).abs() <= rate * 0.01,
+        "tasks_per_sec {} is tasks / seconds {rate}",
+        f("tasks_per_sec")
+    );
+    assert!(
+        0.0 < f("p50_ms") && f("p50_ms") <= f("p99_ms") && f("p99_ms") <= f("max_ms"),
+        "{last}"
+    );
+    assert!(
+        f("max_ms") <= f("seconds") * 1000.0,
+        "no start later than the run: {last}"
+    );
 }
 
 /// `weir serve --max-workers` autoscales under backlog, and `weir status` shows the pool's

@@ -8,6 +8,25 @@ use std::time::{Duration, Instant};
 use weir::reload::LiveConfig;
 use weir::{Broker, Inspect, NewJob, QueueCounts, SqliteBroker};
 
+/// Kills the `weir serve` child if the test fails before it stops it.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl KillOnDrop {
+    /// The child, no longer killed on drop.
+    fn disarm(mut self) -> std::process::Child {
+        self.0.take().unwrap()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 fn write(path: &Path, text: &str) {
     // Write then rename, as editors do: the watcher follows the directory.
     let tmp = path.with_extension("tmp");
@@ -27,12 +46,19 @@ async fn live_config_swaps_valid_files_and_refuses_broken_ones() {
         let stop = stop.clone();
         async move { stop.cancelled().await }
     }));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    write(&path, "[queues.default]\nworkers = 5\n");
-    tokio::time::timeout(Duration::from_secs(10), changes.changed())
-        .await
-        .expect("the change was announced")
-        .unwrap();
+    // No fixed pause for the watcher to register: write until the change is announced (a
+    // write before the watch began is simply not seen, and the next one is).
+    let start = Instant::now();
+    loop {
+        write(&path, "[queues.default]\nworkers = 5\n");
+        match tokio::time::timeout(Duration::from_millis(200), changes.changed()).await {
+            Ok(r) => break r.unwrap(),
+            Err(_) => assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the change was never announced"
+            ),
+        }
+    }
     assert_eq!(changes.borrow().queues["default"].get_ref().workers, 5);
     assert_eq!(live.current().queues["default"].get_ref().workers, 5);
 
@@ -78,7 +104,7 @@ async fn serve_follows_the_config_file() {
         .map(|_| NewJob::new("sleep", r#"{"ms":100}"#))
         .collect();
     b.enqueue_many(jobs).await.unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
         .arg("--broker")
         .arg(format!("sqlite:{}", db.display()))
         .arg("--config")
@@ -88,6 +114,24 @@ async fn serve_follows_the_config_file() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // The log, line by line as it comes, so the test waits for what it looks for.
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let log = log.clone();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut l = log.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        })
+    };
+    let guard = KillOnDrop(Some(child));
     let start = Instant::now();
     while running(&b).await.succeeded < 2 {
         assert!(start.elapsed() < Duration::from_secs(20));
@@ -114,14 +158,23 @@ async fn serve_follows_the_config_file() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The refusal is logged once the watcher has read the broken file.
+    while !log.lock().unwrap().contains("configuration refused") {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the broken file was never refused: {}",
+            log.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut child = guard.disarm();
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(child.wait().unwrap().success());
+    reader.join().unwrap();
+    let log = log.lock().unwrap().clone();
     assert!(log.contains("configuration reloaded"), "{log}");
     assert!(
         log.contains("weir.toml:2:11") && log.contains("configuration refused"),
@@ -172,7 +225,58 @@ fn config_check_validates_offline() {
     );
 }
 
-/// Limits and kind limit keys from weir.toml apply to the built-in kinds of `weir serve`.
+/// How many requests a path had in flight at most, and in all, as the server saw them.
+#[derive(Default)]
+struct InFlight {
+    now: std::collections::HashMap<String, usize>,
+    max: std::collections::HashMap<String, usize>,
+    total_now: usize,
+    total_max: usize,
+}
+
+/// An HTTP server that holds each request 150 ms and records concurrency per path.
+async fn concurrency_server(seen: std::sync::Arc<std::sync::Mutex<InFlight>>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n = sock.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let path = req.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                {
+                    let mut s = seen.lock().unwrap();
+                    let now = s.now.entry(path.clone()).or_default();
+                    *now += 1;
+                    let now = *now;
+                    let max = s.max.entry(path.clone()).or_default();
+                    *max = (*max).max(now);
+                    s.total_now += 1;
+                    s.total_max = s.total_max.max(s.total_now);
+                }
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                {
+                    let mut s = seen.lock().unwrap();
+                    *s.now.get_mut(&path).unwrap() -= 1;
+                    s.total_now -= 1;
+                }
+                let _ = sock
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// A templated limit key from weir.toml (`tenant:{url}`, one key per tenant's URL) holds for
+/// the built-in `http` kind under `weir serve`, measured where it matters: the server sees
+/// at most 2 requests at once per tenant, while tenants run side by side.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_limits_hold_for_built_in_kinds() {
     let dir = tempfile::tempdir().unwrap();
@@ -180,34 +284,54 @@ async fn config_limits_hold_for_built_in_kinds() {
     let cfg = dir.path().join("weir.toml");
     write(
         &cfg,
-        "[limits.slow]\nconcurrency = 2\n\n[kinds.sleep]\nlimits = [\"slow\"]\n",
+        "[limits.tenant]\nconcurrency = 2\n\n[kinds.http]\nlimits = [\"tenant:{url}\"]\n",
     );
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(InFlight::default()));
+    let base = concurrency_server(seen.clone()).await;
     let b = SqliteBroker::open(&db).unwrap();
-    let jobs = (0..20)
-        .map(|_| NewJob::new("sleep", r#"{"ms":100}"#))
+    let jobs = (0..24)
+        .map(|i| {
+            NewJob::new(
+                "http",
+                format!(
+                    r#"{{"url":"{base}/t/{}","method":"GET"}}"#,
+                    ["a", "b", "c"][i % 3]
+                ),
+            )
+        })
         .collect();
     b.enqueue_many(jobs).await.unwrap();
     let start = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+    let child = Command::new(env!("CARGO_BIN_EXE_weir"))
         .arg("--broker")
         .arg(format!("sqlite:{}", db.display()))
         .arg("--config")
         .arg(&cfg)
-        .args(["--log", "warn", "serve", "--workers", "8"])
+        .args(["--log", "warn", "serve", "--workers", "16"])
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    while running(&b).await.succeeded < 20 {
+    let _guard = KillOnDrop(Some(child));
+    while running(&b).await.succeeded < 24 {
+        let c = running(&b).await;
+        assert!(c.failed == 0, "a job failed: {c:?}");
         assert!(start.elapsed() < Duration::from_secs(60), "all jobs finish");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let took = start.elapsed();
-    child.kill().unwrap();
-    child.wait().unwrap();
-    // 20 jobs of 100 ms, 2 at a time, take at least a second; 8 at a time would take 0.3 s.
+    let (max, total_max) = {
+        let s = seen.lock().unwrap();
+        (s.max.clone(), s.total_max)
+    };
+    for t in ["a", "b", "c"] {
+        assert_eq!(
+            max.get(&format!("/t/{t}")).copied(),
+            Some(2),
+            "tenant {t}: at most 2 at once, and the limit was reached"
+        );
+    }
     assert!(
-        took >= Duration::from_millis(950),
-        "the limit held: {took:?}"
+        total_max > 2,
+        "tenants ran side by side (at most {total_max} at once in all)"
     );
     let jobs = b
         .list(weir::ListFilter {
