@@ -75,6 +75,43 @@ pub(crate) struct ChanState {
     /// "unknown delivery tag".
     pub(crate) acking: tokio::sync::Mutex<()>,
     pub(crate) dead: AtomicBool,
+    /// Which delivery tags this process has taken in: a multiple-ack must never cover a tag
+    /// still on its way (with two consumers on the channel, their deliveries can be taken in
+    /// out of tag order), or that delivery would be acked without having run.
+    pub(crate) seen: parking_lot::Mutex<SeenTags>,
+}
+
+/// The delivery tags taken in on one channel: every tag up to `contiguous`, plus `ahead`.
+/// Tags start at 1 on each channel.
+#[derive(Default, Debug)]
+pub(crate) struct SeenTags {
+    contiguous: u64,
+    ahead: std::collections::BTreeSet<u64>,
+}
+
+impl SeenTags {
+    /// Records that `tag` was taken in.
+    pub(crate) fn mark(&mut self, tag: u64) {
+        if tag <= self.contiguous {
+            return;
+        }
+        self.ahead.insert(tag);
+        while self.ahead.remove(&(self.contiguous + 1)) {
+            self.contiguous += 1;
+        }
+    }
+
+    /// Every tag up to this one has been taken in.
+    pub(crate) fn contiguous(&self) -> u64 {
+        self.contiguous
+    }
+}
+
+/// How many of `tags` (sorted) one multiple-ack may cover: those below every tag still held
+/// and none above a tag not yet taken in.
+pub(crate) fn multi_ack_len(tags: &[u64], lowest_held: u64, seen_upto: u64) -> usize {
+    let limit = lowest_held.min(seen_upto.saturating_add(1));
+    tags.partition_point(|t| *t < limit)
 }
 
 /// Lease tokens: the channel generation above bit 40, the delivery tag below.
@@ -105,7 +142,7 @@ impl ChanState {
             }
             held.keys().next().copied().unwrap_or(u64::MAX)
         };
-        let split = tags.partition_point(|t| *t < lowest_held);
+        let split = multi_ack_len(&tags, lowest_held, self.seen.lock().contiguous());
         let (multi, singles) = tags.split_at(split);
         let mut ok = true;
         if let Some(&last) = multi.last() {
@@ -199,6 +236,7 @@ async fn consume_once(shared: &Arc<Shared>, q: &Arc<QueueState>) -> Result<(), B
         held: parking_lot::Mutex::new(BTreeMap::new()),
         acking: tokio::sync::Mutex::new(()),
         dead: AtomicBool::new(false),
+        seen: parking_lot::Mutex::new(SeenTags::default()),
     });
     shared.channels.write().insert(chan.gen, chan.clone());
     let result = run_consumer(shared, q, &chan).await;
@@ -322,6 +360,7 @@ fn on_delivery(
     d: lapin::message::Delivery,
 ) {
     let tag = d.delivery_tag;
+    chan.seen.lock().mark(tag);
     let how = Incoming {
         queue: &q.name,
         redelivered: d.redelivered,
@@ -456,5 +495,38 @@ pub(crate) async fn reap_forever(shared: Arc<Shared>) {
                 .await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_tags_advance_only_over_gaps_filled() {
+        let mut s = SeenTags::default();
+        s.mark(2);
+        assert_eq!(s.contiguous(), 0, "tag 1 is still on its way");
+        s.mark(1);
+        assert_eq!(s.contiguous(), 2);
+        s.mark(4);
+        s.mark(5);
+        assert_eq!(s.contiguous(), 2);
+        s.mark(3);
+        assert_eq!(s.contiguous(), 5);
+        s.mark(2); // a repeat changes nothing
+        assert_eq!(s.contiguous(), 5);
+    }
+
+    #[test]
+    fn a_multiple_ack_never_covers_a_tag_not_taken_in() {
+        // Settled 1, 2, 5; nothing else held; tags 3 and 4 not yet taken in (the other
+        // consumer's stream): only 1 and 2 go in the multiple-ack, 5 alone.
+        assert_eq!(multi_ack_len(&[1, 2, 5], u64::MAX, 2), 2);
+        // Everything taken in and nothing held below: all three at once.
+        assert_eq!(multi_ack_len(&[1, 2, 5], u64::MAX, 5), 3);
+        // Tag 3 held (running): the multiple-ack stops below it.
+        assert_eq!(multi_ack_len(&[1, 2, 5], 3, 9), 2);
+        assert_eq!(multi_ack_len(&[], 3, 9), 0);
     }
 }

@@ -31,6 +31,7 @@ mod conn;
 mod consume;
 mod options;
 mod stats;
+pub use stats::MAX_PEEK;
 mod topology;
 
 pub use options::AmqpOptions;

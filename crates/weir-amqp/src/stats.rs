@@ -60,6 +60,9 @@ impl QueueStats for AmqpBroker {
             .create_channel()
             .await
             .map_err(|e| unavailable("opening a channel", e))?;
+        // Every message peeked is held in memory until the channel closes: at most
+        // MAX_PEEK, whatever was asked.
+        let limit = limit.min(MAX_PEEK);
         let mut out = Vec::new();
         while out.len() < limit {
             match ch
@@ -81,3 +84,7 @@ impl QueueStats for AmqpBroker {
         Ok(out)
     }
 }
+
+/// The most dead letters one peek returns (each is held in memory, and by the channel, until
+/// the peek ends).
+pub const MAX_PEEK: usize = 1000;
