@@ -209,6 +209,18 @@ pub(crate) async fn consume_forever(shared: Arc<Shared>, q: Arc<QueueState>) {
             Ok(()) => {
                 tracing::warn!(queue = %q.name, retry_in = ?pause, "RabbitMQ consumer ended; consuming again")
             }
+            Err(e) if consumer_timed_out(&e.to_string()) => {
+                tracing::error!(
+                    queue = %q.name,
+                    error = %e,
+                    retry_in = ?pause,
+                    "RabbitMQ closed the consumer channel: a job ran longer than the server's \
+                     `consumer_timeout` (30 min by default) without an ack. Every job held on \
+                     that channel goes back to the queue and runs again; the attempts here lost \
+                     their leases and are stopped. Raise `consumer_timeout` in rabbitmq.conf \
+                     above the longest job timeout (RabbitMQ checks it about once a minute)"
+                )
+            }
             Err(e) => {
                 tracing::warn!(queue = %q.name, error = %e, retry_in = ?pause, "RabbitMQ consumer failed; consuming again")
             }
@@ -218,6 +230,13 @@ pub(crate) async fn consume_forever(shared: Arc<Shared>, q: Arc<QueueState>) {
             _ = tokio::time::sleep(pause) => {}
         }
     }
+}
+
+/// True if a channel error is RabbitMQ's consumer timeout (a delivery left unacked longer
+/// than `consumer_timeout`): `PRECONDITION_FAILED - delivery acknowledgement on channel N
+/// timed out`.
+pub(crate) fn consumer_timed_out(error: &str) -> bool {
+    error.contains("delivery acknowledgement") && error.contains("timed out")
 }
 
 static CONSUMER_SEQ: AtomicU32 = AtomicU32::new(0);
@@ -501,6 +520,15 @@ pub(crate) async fn reap_forever(shared: Arc<Shared>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_consumer_timeout_is_recognised() {
+        assert!(consumer_timed_out(
+            "protocol error: AMQP soft error: PRECONDITION-FAILED: PRECONDITION_FAILED - \
+             delivery acknowledgement on channel 1 timed out. Timeout value used: 3000 ms."
+        ));
+        assert!(!consumer_timed_out("IO error: Connection reset by peer"));
+    }
 
     #[test]
     fn seen_tags_advance_only_over_gaps_filled() {

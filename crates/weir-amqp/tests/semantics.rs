@@ -88,7 +88,7 @@ async fn dead_letters_keep_their_error_and_peeking_removes_nothing() {
     // A delivery limit of 2 on the work queue: the dead queue has none, so peeking it more
     // often than that (each peek returns the message, a failed delivery for a quorum queue)
     // drops nothing.
-    let (b, _c) = broker("delivery_limit=2");
+    let (b, _c) = broker("&delivery_limit=2");
     let stats = b.queue_stats().unwrap();
     let id = b
         .enqueue(NewJob::new("k", "{}").queue("dl"))
