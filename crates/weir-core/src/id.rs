@@ -58,7 +58,9 @@ impl fmt::Debug for JobId {
 
 /// The text given to [`JobId::from_str`] is not a UUID.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid job id `{input}`: {source}")]
+#[error(
+    "invalid job id `{input}` ({source}); an id looks like 01a233dd-5251-71f5-ac34-225d71b2180a"
+)]
 pub struct ParseJobIdError {
     input: String,
     source: uuid::Error,

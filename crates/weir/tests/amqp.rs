@@ -101,4 +101,13 @@ fn one_shot_commands_on_rabbitmq_fail_fast_and_say_why() {
     let (code, _, err, _) = weir(&["--broker", &url, "enqueue", "noop", "--priority", "5"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("priorit"), "{err}");
+
+    let (code, _, err, _) = weir(&[
+        "--broker",
+        &url,
+        "inspect",
+        "01a233dd-5251-71f5-ac34-225d71b2180a",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("--store"), "a workflow needs its store: {err}");
 }

@@ -202,10 +202,10 @@ fn bad_input_is_named_and_loses_nothing() {
     assert!(text(&out.stdout).contains("enqueued 2 jobs"));
 
     let out = weir(&db, &["serve", "--workers", "8", "--max-workers", "2"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "a usage error");
     let err = text(&out.stderr);
     assert!(
-        err.contains("min_workers (8) must not exceed max_workers (2)"),
+        err.contains("--workers (8) must not exceed --max-workers (2)"),
         "{err}"
     );
 

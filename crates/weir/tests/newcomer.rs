@@ -203,3 +203,84 @@ fn demo_never_deletes_a_file_it_did_not_make() {
         assert!(out.status.success(), "{}", text(&out.stderr));
     }
 }
+
+/// Error messages say what was wrong in the user's words, with the way out.
+#[test]
+fn errors_say_what_to_do() {
+    let w = Weir::new();
+    // The shell ate the quotes of an unquoted payload.
+    let out = w.run(&["enqueue", "noop", "--payload", "{ms:10}"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("the shell passed `{ms:10}`") && err.contains("single quotes"),
+        "{err}"
+    );
+    // What an id looks like.
+    let out = w.run(&["inspect", "123"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("an id looks like"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Retry of a job that has not failed, in words.
+    let id = w.ok(&["enqueue", "noop"]).trim().to_owned();
+    let out = w.run(&["retry", &id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("cannot retry a pending job (only a failed job can be retried)"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A config file that is not there: the reason once.
+    let out = w.run(&["--config", "nosuch.toml", "enqueue", "noop"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert_eq!(err.matches("no such file").count(), 1, "{err}");
+    // `memory:` would lose a one-shot command's jobs.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .current_dir(w.dir.path())
+        .args(["--broker", "memory:", "enqueue", "noop"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("keeps jobs inside one process"));
+    // `enqueue --help` lists every built-in kind.
+    let help = w.ok(&["enqueue", "--help"]);
+    for kind in ["noop", "echo", "sleep", "fail", "shell", "http"] {
+        assert!(help.contains(kind), "{kind} in {help}");
+    }
+}
+
+/// A broken weir.toml stops what acts on it, not a look at the queue.
+#[test]
+fn a_broken_config_does_not_stop_a_look_at_the_queue() {
+    let w = Weir::new();
+    w.ok(&["enqueue", "noop"]);
+    w.file("weir.toml", "[queues.default]\nworkrs = 3\n");
+    // No --broker: the default, ./weir.db, is the test's file, and ./weir.toml is read.
+    let plain = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .current_dir(w.dir.path())
+            .env_remove("WEIR_BROKER")
+            .env_remove("WEIR_STORE")
+            .env_remove("WEIR_CONFIG")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = plain(&["status"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.starts_with("warning: weir.toml:2:1"), "{err}");
+    assert_eq!(err.matches("warning").count(), 1, "warned once: {err}");
+    assert!(text(&out.stdout).contains("default"));
+    let out = plain(&["enqueue", "noop"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("weir.toml:2:1"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -12,7 +12,8 @@ use super::{parse_duration, parse_positive_duration, Args};
 
 #[derive(ClapArgs, Debug)]
 pub(crate) struct EnqueueArgs {
-    /// The task kind (e.g. noop, sleep, fail, shell, http). Not with --batch.
+    /// The task kind: a built-in one (noop, echo, sleep, fail, shell, http) or your own.
+    /// Not with --batch.
     #[arg(required_unless_present = "batch", conflicts_with = "batch")]
     kind: Option<String>,
     /// The payload, as JSON.
@@ -246,7 +247,18 @@ async fn enqueue_batch(args: &Args, path: &Path) -> anyhow::Result<ExitCode> {
 
 /// `--payload`: any JSON value; a malformed one is a usage error (exit 2).
 fn parse_payload(s: &str) -> Result<serde_json::Value, String> {
-    serde_json::from_str(s).map_err(|e| format!("not valid JSON: {e}"))
+    serde_json::from_str(s).map_err(|e| {
+        // `--payload {"ms":10}` unquoted reaches us as `{ms:10}`: the shell ate the quotes.
+        let hint = if !s.contains('"') && s.chars().any(char::is_alphabetic) {
+            format!(
+                "; the shell passed `{s}`: quotes inside unquoted JSON are removed by the shell, \
+                 so put the JSON in single quotes, e.g. --payload '{{\"ms\":10}}'"
+            )
+        } else {
+            String::new()
+        };
+        format!("not valid JSON: {e}{hint}")
+    })
 }
 
 pub(crate) async fn run(args: &Args, a: &EnqueueArgs) -> anyhow::Result<ExitCode> {

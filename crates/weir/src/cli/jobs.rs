@@ -242,15 +242,23 @@ fn print_job(j: &Job) -> std::io::Result<()> {
 
 pub(crate) async fn inspect(args: &Args, a: &InspectArgs) -> anyhow::Result<ExitCode> {
     let broker = args.open_existing()?;
-    if let Some(store) = args.store().await? {
+    let store = args.store().await?;
+    if let Some(store) = &store {
         if let Some(s) = store.status(a.id).await? {
-            super::workflow::show(&*store, &*broker, s, a.json, a.limit).await?;
+            super::workflow::show(&**store, &*broker, s, a.json, a.limit).await?;
             return Ok(ExitCode::SUCCESS);
         }
     }
-    let i = broker
-        .inspect()
-        .context("this broker cannot look up jobs by id")?;
+    let Some(i) = broker.inspect() else {
+        anyhow::bail!(
+            "this broker cannot look up jobs by id (RabbitMQ keeps no record of a job){}",
+            if store.is_none() {
+                "; for a workflow id, give its state store: --store postgres://… (or WEIR_STORE)"
+            } else {
+                "; no workflow with this id is in the store either"
+            }
+        );
+    };
     let Some(j) = i.get(a.id).await? else {
         anyhow::bail!("no job or workflow with id {}", a.id);
     };

@@ -35,7 +35,7 @@ use weir::{Broker, StateStore};
 pub(crate) struct Args {
     /// The broker: `sqlite:PATH[?sync=full|normal]` (embedded, the default),
     /// `amqp://USER:PASS@HOST:PORT/VHOST[?queue_type=quorum|classic&prefix=…]` (RabbitMQ) or
-    /// `memory:`.
+    /// `memory:` (in one process only: for `serve`, not for one-shot commands).
     /// By default, `broker` in the configuration file, else `sqlite:./weir.db`.
     #[arg(long, global = true, env = "WEIR_BROKER")]
     broker: Option<String>,
@@ -54,6 +54,9 @@ pub(crate) struct Args {
     log: Option<String>,
     #[command(subcommand)]
     command: Command,
+    /// The configuration file's URLs (or why it could not be read), once read.
+    #[arg(skip)]
+    loaded: std::sync::OnceLock<Result<(Option<String>, Option<String>), String>>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -169,16 +172,47 @@ impl Args {
         }
     }
 
+    /// The configuration file's broker and store URLs, read once. A file that cannot be used
+    /// stops a command that acts on the configuration; a command that only looks (status,
+    /// list, inspect) warns once and goes on with the defaults.
+    fn file_urls(&self) -> anyhow::Result<(Option<String>, Option<String>)> {
+        let Some(path) = self.config_path() else {
+            return Ok((None, None));
+        };
+        let loaded = self.loaded.get_or_init(|| {
+            Config::load(&path)
+                .map(|c| (c.broker, c.store))
+                .map_err(|e| e.to_string())
+        });
+        match loaded {
+            Ok(urls) => Ok(urls.clone()),
+            Err(e) if self.only_looks() => {
+                static ONCE: std::sync::Once = std::sync::Once::new();
+                ONCE.call_once(|| {
+                    eprintln!("warning: {e}; going on without it (`weir config check` shows what is wrong)")
+                });
+                Ok((None, None))
+            }
+            Err(e) => Err(anyhow::anyhow!("{e}")),
+        }
+    }
+
+    /// True for the commands that only look at jobs.
+    fn only_looks(&self) -> bool {
+        matches!(
+            self.command,
+            Command::Status(_) | Command::List(_) | Command::Inspect(_)
+        )
+    }
+
     /// The broker URL: --broker (or WEIR_BROKER), else `broker` in the configuration file,
     /// else the embedded default.
     fn broker_url(&self) -> anyhow::Result<String> {
         if let Some(url) = &self.broker {
             return Ok(url.clone());
         }
-        if let Some(path) = self.config_path() {
-            if let Some(url) = Config::load(&path)?.broker {
-                return Ok(url);
-            }
+        if let (Some(url), _) = self.file_urls()? {
+            return Ok(url);
         }
         Ok(weir::DEFAULT_BROKER_URL.to_owned())
     }
@@ -190,10 +224,8 @@ impl Args {
         if let Some(url) = &self.store {
             return Ok(Some(url.clone()));
         }
-        if let Some(path) = self.config_path() {
-            if let Some(url) = Config::load(&path)?.store {
-                return Ok(Some(url));
-            }
+        if let (_, Some(url)) = self.file_urls()? {
+            return Ok(Some(url));
         }
         let broker = self.broker_url()?;
         Ok(match broker.as_str() {
@@ -242,9 +274,13 @@ impl Args {
 
     fn open(&self) -> anyhow::Result<Arc<dyn Broker>> {
         let url = self.broker_url()?;
-        if (url.starts_with("amqp://") || url.starts_with("amqps://"))
-            && !matches!(self.command, Command::Serve(_) | Command::Bench(_))
-        {
+        let one_shot = !matches!(self.command, Command::Serve(_) | Command::Bench(_));
+        if one_shot && (url == "memory:" || url == "memory://") {
+            anyhow::bail!(
+                "`memory:` keeps jobs inside one process, so a one-shot command would lose them at exit; use it with `weir serve` (or in the library), or use `sqlite:PATH`"
+            );
+        }
+        if one_shot && (url.starts_with("amqp://") || url.starts_with("amqps://")) {
             // A one-shot command fails fast: a worker keeps trying (30 s per attempt to
             // connect, then again), a person at a prompt wants the error in seconds.
             let mut opts = weir::AmqpOptions::from_url(&url)
@@ -290,6 +326,14 @@ pub(crate) fn main() -> ExitCode {
 }
 
 async fn run(args: Args, log: Option<LogHandle>) -> anyhow::Result<ExitCode> {
+    if let Some(path) = args.config.as_ref().filter(|p| !p.exists()) {
+        // Named on purpose (--config or WEIR_CONFIG) but not there: say so, whatever the
+        // command, rather than run without it.
+        anyhow::bail!(
+            "cannot read {}: no such file (given by --config or WEIR_CONFIG)",
+            path.display()
+        );
+    }
     match &args.command {
         Command::Serve(a) => serve::run(&args, a, log).await,
         Command::Config(ConfigCommand::Check { file }) => {

@@ -87,6 +87,14 @@ pub(crate) async fn run(
     a: &ServeArgs,
     log: Option<LogHandle>,
 ) -> anyhow::Result<ExitCode> {
+    if let Some(max) = a.max_workers.filter(|max| *max < a.workers) {
+        // Said in the flags' words (the library's error names its own fields); a usage error.
+        eprintln!(
+            "error: --workers ({}) must not exceed --max-workers ({max}): --workers is the pool's size, and its minimum when autoscaling",
+            a.workers
+        );
+        return Ok(ExitCode::from(2));
+    }
     let broker = args.open()?;
     let mut service = Service::builder(broker)
         .builtins()

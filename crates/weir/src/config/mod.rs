@@ -282,12 +282,14 @@ impl RetryConfig {
 #[non_exhaustive]
 pub enum ConfigError {
     /// It could not be read.
-    #[error("cannot read {path}: {source}")]
+    // The reason is in the message, not also a `source`: printed as a chain, it would show
+    // twice.
+    #[error("cannot read {path}: {reason}")]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     /// It is not valid: the message gives line, column and what is wrong.
     #[error("{path}:{line}:{column}: {message}")]
@@ -388,9 +390,9 @@ impl Config {
 
     /// Reads and parses the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            reason,
         })?;
         Self::parse(path, &text)
     }
