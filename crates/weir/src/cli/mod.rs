@@ -29,6 +29,9 @@ use clap::{Parser, Subcommand};
 use weir::config::Config;
 use weir::{Broker, StateStore};
 
+/// The broker and store URLs of a configuration file.
+type FileUrls = (Option<String>, Option<String>);
+
 /// weir: durable, high-concurrency task processing.
 #[derive(Parser, Debug)]
 #[command(name = "weir", version, about, propagate_version = true)]
@@ -56,7 +59,7 @@ pub(crate) struct Args {
     command: Command,
     /// The configuration file's URLs (or why it could not be read), once read.
     #[arg(skip)]
-    loaded: std::sync::OnceLock<Result<(Option<String>, Option<String>), String>>,
+    loaded: std::sync::OnceLock<Result<FileUrls, String>>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -175,7 +178,7 @@ impl Args {
     /// The configuration file's broker and store URLs, read once. A file that cannot be used
     /// stops a command that acts on the configuration; a command that only looks (status,
     /// list, inspect) warns once and goes on with the defaults.
-    fn file_urls(&self) -> anyhow::Result<(Option<String>, Option<String>)> {
+    fn file_urls(&self) -> anyhow::Result<FileUrls> {
         let Some(path) = self.config_path() else {
             return Ok((None, None));
         };
