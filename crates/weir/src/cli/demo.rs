@@ -29,7 +29,7 @@ pub(crate) struct DemoArgs {
     /// Jobs run at once.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     workers: u32,
-    /// The queue file; replaced if it exists.
+    /// The queue file; replaced if an earlier demo made it, refused if anything else is there.
     #[arg(long, default_value = "weir-demo.db")]
     db: PathBuf,
 }

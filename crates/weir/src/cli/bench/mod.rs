@@ -48,7 +48,7 @@ pub(crate) struct BenchArgs {
     /// Use RabbitMQ at this URL, on queues of a fresh namespace deleted afterwards.
     #[arg(long, value_name = "URL", conflicts_with_all = ["path", "memory"])]
     amqp: Option<String>,
-    /// Print the result as one JSON object on the last line.
+    /// Print the result as one JSON object instead of the text.
     #[arg(long)]
     json: bool,
     /// Run a durable chord of this many children instead (embedded broker and store, or
