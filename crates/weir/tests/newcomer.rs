@@ -284,3 +284,40 @@ fn a_broken_config_does_not_stop_a_look_at_the_queue() {
         text(&out.stderr)
     );
 }
+
+/// Enqueueing into a queue no worker serves says so once (a typo would otherwise wait
+/// silently for ever); the queue a worker serves gets no warning.
+#[test]
+fn enqueueing_where_no_worker_serves_warns() {
+    let w = Weir::new();
+    w.ok(&["enqueue", "noop"]);
+    let _serve = w.serve(&["--tick", "200ms"]);
+    wait_for("the worker's report", LONG, || {
+        let st = w.status();
+        if st["workers"].as_array().is_some_and(|a| !a.is_empty()) {
+            Ok(())
+        } else {
+            Err(st)
+        }
+    });
+    let out = w.run(&["enqueue", "noop"]);
+    assert!(out.status.success());
+    assert_eq!(text(&out.stderr), "", "the served queue");
+    let out = w.run(&["enqueue", "noop", "--queue", "defualt"]);
+    assert!(out.status.success(), "the job is still enqueued");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("no worker has served queue `defualt`") && err.lines().count() == 1,
+        "{err}"
+    );
+    let batch = w.file(
+        "b.jsonl",
+        "{\"kind\":\"noop\",\"queue\":\"x\"}\n{\"kind\":\"noop\",\"queue\":\"x\"}\n",
+    );
+    let out = w.run(&["enqueue", "--batch", s(&batch)]);
+    assert_eq!(
+        text(&out.stderr).matches("queue `x`").count(),
+        1,
+        "once per queue"
+    );
+}

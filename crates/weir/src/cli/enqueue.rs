@@ -1,3 +1,4 @@
+use std::collections::BTreeSet;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -204,6 +205,7 @@ async fn enqueue_batch(args: &Args, path: &Path) -> anyhow::Result<ExitCode> {
         e.context(resume)
     };
     let mut chunk = Vec::with_capacity(CHUNK);
+    let mut queues = BTreeSet::new();
     let mut lines = src.jobs(limits)?.peekable();
     while lines.peek().is_some() {
         let mut chunk_last = last_line;
@@ -211,6 +213,9 @@ async fn enqueue_batch(args: &Args, path: &Path) -> anyhow::Result<ExitCode> {
             match item {
                 Ok((n, job)) => {
                     chunk_last = n;
+                    if !queues.contains(&job.queue) {
+                        queues.insert(job.queue.clone());
+                    }
                     chunk.push(job);
                 }
                 Err(e) => {
@@ -242,7 +247,43 @@ async fn enqueue_batch(args: &Args, path: &Path) -> anyhow::Result<ExitCode> {
         "enqueued {} jobs ({dup} duplicates of unfinished unique keys)",
         total - dup
     );
+    warn_unserved(&*broker, queues).await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Warns once per queue that no worker has served lately: the job waits (a typo in a queue
+/// name would otherwise go unnoticed). Embedded: no worker report for the queue in the last
+/// minute; RabbitMQ: no consumer on it. Silent where the broker cannot tell, or on errors
+/// (a warning must not fail an enqueue that succeeded).
+async fn warn_unserved(broker: &dyn weir::Broker, queues: BTreeSet<String>) {
+    let served: Option<Vec<String>> = if let Some(i) = broker
+        .inspect()
+        .filter(|_| broker.capabilities().has(weir::Capability::WorkerReports))
+    {
+        let now = weir::Timestamp::now();
+        i.workers().await.ok().map(|ws| {
+            ws.into_iter()
+                .filter(|w| now.since(w.updated_at) <= Duration::from_secs(60))
+                .map(|w| w.queue)
+                .collect()
+        })
+    } else if let Some(stats) = broker.queue_stats() {
+        let names: Vec<String> = queues.iter().cloned().collect();
+        stats.depths(&names).await.ok().map(|ds| {
+            ds.into_iter()
+                .filter(|d| d.consumers > 0)
+                .map(|d| d.queue)
+                .collect()
+        })
+    } else {
+        None
+    };
+    let Some(served) = served else { return };
+    for q in queues.iter().filter(|q| !served.contains(q)) {
+        eprintln!(
+            "warning: no worker has served queue `{q}` in the last minute: its jobs wait until one does (`weir serve --queues {q}`; is the name right?)"
+        );
+    }
 }
 
 /// `--payload`: any JSON value; a malformed one is a usage error (exit 2).
@@ -293,6 +334,7 @@ pub(crate) async fn run(args: &Args, a: &EnqueueArgs) -> anyhow::Result<ExitCode
         eprintln!("unique key already held by unfinished job {}", out.id);
     }
     out!("{}", out.id);
+    warn_unserved(&*broker, BTreeSet::from([a.queue.clone()])).await;
     Ok(ExitCode::SUCCESS)
 }
 
