@@ -190,6 +190,16 @@ pub(crate) fn decode(
 
 /// A dead-lettered message as a Failed job: attempts as spent, the error as recorded.
 pub(crate) fn decode_dead(props: &BasicProperties, body: Vec<u8>, queue: &str) -> Job {
+    decode_dead_checked(props, body, queue).unwrap_or_else(|shown| shown)
+}
+
+/// [`decode_dead`], saying whether the message could be read: `Err` carries the placeholder
+/// shown for one that could not (it cannot be run again).
+pub(crate) fn decode_dead_checked(
+    props: &BasicProperties,
+    body: Vec<u8>,
+    queue: &str,
+) -> Result<Job, Job> {
     let how = Incoming {
         queue,
         redelivered: false,
@@ -205,10 +215,10 @@ pub(crate) fn decode_dead(props: &BasicProperties, body: Vec<u8>, queue: &str) -
         Ok(mut job) => {
             job.attempt = job.attempt.saturating_sub(1);
             job.state = JobState::Failed;
-            job
+            Ok(job)
         }
         // Dead-lettered because it could not be read: show it as it is.
-        Err(why) => Job {
+        Err(why) => Err(Job {
             id: props
                 .message_id()
                 .as_ref()
@@ -239,7 +249,7 @@ pub(crate) fn decode_dead(props: &BasicProperties, body: Vec<u8>, queue: &str) -
             lease_until: None,
             finished_at: None,
             member: None,
-        },
+        }),
     }
 }
 

@@ -29,6 +29,7 @@
 mod codec;
 mod conn;
 mod consume;
+mod dead;
 mod options;
 mod stats;
 pub use stats::MAX_PEEK;

@@ -250,3 +250,50 @@ async fn classic_queues_work_too() {
     assert_eq!((again.job.id, again.job.attempt), (id, 2));
     assert_eq!(again.job.last_error.as_deref(), Some("again"));
 }
+
+/// Dead letters are replayed to the work queue with a fresh set of attempts, and purged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_replayed_and_purged() {
+    let (b, _c) = broker("");
+    let stats = b.queue_stats().unwrap();
+    let id = b
+        .enqueue(NewJob::new("k", r#"{"n":1}"#).queue("rp").max_attempts(1))
+        .await
+        .unwrap()
+        .id;
+    let fail = |d: &weir_core::Delivery| (d.lease, Settlement::Failed { error: "no".into() });
+    let d = fetch_n(&b, "rp", 1).await.pop().unwrap();
+    b.settle(vec![fail(&d)]).await.unwrap();
+    assert_eq!(b.replay_dead("rp", 10).await.unwrap(), 1);
+    let again = fetch_n(&b, "rp", 1)
+        .await
+        .pop()
+        .expect("the replayed job runs");
+    assert_eq!(
+        (again.job.id, again.job.payload.as_slice()),
+        (id, br#"{"n":1}"#.as_slice())
+    );
+    assert_eq!(
+        (again.job.attempt, again.job.max_attempts),
+        (2, 2),
+        "a fresh set of attempts on top of the one spent"
+    );
+    b.settle(vec![fail(&again)]).await.unwrap();
+    // Dead again; cleared for good.
+    let mut dead = 0;
+    for _ in 0..50 {
+        dead = stats.depths(&["rp".into()]).await.unwrap()[0].dead;
+        if dead == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(dead, 1);
+    assert_eq!(b.purge_dead("rp").await.unwrap(), 1);
+    assert_eq!(stats.depths(&["rp".into()]).await.unwrap()[0].dead, 0);
+    assert_eq!(
+        b.replay_dead("rp", 10).await.unwrap(),
+        0,
+        "nothing left to replay"
+    );
+}

@@ -321,3 +321,40 @@ fn enqueueing_where_no_worker_serves_warns() {
         "once per queue"
     );
 }
+
+/// `weir retry --failed --queue Q` runs every failed job of a queue again.
+#[test]
+fn every_failed_job_of_a_queue_runs_again() {
+    let w = Weir::new();
+    let lines: String = (0..3)
+        .map(|_| {
+            "{\"kind\":\"fail\",\"payload\":{\"times\":100},\"queue\":\"f\",\"max_attempts\":1}\n"
+        })
+        .collect();
+    let f = w.file("f.jsonl", &lines);
+    w.ok(&["enqueue", "--batch", s(&f)]);
+    w.ok(&["enqueue", "noop", "--queue", "g"]);
+    let serve = w.serve(&["--queues", "f"]);
+    wait_for("three failures", LONG, || {
+        let q = w.status()["queues"].clone();
+        let failed: u64 = q
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|q| q["failed"].as_u64().unwrap())
+            .sum();
+        if failed == 3 {
+            Ok(())
+        } else {
+            Err(q)
+        }
+    });
+    drop(serve);
+    let out = w.ok(&["retry", "--failed", "--queue", "f"]);
+    assert_eq!(out.trim(), "3 failed jobs of `f` are pending again");
+    let v = w.json(&["status", "--json", "--queue", "f"]);
+    assert_eq!(v["queues"][0]["pending"], 3, "{v}");
+    assert_eq!(v["queues"][0]["failed"], 0, "{v}");
+    let out = w.run(&["retry", "--queue", "f"]);
+    assert_eq!(out.status.code(), Some(2), "--queue goes with --failed");
+}

@@ -38,6 +38,23 @@ pub(crate) struct IdArg {
 }
 
 #[derive(ClapArgs, Debug)]
+pub(crate) struct RetryArgs {
+    /// The job id (a failed job).
+    #[arg(required_unless_present = "failed", conflicts_with = "failed")]
+    id: Option<JobId>,
+    /// Instead of one job: every failed job of --queue (up to --limit). On RabbitMQ, the
+    /// queue's dead letters are replayed to its work queue.
+    #[arg(long)]
+    failed: bool,
+    /// With --failed: the queue. By default, `default`.
+    #[arg(long, requires = "failed")]
+    queue: Option<String>,
+    /// With --failed: at most this many.
+    #[arg(long, default_value_t = 1000, requires = "failed")]
+    limit: usize,
+}
+
+#[derive(ClapArgs, Debug)]
 pub(crate) struct ListArgs {
     /// Only jobs in this state.
     #[arg(long)]
@@ -344,13 +361,51 @@ pub(crate) async fn list(args: &Args, a: &ListArgs) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) async fn retry(args: &Args, a: &IdArg) -> anyhow::Result<ExitCode> {
+pub(crate) async fn retry(args: &Args, a: &RetryArgs) -> anyhow::Result<ExitCode> {
+    if a.failed {
+        return retry_failed(args, a).await;
+    }
+    let Some(id) = a.id else {
+        anyhow::bail!("give a job id, or --failed --queue Q")
+    };
     let broker = args.open_existing()?;
-    let i = broker
-        .inspect()
-        .context("this broker cannot retry jobs by id")?;
-    let j = i.retry(a.id).await?;
+    let i = broker.inspect().context(
+        "this broker cannot retry jobs by id; on RabbitMQ, `weir retry --failed --queue Q` replays the dead letters",
+    )?;
+    let j = i.retry(id).await?;
     out!("{} is {} again", j.id, j.state);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `weir retry --failed --queue Q`: every failed job of the queue runs again (up to
+/// `--limit`); on RabbitMQ, its dead letters are replayed to the work queue.
+async fn retry_failed(args: &Args, a: &RetryArgs) -> anyhow::Result<ExitCode> {
+    let queue = a.queue.as_deref().unwrap_or(weir::DEFAULT_QUEUE);
+    if let Some(amqp) = args.amqp()? {
+        let n = amqp.replay_dead(queue, a.limit).await?;
+        amqp.close().await;
+        out!("replayed {n} dead letters of `{queue}` to its work queue");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let broker = args.open_existing()?;
+    let i = broker.inspect().context("this broker cannot retry jobs")?;
+    let failed = i
+        .list(ListFilter {
+            queue: Some(queue.to_owned()),
+            state: Some(JobState::Failed),
+            limit: a.limit,
+        })
+        .await?;
+    let mut n = 0;
+    for j in failed {
+        match i.retry(j.id).await {
+            Ok(_) => n += 1,
+            // Retried or purged by someone else meanwhile: not ours to count.
+            Err(weir::BrokerError::WrongState { .. } | weir::BrokerError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    out!("{n} failed jobs of `{queue}` are pending again");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -379,6 +434,19 @@ pub(crate) async fn cancel(args: &Args, a: &IdArg) -> anyhow::Result<ExitCode> {
 }
 
 pub(crate) async fn purge(args: &Args, a: &PurgeArgs) -> anyhow::Result<ExitCode> {
+    if let Some(amqp) = args.amqp()? {
+        // RabbitMQ keeps only dead letters (failed jobs) of all finished ones.
+        if a.state != JobState::Failed || a.older_than.is_some() {
+            anyhow::bail!(
+                "RabbitMQ keeps no finished jobs but dead letters: use `purge --state failed --queue Q`"
+            );
+        }
+        let queue = a.queue.as_deref().unwrap_or(weir::DEFAULT_QUEUE);
+        let n = amqp.purge_dead(queue).await?;
+        amqp.close().await;
+        out!("purged {n} dead letters of `{queue}`");
+        return Ok(ExitCode::SUCCESS);
+    }
     let broker = args.open_existing()?;
     let i = broker.inspect().context("this broker cannot purge jobs")?;
     let n = match a.older_than {

@@ -78,7 +78,7 @@ enum Command {
     /// List jobs, newest first (e.g. the dead-letter set: --state failed).
     List(jobs::ListArgs),
     /// Run a failed job again.
-    Retry(jobs::IdArg),
+    Retry(jobs::RetryArgs),
     /// Cancel a pending, retryable or running job.
     Cancel(jobs::IdArg),
     /// Delete finished jobs in one state.
@@ -273,6 +273,20 @@ impl Args {
             }
         }
         self.open()
+    }
+
+    /// RabbitMQ as its own type, for what only it offers (replaying and purging dead
+    /// letters); `None` for any other broker. Gives up connecting after 3 s, as every
+    /// one-shot command does.
+    fn amqp(&self) -> anyhow::Result<Option<weir::AmqpBroker>> {
+        let url = self.broker_url()?;
+        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+            return Ok(None);
+        }
+        let mut opts = weir::AmqpOptions::from_url(&url)
+            .with_context(|| format!("opening broker {}", weir::redact_url(&url)))?;
+        opts.connect_timeout = Duration::from_secs(3);
+        Ok(Some(weir::AmqpBroker::with_options(opts)))
     }
 
     fn open(&self) -> anyhow::Result<Arc<dyn Broker>> {
