@@ -190,7 +190,7 @@ pub(crate) fn decode(
 
 /// A dead-lettered message as a Failed job: attempts as spent, the error as recorded.
 pub(crate) fn decode_dead(props: &BasicProperties, body: Vec<u8>, queue: &str) -> Job {
-    decode_dead_checked(props, body, queue).unwrap_or_else(|shown| shown)
+    decode_dead_checked(props, body, queue).unwrap_or_else(|shown| *shown)
 }
 
 /// [`decode_dead`], saying whether the message could be read: `Err` carries the placeholder
@@ -199,7 +199,7 @@ pub(crate) fn decode_dead_checked(
     props: &BasicProperties,
     body: Vec<u8>,
     queue: &str,
-) -> Result<Job, Job> {
+) -> Result<Job, Box<Job>> {
     let how = Incoming {
         queue,
         redelivered: false,
@@ -218,7 +218,7 @@ pub(crate) fn decode_dead_checked(
             Ok(job)
         }
         // Dead-lettered because it could not be read: show it as it is.
-        Err(why) => Err(Job {
+        Err(why) => Err(Box::new(Job {
             id: props
                 .message_id()
                 .as_ref()
@@ -249,7 +249,7 @@ pub(crate) fn decode_dead_checked(
             lease_until: None,
             finished_at: None,
             member: None,
-        }),
+        })),
     }
 }
 
