@@ -320,3 +320,73 @@ fn workers_started_together_on_a_fresh_file_all_run() {
         }
     });
 }
+
+/// SIGHUP makes a running worker read its configuration file again.
+#[test]
+fn sighup_rereads_the_configuration() {
+    let w = Weir::new();
+    let cfg = w.file("weir.toml", "[queues.default]\nworkers = 2\n");
+    let (serve, log) = w.serve_logged(&["--log", "weir=debug", "--config", s(&cfg)]);
+    let seen = |what: &str| log.lock().unwrap().contains(what);
+    wait_for("the worker to follow its file", LONG, || {
+        if seen("following the configuration file") {
+            Ok(())
+        } else {
+            Err(log.lock().unwrap().clone())
+        }
+    });
+    serve.signal("HUP");
+    wait_for("the SIGHUP re-read", LONG, || {
+        let l = log.lock().unwrap().clone();
+        if l.lines()
+            .any(|line| line.contains("SIGHUP") && line.contains("configuration"))
+        {
+            Ok(())
+        } else {
+            Err(l)
+        }
+    });
+}
+
+/// Two `weir serve` processes on one embedded file share its jobs, and without a crash no
+/// job runs twice: each job leaves a marker, and every marker is there exactly once.
+#[test]
+fn two_workers_on_one_file_run_each_job_once() {
+    let w = Weir::new();
+    let marks = w.dir.path().join("marks");
+    let cfg = w.file(
+        "weir.toml",
+        &format!(
+            "[shell]\nallow = [\"sh\"]\ndir = \"{}\"\n",
+            w.dir.path().display()
+        ),
+    );
+    const N: usize = 400;
+    let lines: String = (0..N)
+        .map(|i| {
+            serde_json::json!({"kind": "shell", "payload": {"cmd": "sh", "args": ["-c", format!("echo {i} >> {}", marks.display())]}})
+                .to_string()
+                + "\n"
+        })
+        .collect();
+    let batch = w.file("jobs.jsonl", &lines);
+    let one = w.serve(&["--config", s(&cfg), "--workers", "8"]);
+    let two = w.serve(&["--config", s(&cfg), "--workers", "8"]);
+    w.ok(&["enqueue", "--batch", s(&batch)]);
+    wait_for("every job", LONG, || {
+        let q = queue_counts(&w, "default");
+        if q["succeeded"] == N as u64 {
+            Ok(())
+        } else {
+            Err(q)
+        }
+    });
+    drop((one, two));
+    let text = std::fs::read_to_string(&marks).unwrap();
+    let mut seen = vec![0u32; N];
+    for l in text.lines() {
+        seen[l.trim().parse::<usize>().unwrap()] += 1;
+    }
+    let twice: Vec<usize> = (0..N).filter(|i| seen[*i] != 1).collect();
+    assert!(twice.is_empty(), "jobs not run exactly once: {twice:?}");
+}

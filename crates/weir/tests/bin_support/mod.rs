@@ -78,6 +78,34 @@ impl Weir {
         }
     }
 
+    /// Starts `weir serve` with `args` (put `--log` in them), collecting its log as it comes.
+    pub fn serve_logged(
+        &self,
+        args: &[&str],
+    ) -> (Serving, std::sync::Arc<std::sync::Mutex<String>>) {
+        let mut c = self.cmd(&[]);
+        c.arg("serve")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().expect("weir serve starts");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        (Serving { child: Some(child) }, log)
+    }
+
     /// `weir status --json`.
     pub fn status(&self) -> serde_json::Value {
         self.json(&["status", "--json"])
@@ -122,6 +150,15 @@ impl Serving {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Sends `signal` (e.g. `HUP`) with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
     }
 
     /// The exit status if the process has ended.
