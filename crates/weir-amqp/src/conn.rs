@@ -301,16 +301,13 @@ impl Connector {
 }
 
 /// True for a refusal that no retry can fix: bad credentials (`ACCESS_REFUSED`) or a vhost
-/// that does not exist or is not allowed (`NOT_ALLOWED`). lapin reports these as protocol
-/// errors whose text names the AMQP reply code, in either spelling.
+/// that does not exist (`NOT_ALLOWED - vhost … not found`). `NOT_ALLOWED` also covers passing
+/// states (a connection limit reached, a vhost still starting), which stay retryable. lapin
+/// reports these as protocol errors whose text names the AMQP reply code, in either spelling.
 fn refused(e: &lapin::Error) -> bool {
     let text = e.to_string();
-    [
-        "ACCESS_REFUSED",
-        "ACCESS-REFUSED",
-        "NOT_ALLOWED",
-        "NOT-ALLOWED",
-    ]
-    .iter()
-    .any(|code| text.contains(code))
+    text.contains("ACCESS_REFUSED")
+        || text.contains("ACCESS-REFUSED")
+        || ((text.contains("NOT_ALLOWED") || text.contains("NOT-ALLOWED"))
+            && text.contains("not found"))
 }

@@ -209,6 +209,16 @@ fn outcome(
         .backoff(&job.kind)
         .or(kind.map(|k| k.backoff))
         .unwrap_or_default();
+    // A result is stored beside the payload: one over the broker's payload limit would be
+    // refused by the store (and with it the whole settle batch), so it fails the job instead.
+    let max = shared.broker.job_limits().max_payload;
+    let result = match result {
+        Ok(Some(r)) if r.len() > max => Err(TaskError::permanent(format!(
+            "the result is {} bytes, over the broker's limit of {max} (max_payload)",
+            r.len()
+        ))),
+        other => other,
+    };
     let s = settlement_for(
         result,
         job.attempt,

@@ -136,7 +136,7 @@ impl SqliteOptions {
                     _ => {
                         return Err(bad(format!(
                             "max_payload must be a number of bytes from 1 to {MAX_PAYLOAD_LIMIT} \
-                             (SQLite keeps at most 1 GB in one value), not `{v}`"
+                             (a payload and its result must fit in one SQLite row of at most 1 GB), not `{v}`"
                         )))
                     }
                 },
@@ -227,11 +227,12 @@ impl std::fmt::Debug for SqliteBroker {
     }
 }
 
-/// The largest `max_payload` the embedded broker accepts: below SQLite's limit on one value
-/// (1,000,000,000 bytes), so a payload that passed validation is always stored. That is what
-/// keeps one job from failing a whole commit round: a round rolls back only on the store's
-/// own errors (I/O, a full disk), which every command of it shares anyway.
-pub const MAX_PAYLOAD_LIMIT: usize = 900_000_000;
+/// The largest `max_payload` the embedded broker accepts: a payload and a result (the
+/// runtime fails a job whose result is over `max_payload`) fit together under SQLite's limit
+/// on one row (1,000,000,000 bytes), so a validated job is always stored. That is what keeps
+/// one job from failing a whole commit round: a round rolls back only on the store's own
+/// errors (I/O, a full disk), which every command of it shares anyway.
+pub const MAX_PAYLOAD_LIMIT: usize = 400_000_000;
 
 fn open_conn(opts: &SqliteOptions) -> rusqlite::Result<Connection> {
     create_private(&opts.path);

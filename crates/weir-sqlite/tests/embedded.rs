@@ -237,12 +237,10 @@ async fn refuses_a_newer_schema_and_bad_urls() {
         .to_string()
         .contains("unknown parameter `mode=rw`"));
     // A payload limit SQLite could not honour is refused, so a validated job always fits.
-    assert!(
-        SqliteOptions::from_url("sqlite:x.db?max_payload=2000000000")
-            .unwrap_err()
-            .to_string()
-            .contains("SQLite keeps at most 1 GB")
-    );
+    assert!(SqliteOptions::from_url("sqlite:x.db?max_payload=500000000")
+        .unwrap_err()
+        .to_string()
+        .contains("one SQLite row of at most 1 GB"));
     let big = weir_core::JobLimits {
         max_payload: usize::MAX,
     };

@@ -236,8 +236,11 @@ pub fn abort<T: WorkflowTx>(
         return Err(BrokerError::NotFound(id));
     };
     if p.state != WorkflowState::Running {
-        // Finished meanwhile: it keeps the state it finished with.
-        return Ok(Vec::new());
+        // Finished meanwhile: it keeps the state it finished with, and the caller hears so.
+        return Err(BrokerError::Invalid(format!(
+            "workflow {id} already finished ({})",
+            p.state.as_str()
+        )));
     }
     let (n, jobs) = tx.cancel_open(id)?;
     p.cancelled += n;

@@ -230,6 +230,13 @@ async fn shell_is_confined() {
             ),
         )
         .max_attempts(1),
+        // Exits at once, leaving a background process that holds its output open: done when
+        // it exits, not at the time limit.
+        NewJob::new(
+            "shell",
+            r#"{"cmd":"sh","args":["-c","sleep 3 & echo started"]}"#,
+        )
+        .max_attempts(1),
     ];
     let got = run_jobs(config, jobs).await;
     use weir::JobState::*;
@@ -250,6 +257,7 @@ async fn shell_is_confined() {
         "{}",
         err(&got[2])
     );
+    assert_eq!(got[3].state, Succeeded, "{}", err(&got[3]));
     // The grandchild (`sleep 30`) went with its group.
     let pid: i32 = std::fs::read_to_string(&pidfile)
         .unwrap()

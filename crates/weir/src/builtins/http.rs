@@ -110,6 +110,9 @@ pub(super) fn register(
         .user_agent(concat!("weir/", env!("CARGO_PKG_VERSION")))
         .redirect(policy)
         .dns_resolver(Arc::new(DenyResolver { deny: deny.clone() }))
+        // Direct connections only: through a proxy (HTTP(S)_PROXY), the proxy would resolve
+        // the name and the deny-list would never see the address.
+        .no_proxy()
         .build()
         .map_err(|e| BuiltinsError::HttpClient(e.to_string()))?;
     registry.register_fn("http", move |p: Http, cx: TaskContext| {

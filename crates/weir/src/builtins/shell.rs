@@ -22,7 +22,7 @@ pub const SHELL_RETRY_EXIT: i32 = 75;
 /// Variables a command always gets from the worker's environment (when set there).
 pub const SHELL_BASE_ENV: [&str; 5] = ["PATH", "HOME", "LANG", "LC_ALL", "TZ"];
 
-/// How long a command may run when its job sets no timeout, by default.
+/// The longest a command may run, by default (a ceiling over the job's own timeout).
 pub const SHELL_DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How many bytes of each of stdout and stderr are kept, by default.
@@ -71,7 +71,7 @@ impl Drop for GroupGuard {
 /// Reads all of `r`, keeping at most `cap` bytes; returns them and how many were dropped.
 /// Reading on (rather than closing the pipe) keeps a chatty command from blocking on a
 /// full pipe or dying of SIGPIPE.
-async fn read_capped(r: Option<impl AsyncRead + Unpin>, cap: usize) -> (Vec<u8>, u64) {
+async fn read_capped(r: Option<impl AsyncRead + Unpin + Send>, cap: usize) -> (Vec<u8>, u64) {
     let Some(mut r) = r else {
         return (Vec::new(), 0);
     };
@@ -134,16 +134,12 @@ async fn run_shell(
     let cap = cfg.max_output.unwrap_or(SHELL_DEFAULT_MAX_OUTPUT);
     let limit = cfg.timeout.unwrap_or(SHELL_DEFAULT_TIMEOUT);
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-    let run = async {
-        let (status, (out, out_dropped), (err, _)) = tokio::join!(
-            child.wait(),
-            read_capped(stdout, cap),
-            read_capped(stderr, cap)
-        );
-        (status, out, out_dropped, err)
-    };
-    let (status, out, out_dropped, err) = tokio::select! {
-        r = tokio::time::timeout(limit, run) => match r {
+    // The readers run apart from the wait: the command is done when it exits, even if a
+    // background process it started still holds its output open.
+    let mut out_task = tokio::spawn(read_capped(stdout, cap));
+    let mut err_task = tokio::spawn(read_capped(stderr, cap));
+    let status = tokio::select! {
+        r = tokio::time::timeout(limit, child.wait()) => match r {
             Ok(r) => r,
             Err(_) => return Err(TaskError::retryable(format!(
                 "`{}` ran longer than {} ([shell] timeout); its process group was killed",
@@ -158,6 +154,22 @@ async fn run_shell(
     let status =
         status.map_err(|e| TaskError::retryable(format!("waiting for `{}`: {e}", p.cmd)))?;
     guard.disarm();
+    // What is left in the pipes, for a moment; then what was read is what there is.
+    let grace = Duration::from_secs(1);
+    let (out, out_dropped) = match tokio::time::timeout(grace, &mut out_task).await {
+        Ok(Ok(r)) => r,
+        _ => {
+            out_task.abort();
+            (Vec::new(), 0)
+        }
+    };
+    let (err, _) = match tokio::time::timeout(grace, &mut err_task).await {
+        Ok(Ok(r)) => r,
+        _ => {
+            err_task.abort();
+            (Vec::new(), 0)
+        }
+    };
     match status.code() {
         Some(0) => Ok(serde_json::json!({
             "stdout": tail(&out),

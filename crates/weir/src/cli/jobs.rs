@@ -225,7 +225,7 @@ pub(crate) async fn status(args: &Args, a: &StatusArgs) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_job(j: &Job) -> std::io::Result<()> {
+fn print_job(j: &Job) -> Result<(), super::StdoutError> {
     out!("id           {}", j.id);
     out!("kind         {}", j.kind);
     out!("queue        {}", j.queue);
@@ -414,13 +414,30 @@ pub(crate) async fn cancel(args: &Args, a: &IdArg) -> anyhow::Result<ExitCode> {
     let i = broker
         .inspect()
         .context("this broker cannot cancel jobs by id")?;
-    let j = i.cancel(a.id).await?;
+    let Some(before) = i.get(a.id).await? else {
+        anyhow::bail!("no job with id {}", a.id);
+    };
+    // A member cancelled by id fails its workflow (else the workflow would wait for it for
+    // ever). The store is opened first, so the job is not cancelled when the workflow cannot
+    // be told; and a member already cancelled (an earlier try that could not reach the store)
+    // is told again: the record is idempotent.
+    let workflows = match before.member {
+        Some(_) => Some(weir::Workflows::new(
+            broker.clone(),
+            args.require_store().await?,
+        )),
+        None => None,
+    };
+    let j = match i.cancel(a.id).await {
+        Ok(j) => j,
+        Err(weir::BrokerError::WrongState {
+            state: JobState::Cancelled,
+            ..
+        }) if before.member.is_some() => before.clone(),
+        Err(e) => return Err(e.into()),
+    };
     out!("{} is {}", j.id, j.state);
-    if let Some(member) = j.member {
-        // A member cancelled by id fails its workflow (else the workflow would wait for it
-        // for ever): the store records it, and a fail-fast workflow cancels the rest.
-        let store = args.require_store().await?;
-        let wf = weir::Workflows::new(broker.clone(), store);
+    if let (Some(member), Some(wf)) = (j.member, workflows) {
         wf.member_ended(member, "cancelled by an operator (weir cancel)")
             .await
             .with_context(|| format!("recording the cancel in workflow {}", member.workflow))?;

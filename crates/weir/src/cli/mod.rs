@@ -126,20 +126,24 @@ pub(crate) fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Writing the command's output failed (see `out!`).
+#[derive(Debug, thiserror::Error)]
+#[error("writing to stdout: {0}")]
+pub(crate) struct StdoutError(std::io::Error);
+
 /// Writes one line to stdout (see `out!`).
-pub(crate) fn write_out(args: std::fmt::Arguments<'_>) -> std::io::Result<()> {
+pub(crate) fn write_out(args: std::fmt::Arguments<'_>) -> Result<(), StdoutError> {
     use std::io::Write;
     let mut o = std::io::stdout().lock();
-    o.write_fmt(args)?;
-    o.write_all(b"\n")
+    o.write_fmt(args)
+        .and_then(|()| o.write_all(b"\n"))
+        .map_err(StdoutError)
 }
 
-/// True if `e` comes from writing to a stdout whose reader went away.
+/// True if `e` is our stdout's reader having gone away (not a broken pipe to a broker).
 fn closed_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
+    e.downcast_ref::<StdoutError>()
+        .is_some_and(|StdoutError(io)| io.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 /// Changes the log filter of the running process (a reloaded `log = ".."`).

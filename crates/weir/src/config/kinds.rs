@@ -25,8 +25,9 @@ pub struct ShellConfig {
     /// The working directory of commands. By default, the system's temporary directory.
     #[serde(default)]
     pub dir: Option<PathBuf>,
-    /// How long a command may run when its job sets no timeout; then its whole process
-    /// group is killed and the attempt fails (retryable). By default, 10 minutes.
+    /// The longest a command may run, whatever its job's own timeout (a shorter job timeout
+    /// stops it sooner); then its whole process group is killed and the attempt fails
+    /// (retryable). By default, 10 minutes.
     #[serde(default, with = "opt_positive_duration")]
     pub timeout: Option<Duration>,
     /// The most bytes kept of each of stdout and stderr; the rest is read and dropped. By
@@ -57,7 +58,8 @@ pub struct HttpConfig {
     /// address a host name resolves to and on every redirect. By default, link-local
     /// addresses, where clouds serve instance metadata and credentials (`169.254.0.0/16`,
     /// `fe80::/10`, `fd00:ec2::254/128`). Setting it replaces the default, so keep those in.
-    /// Read when `serve` starts.
+    /// Read when `serve` starts. So that it holds, the kind connects directly: it ignores
+    /// `HTTP_PROXY`/`HTTPS_PROXY` (a proxy would resolve the names itself).
     #[serde(default = "default_http_deny")]
     pub deny: Vec<ipnet::IpNet>,
 }

@@ -7,7 +7,7 @@
 //! allow = ["echo", "/usr/local/bin/resize"]   # commands the `shell` kind may run
 //! env = ["AWS_REGION"]                         # variables passed on (besides PATH, HOME, LANG, LC_ALL, TZ)
 //! dir = "/var/lib/weir/work"                   # working directory (default: the temp dir)
-//! timeout = "10m"                              # when the job sets none (default 10m)
+//! timeout = "10m"                              # the longest a command runs (default 10m)
 //! max_output = 1048576                         # bytes kept of stdout and of stderr (default 1 MiB)
 //!
 //! [http]
