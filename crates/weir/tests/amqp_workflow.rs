@@ -234,7 +234,8 @@ async fn fail_fast_on_rabbitmq_finishes_queued_siblings_unrun() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every child settled (the failure and the 20 siblings, run or finished unrun).
+    worker.until_settled(21, Duration::from_secs(60)).await;
     let report = worker.finish().await;
     let ran = ran.load(Ordering::SeqCst);
     assert!(ran <= 2, "{ran} siblings ran after the failure");
@@ -347,6 +348,7 @@ async fn a_member_already_recorded_is_not_run_again_on_rabbitmq() {
         .unwrap();
     until_finished(&wf, id, Duration::from_secs(30)).await;
     assert_eq!(ran.load(Ordering::SeqCst), 2);
+    worker.until_settled(2, Duration::from_secs(30)).await;
     // Both members' jobs once more, under their ids.
     let members = wf.members(id).await.unwrap();
     let again: Vec<NewJob> = members
@@ -369,9 +371,9 @@ async fn a_member_already_recorded_is_not_run_again_on_rabbitmq() {
         assert!(start.elapsed() < Duration::from_secs(30), "{d:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Delivered is not yet acked: give the store checks and the acks time (a delivery still
-    // held at shutdown would be given back, and counted as ready below).
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Delivered is not yet acked: wait for both copies to be settled (acked unrun), not for
+    // a pause (a delivery still held at shutdown would be given back, and counted below).
+    worker.until_settled(4, Duration::from_secs(30)).await;
     let report = worker.finish().await;
     assert_eq!(ran.load(Ordering::SeqCst), 2, "no member ran twice");
     // Acked, not given back at shutdown, nothing more enqueued, nothing dead-lettered.

@@ -119,6 +119,11 @@ pub struct Serving {
 }
 
 impl Serving {
+    /// Guards a `weir serve` child started some other way.
+    pub fn guard(child: Child) -> Serving {
+        Serving { child: Some(child) }
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()

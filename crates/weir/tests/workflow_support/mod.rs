@@ -13,6 +13,20 @@ use weir::{Broker, Registry, Worker, WorkerReport};
 pub struct Running {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<WorkerReport>,
+    settled: Arc<Settled>,
+}
+
+/// Counts the settles the broker applied: a readiness signal for "the worker is done with
+/// what it was given", instead of a pause.
+#[derive(Default)]
+struct Settled(std::sync::atomic::AtomicU64);
+
+impl weir::Observer for Settled {
+    fn settled(&self, _: &weir::Lease, _: &weir::Settlement, out: weir::SettleOutcome) {
+        if out == weir::SettleOutcome::Applied {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
 }
 
 /// Starts a worker on `broker` that runs `slots` jobs of `queue` at once with leases of
@@ -25,20 +39,44 @@ pub fn run_worker(
     slots: usize,
     lease: Duration,
 ) -> Running {
+    let settled = Arc::new(Settled::default());
     let worker = Worker::builder(broker, registry)
         .queue(queue, slots)
         .lease(lease)
         .workflows(wf.clone())
+        .observer(settled.clone())
         .build()
         .unwrap();
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(worker.run(async move {
         let _ = rx.await;
     }));
-    Running { stop, task }
+    Running {
+        stop,
+        task,
+        settled,
+    }
 }
 
 impl Running {
+    /// Settles the broker applied so far.
+    pub fn settled(&self) -> u64 {
+        self.settled.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits (at most `limit`) until at least `n` settles were applied.
+    pub async fn until_settled(&self, n: u64, limit: Duration) {
+        let start = Instant::now();
+        while self.settled() < n {
+            assert!(
+                start.elapsed() < limit,
+                "{} of {n} settles after {limit:?}",
+                self.settled()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Stops the worker (gracefully) and returns its report.
     pub async fn finish(self) -> WorkerReport {
         let _ = self.stop.send(());
