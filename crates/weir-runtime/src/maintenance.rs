@@ -1,6 +1,7 @@
 //! Housekeeping a worker does beside its jobs: completing workflow submissions that were
-//! interrupted ([`Workflows::rescue`]) and deleting finished work older than the retention
-//! ([`sweep`]). [`Worker::run`](crate::Worker::run) runs it when the builder asks for it
+//! interrupted ([`Workflows::rescue`]), telling workflows of members the broker dead-lettered
+//! by itself ([`Workflows::reconcile_dead_letters`]), and deleting finished work older than the
+//! retention ([`sweep`]). [`Worker::run`](crate::Worker::run) runs it when the builder asks for it
 //! ([`WorkerBuilder::retention`](crate::WorkerBuilder::retention),
 //! [`WorkerBuilder::workflows`](crate::WorkerBuilder::workflows)); errors are logged and the
 //! next round tries again.
@@ -62,6 +63,8 @@ pub async fn sweep(
 /// What to maintain, and how often.
 pub(crate) struct Maintenance {
     pub(crate) broker: Arc<dyn Broker>,
+    /// The queues the worker serves, whose dead letters may hold workflow members.
+    pub(crate) queues: Vec<String>,
     pub(crate) workflows: Option<Workflows>,
     pub(crate) retention: Option<Duration>,
     pub(crate) clock: Arc<dyn Clock>,
@@ -92,6 +95,9 @@ impl Maintenance {
                     next_rescue = now + RESCUE_EVERY;
                     if let Err(e) = w.rescue(RESCUE_AFTER).await {
                         tracing::warn!(error = %e, "checking for interrupted workflow submissions failed");
+                    }
+                    if let Err(e) = w.reconcile_dead_letters(&self.queues).await {
+                        tracing::warn!(error = %e, "checking dead letters for workflow members failed");
                     }
                 }
             }

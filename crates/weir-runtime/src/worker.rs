@@ -318,6 +318,7 @@ impl Worker {
         let maintenance = tokio::spawn(
             Maintenance {
                 broker: b.broker.clone(),
+                queues: b.queues.iter().map(|q| q.name.clone()).collect(),
                 workflows: b.workflows.clone(),
                 retention: b.retention,
                 clock: b.clock.clone(),

@@ -307,6 +307,46 @@ impl Workflows {
             .await
     }
 
+    /// Finds workflow members among the dead letters of `queues` that their workflow still
+    /// has as open, and records them as failed with the dead letter's error: on a broker
+    /// that dead-letters by itself (RabbitMQ's `x-delivery-limit` on a job that keeps
+    /// killing its worker), that is the only way such a member's end reaches the workflow.
+    /// Brokers without dead-letter queues ([`Capability::QueueDepths`]) have nothing to
+    /// find. Looks at up to 1,000 dead letters per queue; returns how many members it
+    /// recorded. Idempotent: a member recorded once is skipped after.
+    ///
+    /// Cancel safety: dropped part way, the members not yet recorded are found next time.
+    pub async fn reconcile_dead_letters(&self, queues: &[String]) -> Result<u64, BrokerError> {
+        if !self.broker.capabilities().has(Capability::QueueDepths) {
+            return Ok(0);
+        }
+        let Some(stats) = self.broker.queue_stats() else {
+            return Ok(0);
+        };
+        let mut recorded = 0;
+        for q in queues {
+            for job in stats.dead_letters(q, 1_000).await? {
+                let Some(member) = job.member else { continue };
+                if self
+                    .store
+                    .member_state(member)
+                    .await?
+                    .is_none_or(|s| s.is_finished())
+                {
+                    continue;
+                }
+                let why = format!(
+                    "dead-lettered by the broker: {}",
+                    job.last_error.as_deref().unwrap_or("no error recorded")
+                );
+                tracing::warn!(workflow = %member.workflow, %member, job = %job.id, "a dead-lettered member reaches its workflow");
+                self.finished(member, MemberOutcome::Failed(why)).await?;
+                recorded += 1;
+            }
+        }
+        Ok(recorded)
+    }
+
     /// True if the broker can look jobs up by id and has `id`.
     async fn broker_has(&self, id: JobId) -> bool {
         match self.broker.inspect() {

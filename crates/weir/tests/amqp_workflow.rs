@@ -452,3 +452,52 @@ async fn an_interrupted_submission_is_rescued_on_rabbitmq() {
     assert_eq!((d.ready, d.dead), (0, 0), "{d:?}");
     rig.close(&["default", "idle"]).await;
 }
+
+/// A member that RabbitMQ dead-letters by itself (here: settled Failed behind the worker's
+/// back, as `x-delivery-limit` would) still reaches its workflow: a worker finds it among the
+/// dead letters and records it, and the chain fails instead of waiting for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_dead_lettered_by_the_broker_reaches_its_workflow() {
+    let rig = rig().await;
+    let wf = rig.workflows(&rig.broker);
+    let id = wf
+        .submit(&WorkflowSpec::chain(vec![
+            StepSpec::new("noop", serde_json::json!(1)),
+            StepSpec::kind("noop"),
+        ]))
+        .await
+        .unwrap();
+    let got = rig
+        .broker
+        .fetch(weir::FetchRequest {
+            queues: vec!["default".into()],
+            max: 1,
+            lease: LEASE,
+            wait: Duration::from_secs(10),
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    let lost = weir::Settlement::Failed {
+        error: "delivery limit reached".into(),
+    };
+    rig.broker.settle(vec![(got[0].lease, lost)]).await.unwrap();
+    // The store still has the member open; a worker with the workflow store finds it.
+    let mut registry = Registry::new();
+    registry.register_fn("noop", |_: serde_json::Value, _cx: TaskContext| async {
+        Ok::<_, TaskError>(())
+    });
+    let worker = run_worker(rig.broker.clone(), &wf, registry, "default", 2, LEASE);
+    let s = until_finished(&wf, id, Duration::from_secs(60)).await;
+    assert_eq!(s.state, WorkflowState::Failed, "{s:?}");
+    let members = wf.members(id).await.unwrap();
+    assert_eq!(members[0].state, weir::JobState::Failed);
+    let error = members[0].error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("dead-lettered by the broker") && error.contains("delivery limit reached"),
+        "{error}"
+    );
+    assert_eq!(members[1].state, weir::JobState::Cancelled, "{members:?}");
+    worker.finish().await;
+    rig.close(&["default"]).await;
+}
