@@ -32,7 +32,7 @@ import time
 import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WEIR = os.environ.get("WEIR_BIN", os.path.join(ROOT, "target", "release", "weir"))
+WEIR = os.path.abspath(os.environ.get("WEIR_BIN", os.path.join(ROOT, "target", "release", "weir")))
 SLOTS = 16  # each worker's pool
 
 
@@ -120,10 +120,12 @@ class Soak:
             return len(self.workers) * SLOTS
 
     def kill_one(self):
-        self.in_flight_at_faults += self.running_now()
         p = self.workers.pop(random.randrange(len(self.workers)))
         p.send_signal(signal.SIGKILL)
         p.wait()
+        # Counted after the kill: the dead worker's leases stay `running` until they expire,
+        # so this includes every job it had in flight (and, as a bound, the others' too).
+        self.in_flight_at_faults += self.running_now()
         self.kills += 1
         self.start_worker()
 
