@@ -53,7 +53,20 @@ async fn prefetch_follows_the_pool_size() {
     b.set_capacity("pf", 3).await.unwrap();
     let first = fetch_n(&b, "pf", 3).await;
     assert_eq!(first.len(), 3);
-    // A consumer never holds more than the pool can run: nothing more arrives while 3 run.
+    // A consumer never holds more than the pool can run. First a positive signal that
+    // RabbitMQ has the consumer and would push more if the prefetch allowed it: the broker's
+    // own counts, one consumer and 17 messages still ready (3 out). Then nothing more
+    // arrives while the 3 run.
+    let stats = b.queue_stats().unwrap();
+    let start = tokio::time::Instant::now();
+    loop {
+        let d = stats.depths(&["pf".into()]).await.unwrap().remove(0);
+        if d.consumers == 1 && d.ready == 17 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{d:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let more = b
         .fetch(req("pf", 10, Duration::from_millis(500)))
         .await
