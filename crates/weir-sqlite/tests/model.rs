@@ -72,6 +72,18 @@ struct Model {
     lease: Option<(u64, u32, Timestamp)>,
 }
 
+impl Model {
+    /// Whether `lease` is the job's current lease, and whether that lease has expired.
+    fn holds(&self, lease: &weir_core::Lease, now: Timestamp) -> (bool, bool) {
+        let current = self.state == JobState::Running
+            && self
+                .lease
+                .is_some_and(|(t, a, _)| t == lease.token && a == lease.attempt);
+        let expired = self.lease.is_some_and(|(_, _, until)| until < now);
+        (current, expired)
+    }
+}
+
 fn open(path: &Path, clock: &Arc<ManualClock>) -> SqliteBroker {
     let opts = SqliteOptions::new(path)
         .clock(clock.clone())
@@ -160,10 +172,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 };
                 let got = handles[0].settle(vec![(d.lease, s.clone())]).await.unwrap()[0];
                 let m = jobs.get_mut(&d.job.id).unwrap();
-                let current = m.state == JobState::Running
-                    && m.lease
-                        .is_some_and(|(t, a, _)| t == d.lease.token && a == d.lease.attempt);
-                let expired = m.lease.is_some_and(|(_, _, until)| until < now);
+                let (current, expired) = m.holds(&d.lease, now);
                 if !current {
                     prop_assert_eq!(got, SettleOutcome::Stale, "a superseded lease settled");
                 } else if !expired {
@@ -191,10 +200,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let d = &out[pick % out.len()];
                 let alive = handles[1].heartbeat(&[d.lease], LEASE).await.unwrap()[0];
                 let m = jobs.get_mut(&d.job.id).unwrap();
-                let current = m.state == JobState::Running
-                    && m.lease
-                        .is_some_and(|(t, a, _)| t == d.lease.token && a == d.lease.attempt);
-                let expired = m.lease.is_some_and(|(_, _, until)| until < now);
+                let (current, expired) = m.holds(&d.lease, now);
                 if !current {
                     prop_assert!(!alive, "a superseded lease was extended");
                 } else if !expired {
