@@ -20,6 +20,43 @@ const ERROR: &str = "x-weir-error";
 const DELIVERY_COUNT: &str = "x-delivery-count";
 /// Added by RabbitMQ when it dead-letters a message itself (e.g. the delivery limit).
 const DEATH: &str = "x-death";
+/// On a message in a worker-moved delay tier: when (ms since the epoch) it leaves the tier.
+const HOP: &str = "x-weir-hop";
+
+/// `props` for a message that leaves a worker-moved delay tier at `hop_at_ms`.
+pub(crate) fn with_hop(props: BasicProperties, hop_at_ms: i64) -> BasicProperties {
+    let mut h = props.headers().clone().unwrap_or_default();
+    h.insert(HOP.into(), AMQPValue::LongLongInt(hop_at_ms));
+    props.with_headers(h)
+}
+
+/// `props` without the delivery count a quorum queue added (a delay tier's count is not the
+/// job's lost attempts).
+pub(crate) fn without_delivery_count(props: BasicProperties) -> BasicProperties {
+    match props.headers() {
+        Some(h) if h.inner().contains_key(DELIVERY_COUNT) => {
+            let mut map = h.inner().clone();
+            map.remove(DELIVERY_COUNT);
+            props.with_headers(FieldTable::from(map))
+        }
+        _ => props,
+    }
+}
+
+/// When a message in a worker-moved delay tier leaves it, and when its job is due (both ms
+/// since the epoch). A message without the headers (not weir's, or unreadable) leaves at once
+/// and is due at once: the work queue's consumer dead-letters what it cannot run.
+pub(crate) fn hop_and_due(props: &BasicProperties) -> (i64, i64) {
+    let Some(h) = props.headers().as_ref() else {
+        return (0, 0);
+    };
+    let hop = h.inner().get(HOP).and_then(as_int).unwrap_or(0);
+    let due = string(h, META)
+        .and_then(|m| parse_meta(&m).ok())
+        .and_then(|m| m.run_at)
+        .unwrap_or(0);
+    (hop, due)
+}
 
 /// Message properties for `job`. `job.attempt` is the number of attempts already spent. The
 /// job id is the message id, the kind the type, the trace id the correlation id.
@@ -316,6 +353,29 @@ mod tests {
             queue: "mail",
             redelivered,
         }
+    }
+
+    #[test]
+    fn hop_times_travel_in_a_header() {
+        let job = sample();
+        let props = with_hop(encode(&job), 1_234);
+        assert_eq!(hop_and_due(&props), (1_234, job.run_at.as_millis()));
+        // Setting it again replaces it; the job's own headers stay.
+        let props = with_hop(props, 5_678);
+        assert_eq!(hop_and_due(&props).0, 5_678);
+        let back = decode(&props, job.payload.clone(), incoming(false)).unwrap();
+        assert_eq!(back.id, job.id);
+        assert_eq!(hop_and_due(&BasicProperties::default()), (0, 0));
+        // A tier's delivery count is dropped before the message moves on.
+        let mut h = props.headers().clone().unwrap();
+        h.insert(DELIVERY_COUNT.into(), AMQPValue::LongLongInt(3));
+        let moved = without_delivery_count(props.with_headers(h));
+        let back = decode(&moved, job.payload.clone(), incoming(false)).unwrap();
+        assert_eq!(
+            back.attempt,
+            job.attempt + 1,
+            "no lost attempts read from the tier"
+        );
     }
 
     #[test]

@@ -62,6 +62,7 @@ impl Connector {
             queue_type: opts.queue_type,
             delivery_limit: opts.delivery_limit,
             at_least_once: opts.at_least_once_dead_letters,
+            delays: opts.delays,
         };
         Connector {
             window: Semaphore::new(opts.confirm_window),

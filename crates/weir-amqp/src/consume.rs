@@ -18,7 +18,8 @@ use weir_core::{BrokerError, Job, Timestamp};
 
 use crate::codec::{self, Incoming};
 use crate::conn::{unavailable, Outgoing};
-use crate::topology::{route, Target};
+use crate::delays;
+use crate::topology::{QueueType, Target};
 use crate::Shared;
 
 /// One weir queue this process consumes.
@@ -380,9 +381,10 @@ fn on_delivery(
 ) {
     let tag = d.delivery_tag;
     chan.seen.lock().mark(tag);
+    let redelivered = d.redelivered;
     let how = Incoming {
         queue: &q.name,
-        redelivered: d.redelivered,
+        redelivered,
     };
     let props = d.properties;
     let now = shared.clock.now();
@@ -431,7 +433,20 @@ fn on_delivery(
             };
             Some((job, out))
         }
-        Ok(job) => match route(job.run_at.as_millis(), now.as_millis()) {
+        // Classic queues keep no delivery count, only a redelivered flag: a job that kills its
+        // worker would come back as attempt `spent + 2` for ever. So a redelivered message goes
+        // round once more with the lost attempt written into it before it runs.
+        Ok(mut job) if redelivered && shared.conn.topo.queue_type == QueueType::Classic => {
+            job.attempt -= 1;
+            let body = job.payload.clone();
+            let out = delays::message(&shared.conn.topo, &job, body, &Target::Work, now);
+            Some((job, out))
+        }
+        Ok(job) => match shared
+            .conn
+            .topo
+            .route(job.run_at.as_millis(), now.as_millis())
+        {
             Target::Work => {
                 chan.held.lock().insert(
                     tag,
@@ -448,11 +463,8 @@ fn on_delivery(
                 // Early (a hop through a delay tier): on its way again, nothing spent.
                 let mut job = job;
                 job.attempt -= 1;
-                let out = Outgoing {
-                    to: shared.conn.topo.name(&q.name, &tier),
-                    props: codec::encode(&job),
-                    body: job.payload.clone(),
-                };
+                let body = job.payload.clone();
+                let out = delays::message(&shared.conn.topo, &job, body, &tier, now);
                 Some((job, out))
             }
         },

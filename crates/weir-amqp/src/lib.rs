@@ -2,8 +2,9 @@
 //! machines share queues.
 //!
 //! - **Topology.** Each weir queue is a durable quorum queue (classic on request), a dead-letter
-//!   queue `<queue>.dead`, and delay tiers `<queue>.delay.<ms>` (250 ms × 4ⁿ) of fixed TTL that
-//!   dead-letter back into it, hopping until the job is due. Messages are persistent; the job
+//!   queue `<queue>.dead`, and delay tiers `<queue>.wait.<ms>` (250 ms × 4ⁿ) that the workers
+//!   serving the queue empty (hold until due, publish onwards with a confirm, ack), hopping
+//!   until the job is due: at-least-once ([`DelayMode`]). Messages are persistent; the job
 //!   id is the message id, the kind the AMQP `type`, the trace id the correlation id, the rest
 //!   one compact `x-weir` header.
 //! - **Publishing** waits for publisher confirms, pipelined, at most `confirm_window` in flight.
@@ -16,7 +17,8 @@
 //! - **Retries, delays, deferrals** are published to a delay tier, then the original is acked.
 //!   Permanent failures and exhausted attempts go to `<queue>.dead` with the error in the
 //!   `x-weir-error` header. `x-delivery-limit` dead-letters a message that keeps killing
-//!   workers even if no worker lives long enough to decide so.
+//!   workers even if no worker lives long enough to decide so. Classic queues have no delivery
+//!   count: a redelivered message is first published again with its lost attempt counted.
 //! - **Leases** are this process's: a fetched delivery not settled or renewed within its lease
 //!   is rejected back to the queue (the lost attempt counts). A lost connection reconnects with
 //!   backoff and jitter, re-declares and consumes again; RabbitMQ redelivers what the old
@@ -30,6 +32,7 @@ mod codec;
 mod conn;
 mod consume;
 mod dead;
+mod delays;
 mod options;
 mod stats;
 pub use stats::MAX_PEEK;
@@ -53,8 +56,8 @@ use weir_core::{
 
 use conn::{unavailable, Connector, Outgoing};
 use consume::{token, untoken, ChanState, HeldState, QueueState};
-use topology::{route, Target};
-pub use topology::{QueueType, UnknownQueueType};
+use topology::Target;
+pub use topology::{DelayMode, QueueType, UnknownQueueType};
 
 /// State shared by the broker handle and its background tasks.
 pub(crate) struct Shared {
@@ -192,6 +195,15 @@ impl AmqpBroker {
     }
 
     fn spawn_consumer(&self, q: Arc<QueueState>) {
+        if self.shared.conn.topo.delays == DelayMode::Worker {
+            for &tier in self.shared.conn.topo.tiers() {
+                tokio::spawn(delays::move_forever(
+                    self.shared.clone(),
+                    q.name.clone(),
+                    tier,
+                ));
+            }
+        }
         tokio::spawn(consume::consume_forever(self.shared.clone(), q));
         if !self.shared.reaper.swap(true, Ordering::AcqRel) {
             tokio::spawn(consume::reap_forever(self.shared.clone()));
@@ -289,17 +301,16 @@ impl Broker for AmqpBroker {
         // Everything is checked before anything is published.
         for new in jobs {
             let job = new.into_job(now);
-            let target = route(job.run_at.as_millis(), now.as_millis());
+            let topo = &self.shared.conn.topo;
+            let target = topo.route(job.run_at.as_millis(), now.as_millis());
             out.push(Enqueued {
                 id: job.id,
                 duplicate: false,
             });
             queues.insert(job.queue.clone());
-            msgs.push(Outgoing {
-                to: self.shared.conn.topo.name(&job.queue, &target),
-                props: codec::encode(&job),
-                body: job.payload,
-            });
+            let mut job = job;
+            let body = std::mem::take(&mut job.payload);
+            msgs.push(delays::message(topo, &job, body, &target, now));
         }
         let conn = self.shared.conn.conn().await?;
         for q in &queues {
@@ -483,7 +494,7 @@ fn copy_for(
         Settlement::Retry { run_at, error } => {
             copy.run_at = run_at;
             copy.last_error = Some(error);
-            route(run_at.as_millis(), now.as_millis())
+            topo.route(run_at.as_millis(), now.as_millis())
         }
         Settlement::Failed { error } => {
             copy.last_error = Some(error);
@@ -497,12 +508,9 @@ fn copy_for(
         Settlement::Defer { run_at } => {
             copy.attempt -= 1;
             copy.run_at = run_at;
-            route(run_at.as_millis(), now.as_millis())
+            topo.route(run_at.as_millis(), now.as_millis())
         }
     };
-    Some(Outgoing {
-        to: topo.name(&job.queue, &target),
-        props: codec::encode(&copy),
-        body: copy.payload,
-    })
+    let body = std::mem::take(&mut copy.payload);
+    Some(delays::message(topo, &copy, body, &target, now))
 }

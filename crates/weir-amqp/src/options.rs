@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use weir_core::{Clock, InvalidUrl, JobLimits, SystemClock};
 
-use crate::topology::QueueType;
+use crate::topology::{DelayMode, QueueType};
 
 /// Settings of an [`AmqpBroker`](crate::AmqpBroker).
 #[derive(Clone)]
@@ -27,6 +27,10 @@ pub struct AmqpOptions {
     /// queue with the setting can be declared until the node restarts; turn it on with a
     /// RabbitMQ that has the fix (3.11+). URL: `dead_letter=at-least-once`.
     pub at_least_once_dead_letters: bool,
+    /// How delayed jobs (delays, retries, deferrals) leave their delay tier. By default,
+    /// [`DelayMode::Worker`]: at-least-once, moved by the workers serving the queue.
+    /// URL: `delays=worker|ttl`.
+    pub delays: DelayMode,
     /// The most unconfirmed publishes in flight. By default, 1000.
     pub confirm_window: usize,
     /// How long a call waits for a connection before failing as unavailable. By default, 30 s.
@@ -49,6 +53,7 @@ impl std::fmt::Debug for AmqpOptions {
                 "at_least_once_dead_letters",
                 &self.at_least_once_dead_letters,
             )
+            .field("delays", &self.delays)
             .field("confirm_window", &self.confirm_window)
             .field("connect_timeout", &self.connect_timeout)
             .field("limits", &self.limits)
@@ -60,7 +65,7 @@ impl AmqpOptions {
     /// Options for `amqp://` or `amqps://` URL. Besides lapin's own query parameters
     /// (`heartbeat`, `connection_timeout`, …) it takes weir's: `queue_type=quorum|classic`,
     /// `prefix=NAME`, `delivery_limit=N`, `dead_letter=at-most-once|at-least-once`,
-    /// `confirm_window=N`, `max_payload=BYTES`. Any other parameter is an error (a typo never
+    /// `delays=worker|ttl`, `confirm_window=N`, `max_payload=BYTES`. Any other parameter is an error (a typo never
     /// silently does nothing).
     ///
     /// ```
@@ -82,6 +87,7 @@ impl AmqpOptions {
             prefix: String::new(),
             delivery_limit: 20,
             at_least_once_dead_letters: false,
+            delays: DelayMode::Worker,
             confirm_window: 1000,
             connect_timeout: Duration::from_secs(30),
             clock: Arc::new(SystemClock),
@@ -113,6 +119,15 @@ impl AmqpOptions {
                         }
                     }
                 }
+                "delays" => {
+                    o.delays = match v {
+                        "worker" => DelayMode::Worker,
+                        "ttl" => DelayMode::Ttl,
+                        other => {
+                            return Err(bad(format!("delays `{other}` is not one of worker, ttl")))
+                        }
+                    }
+                }
                 "delivery_limit" => {
                     o.delivery_limit = u32::try_from(num(k)?).map_err(|e| bad(e.to_string()))?
                 }
@@ -128,7 +143,7 @@ impl AmqpOptions {
                 _ => {
                     return Err(bad(format!(
                         "unknown parameter `{k}` (weir's: queue_type, prefix, delivery_limit, \
-                         dead_letter, confirm_window, max_payload; lapin's: heartbeat, \
+                         dead_letter, delays, confirm_window, max_payload; lapin's: heartbeat, \
                          connection_timeout, channel_max, frame_max, auth_mechanism)"
                     )))
                 }
@@ -165,6 +180,13 @@ mod tests {
         assert_eq!(o.delivery_limit, 3);
         assert_eq!(o.confirm_window, 64);
         assert_eq!(o.queue_type, QueueType::Quorum);
+        assert_eq!(o.delays, DelayMode::Worker);
+        assert_eq!(
+            AmqpOptions::from_url("amqp://h/?delays=ttl")
+                .unwrap()
+                .delays,
+            DelayMode::Ttl
+        );
         assert_eq!(o.url, "amqp://u:secret@h:5672/%2f");
         assert_eq!(o.display_url(), "amqp://u:***@h:5672/%2f");
         assert!(!format!("{o:?}").contains("secret"));
@@ -172,6 +194,7 @@ mod tests {
         let m = e("amqp://h/?delivery_limit=0");
         assert!(m.contains("delivery_limit must be a whole number"), "{m}");
         assert!(e("amqp://h/?queue_type=lazy").contains("`lazy`"));
+        assert!(e("amqp://h/?delays=plugin").contains("`plugin` is not one of worker, ttl"));
         assert!(e("redis://h").contains("not an amqp://"));
         let m = e("amqp://u:secret@h:notaport/");
         assert!(m.starts_with("`amqp://u:***@h:notaport/`: "), "{m}");

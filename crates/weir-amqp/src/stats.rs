@@ -8,7 +8,7 @@ use weir_core::{BrokerError, Job, QueueDepth, QueueStats};
 
 use crate::codec;
 use crate::conn::unavailable;
-use crate::topology::{Target, TIERS_MS};
+use crate::topology::Target;
 use crate::AmqpBroker;
 
 #[async_trait]
@@ -34,7 +34,7 @@ impl QueueStats for AmqpBroker {
             let (ready, consumers) = work.unwrap_or((0, 0));
             let dead = count(Target::Dead).await?.map_or(0, |c| c.0);
             let mut delayed = 0;
-            for ms in TIERS_MS {
+            for &ms in topo.tiers() {
                 delayed += count(Target::Tier(ms)).await?.map_or(0, |c| c.0);
             }
             out.push(QueueDepth {

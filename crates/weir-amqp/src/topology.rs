@@ -3,19 +3,46 @@
 //! Every weir queue `q` is a set of RabbitMQ queues, all durable and of one type:
 //! - `q`: the work queue. Rejected or over-delivered messages dead-letter to `q.dead`.
 //! - `q.dead`: the dead-letter queue, with the error in `x-weir-error`.
-//! - `q.delay.<ms>`: delay tiers. Each has a fixed message TTL; an expired message dead-letters
-//!   back into `q`. A job due in `d` goes to the longest tier not longer than `d`; when it comes
-//!   back early it hops again. Fixed-TTL tiers keep every tier FIFO in expiry order, which a
-//!   single queue with per-message TTLs is not (RabbitMQ only expires the head). No plugin is
-//!   needed.
+//! - delay tiers, one per fixed wait. A job due in `d` goes to the longest tier not longer
+//!   than `d`; when it leaves the tier early it hops again. A fixed wait per tier keeps every
+//!   tier FIFO in leaving order, which a single queue with per-message waits is not. No plugin
+//!   is needed. Two ways to leave a tier:
+//!   - `q.wait.<ms>` ([`DelayMode::Worker`], the default): plain queues. Workers serving `q`
+//!     hold each message until its `x-weir-hop` time, publish it onwards with a confirm, then
+//!     ack it (`delays.rs`): at-least-once through broker restarts and node failures. Tiers
+//!     stop at about 17 minutes so no message is held near RabbitMQ's 30-minute
+//!     `consumer_timeout`.
+//!   - `q.delay.<ms>` ([`DelayMode::Ttl`]): a fixed message TTL; an expired message
+//!     dead-letters back into `q` on the broker's own. At-most-once unless dead-lettering is
+//!     at-least-once (RabbitMQ ≥ 3.11), but moves without any worker running.
 
 use lapin::types::{AMQPValue, FieldTable};
 
-/// The delay tiers, in milliseconds: 250 ms × 4ⁿ, up to about 4.5 hours. A longer delay hops
-/// through the longest tier several times.
+/// The TTL delay tiers, in milliseconds: 250 ms × 4ⁿ, up to about 4.5 hours. A longer delay
+/// hops through the longest tier several times.
 pub(crate) const TIERS_MS: [u64; 9] = [
     250, 1_000, 4_000, 16_000, 64_000, 256_000, 1_024_000, 4_096_000, 16_384_000,
 ];
+
+/// The worker-moved tiers: the same steps up to about 17 minutes. A worker holds a message for
+/// at most its tier's wait, so this stays well under RabbitMQ's default `consumer_timeout`
+/// (30 minutes), past which the broker would close the holding channel.
+pub(crate) const WORKER_TIERS_MS: [u64; 7] =
+    [250, 1_000, 4_000, 16_000, 64_000, 256_000, 1_024_000];
+
+/// How delayed messages (delays, retries, deferrals) leave their delay tier.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DelayMode {
+    /// Workers serving the queue move due messages (publish with a confirm, then ack):
+    /// at-least-once on every RabbitMQ version. Delayed jobs move only while a worker serves
+    /// their queue. Tiers are named `Q.wait.<ms>`. The default.
+    #[default]
+    Worker,
+    /// The broker moves them by message TTL and dead-lettering, with no worker running:
+    /// at-most-once unless `dead_letter=at-least-once` (RabbitMQ ≥ 3.11). Tiers are named
+    /// `Q.delay.<ms>`.
+    Ttl,
+}
 
 /// A message due within this many milliseconds is delivered now rather than delayed again.
 pub(crate) const DUE_SLACK_MS: i64 = 50;
@@ -56,6 +83,8 @@ pub(crate) struct Topology {
     /// Quorum queues dead-letter at-least-once (a message leaves only once its new queue has
     /// it) instead of RabbitMQ's default at-most-once.
     pub(crate) at_least_once: bool,
+    /// How messages leave the delay tiers.
+    pub(crate) delays: DelayMode,
 }
 
 /// Where a message is published to.
@@ -75,8 +104,24 @@ impl Topology {
         match target {
             Target::Work => format!("{}{queue}", self.prefix),
             Target::Dead => format!("{}{queue}.dead", self.prefix),
-            Target::Tier(ms) => format!("{}{queue}.delay.{ms}", self.prefix),
+            Target::Tier(ms) => match self.delays {
+                DelayMode::Worker => format!("{}{queue}.wait.{ms}", self.prefix),
+                DelayMode::Ttl => format!("{}{queue}.delay.{ms}", self.prefix),
+            },
         }
+    }
+
+    /// The delay tiers of this mode, in milliseconds, shortest first.
+    pub(crate) fn tiers(&self) -> &'static [u64] {
+        match self.delays {
+            DelayMode::Worker => &WORKER_TIERS_MS,
+            DelayMode::Ttl => &TIERS_MS,
+        }
+    }
+
+    /// Where a message due at `run_at_ms` goes at `now_ms` (see [`route`]).
+    pub(crate) fn route(&self, run_at_ms: i64, now_ms: i64) -> Target {
+        route(run_at_ms, now_ms, self.tiers())
     }
 
     /// Every RabbitMQ queue behind `queue`, with its declare arguments.
@@ -85,10 +130,12 @@ impl Topology {
             (self.name(queue, &Target::Work), self.work_args(queue)),
             (self.name(queue, &Target::Dead), self.base_args()),
         ];
-        for ms in TIERS_MS {
+        for &ms in self.tiers() {
             let mut a = self.base_args();
-            a.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ms as i64));
-            self.dead_letter_to(&mut a, self.name(queue, &Target::Work));
+            if self.delays == DelayMode::Ttl {
+                a.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ms as i64));
+                self.dead_letter_to(&mut a, self.name(queue, &Target::Work));
+            }
             all.push((self.name(queue, &Target::Tier(ms)), a));
         }
         all
@@ -141,20 +188,20 @@ impl Topology {
 }
 
 /// Where a message due at `run_at` goes when the time is `now`: the work queue if due (within
-/// [`DUE_SLACK_MS`]), else the longest tier not longer than the wait (the shortest tier for a
-/// wait under it: up to 250 ms late).
-pub(crate) fn route(run_at_ms: i64, now_ms: i64) -> Target {
+/// [`DUE_SLACK_MS`]), else the longest of `tiers` not longer than the wait (the shortest tier
+/// for a wait under it: up to 250 ms late).
+pub(crate) fn route(run_at_ms: i64, now_ms: i64, tiers: &[u64]) -> Target {
     let wait = run_at_ms.saturating_sub(now_ms);
     if wait <= DUE_SLACK_MS {
         return Target::Work;
     }
     let wait = wait as u64;
-    let tier = TIERS_MS
+    let tier = tiers
         .iter()
         .rev()
         .find(|t| **t <= wait)
         .copied()
-        .unwrap_or(TIERS_MS[0]);
+        .unwrap_or(tiers[0]);
     Target::Tier(tier)
 }
 
@@ -168,36 +215,48 @@ mod tests {
             queue_type,
             delivery_limit: 5,
             at_least_once: true,
+            delays: DelayMode::Ttl,
         }
+    }
+
+    fn route_ttl(run_at: i64, now: i64) -> Target {
+        route(run_at, now, &TIERS_MS)
     }
 
     #[test]
     fn routes_to_the_longest_tier_that_fits() {
-        assert_eq!(route(1_000, 1_000), Target::Work);
-        assert_eq!(route(1_040, 1_000), Target::Work);
-        assert_eq!(route(900, 1_000), Target::Work, "overdue runs now");
-        assert_eq!(route(1_100, 1_000), Target::Tier(250));
-        assert_eq!(route(1_000 + 999, 1_000), Target::Tier(250));
-        assert_eq!(route(1_000 + 1_000, 1_000), Target::Tier(1_000));
-        assert_eq!(route(30_000, 0), Target::Tier(16_000));
-        assert_eq!(route(i64::MAX, 0), Target::Tier(16_384_000));
+        assert_eq!(route_ttl(1_000, 1_000), Target::Work);
+        assert_eq!(route_ttl(1_040, 1_000), Target::Work);
+        assert_eq!(route_ttl(900, 1_000), Target::Work, "overdue runs now");
+        assert_eq!(route_ttl(1_100, 1_000), Target::Tier(250));
+        assert_eq!(route_ttl(1_000 + 999, 1_000), Target::Tier(250));
+        assert_eq!(route_ttl(1_000 + 1_000, 1_000), Target::Tier(1_000));
+        assert_eq!(route_ttl(30_000, 0), Target::Tier(16_000));
+        assert_eq!(route_ttl(i64::MAX, 0), Target::Tier(16_384_000));
+        assert_eq!(
+            route(i64::MAX, 0, &WORKER_TIERS_MS),
+            Target::Tier(1_024_000),
+            "worker-moved tiers stop at 17 minutes"
+        );
     }
 
     #[test]
     fn hops_reach_the_due_time_within_a_tier_step() {
         // Simulate hops with exact TTLs: the job comes back no earlier than due and at most
         // 250 ms late, in a bounded number of hops.
-        for wait in [
-            60, 300, 999, 1_001, 10_000, 30_000, 61_000, 3_600_000, 86_400_000,
-        ] {
-            let (run_at, mut now, mut hops) = (wait, 0i64, 0);
-            while let Target::Tier(ms) = route(run_at, now) {
-                now += ms as i64;
-                hops += 1;
-                assert!(hops < 40, "{wait}: too many hops");
+        for (tiers, max_hops) in [(&TIERS_MS[..], 40), (&WORKER_TIERS_MS[..], 100)] {
+            for wait in [
+                60, 300, 999, 1_001, 10_000, 30_000, 61_000, 3_600_000, 86_400_000,
+            ] {
+                let (run_at, mut now, mut hops) = (wait, 0i64, 0);
+                while let Target::Tier(ms) = route(run_at, now, tiers) {
+                    now += ms as i64;
+                    hops += 1;
+                    assert!(hops < max_hops, "{wait}: too many hops");
+                }
+                assert!(now >= run_at - DUE_SLACK_MS, "{wait}: early at {now}");
+                assert!(now <= run_at + 250, "{wait}: late at {now}");
             }
-            assert!(now >= run_at - DUE_SLACK_MS, "{wait}: early at {now}");
-            assert!(now <= run_at + 250, "{wait}: late at {now}");
         }
     }
 
@@ -246,6 +305,18 @@ mod tests {
         let classic = topo(QueueType::Classic).queues("mail");
         assert!(!classic[0].1.inner().contains_key("x-delivery-limit"));
         assert!(!classic[2].1.inner().contains_key("x-dead-letter-strategy"));
+        // Worker-moved tiers: plain queues, nothing leaves them on the broker's own.
+        let mut worker = topo(QueueType::Quorum);
+        worker.delays = DelayMode::Worker;
+        let qs = worker.queues("mail");
+        assert_eq!(qs.len(), 2 + WORKER_TIERS_MS.len());
+        assert_eq!(qs[2].0, "app.mail.wait.250");
+        assert_eq!(qs.last().unwrap().0, "app.mail.wait.1024000");
+        for (name, args) in &qs[2..] {
+            let args = args.inner();
+            assert!(!args.contains_key("x-message-ttl"), "{name}");
+            assert!(!args.contains_key("x-dead-letter-exchange"), "{name}");
+        }
     }
 
     #[test]

@@ -310,3 +310,96 @@ async fn dead_letters_are_replayed_and_purged() {
         "nothing left to replay"
     );
 }
+
+/// Classic queues keep no delivery count: a job that kills every worker that takes it must
+/// still run out of attempts and end in the dead-letter queue, not loop for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classic_queues_count_attempts_lost_to_dying_workers() {
+    let prefix = common::prefix();
+    let url = common::url_in(&prefix, "&queue_type=classic");
+    let keeper = Arc::new(AmqpBroker::new(&url).unwrap());
+    let _c = common::Cleanup(keeper.clone(), prefix);
+    let id = keeper
+        .enqueue(NewJob::new("k", "{}").queue("crash").max_attempts(3))
+        .await
+        .unwrap()
+        .id;
+    let mut attempts = Vec::new();
+    loop {
+        let worker = AmqpBroker::new(&url).unwrap();
+        let got = fetch_n(&worker, "crash", 1).await;
+        worker.close().await;
+        let Some(d) = got.into_iter().next() else {
+            break;
+        };
+        assert_eq!(d.job.id, id);
+        attempts.push(d.job.attempt);
+        assert!(
+            attempts.len() <= 6,
+            "never ran out of attempts: {attempts:?}"
+        );
+    }
+    assert_eq!(attempts, vec![1, 2, 3], "each lost delivery counts once");
+    let dead = keeper
+        .queue_stats()
+        .unwrap()
+        .dead_letters("crash", 10)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    let why = dead[0].last_error.as_deref().unwrap();
+    assert!(why.contains("attempts exhausted"), "{why}");
+}
+
+/// Delays wait in plain `.wait.N` tiers that the workers serving the queue move: a delayed
+/// job is counted as delayed while it waits (nothing holds it out of sight), arrives no
+/// earlier than due, and a retry's copy carries no delivery count of the tier into the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delays_are_moved_by_the_workers_and_counted_while_they_wait() {
+    let (b, _c) = broker("");
+    let stats = b.queue_stats().unwrap();
+    // Fetches (which keeps the tiers moving) until the job is back; while it is well before
+    // due, it must be counted as delayed.
+    let wait_for = |start: i64, wait_ms: i64| {
+        let (b, stats) = (b.clone(), stats);
+        async move {
+            loop {
+                let depth = stats.depths(&["later".into()]).await.unwrap().remove(0);
+                let got = b
+                    .fetch(req("later", 1, Duration::from_millis(100)))
+                    .await
+                    .unwrap();
+                let since = weir_core::Timestamp::now().as_millis() - start;
+                if let Some(d) = got.into_iter().next() {
+                    assert!(since >= wait_ms - 60, "back after {since} ms of {wait_ms}");
+                    return d;
+                }
+                if since < wait_ms - 300 {
+                    assert_eq!(depth.delayed, 1, "at {since} ms: {depth:?}");
+                }
+                assert!(since < 10_000, "the delayed job never came back");
+            }
+        }
+    };
+    let start = weir_core::Timestamp::now().as_millis();
+    let id = b
+        .enqueue(
+            NewJob::new("k", "{}")
+                .queue("later")
+                .delay(Duration::from_millis(1500)),
+        )
+        .await
+        .unwrap()
+        .id;
+    let d = wait_for(start, 1500).await;
+    assert_eq!((d.job.id, d.job.attempt), (id, 1));
+    let start = weir_core::Timestamp::now();
+    let retry = Settlement::Retry {
+        run_at: start.plus(Duration::from_millis(1200)),
+        error: "again".into(),
+    };
+    b.settle(vec![(d.lease, retry)]).await.unwrap();
+    let again = wait_for(start.as_millis(), 1200).await;
+    assert_eq!((again.job.id, again.job.attempt), (id, 2));
+    assert_eq!(again.job.last_error.as_deref(), Some("again"));
+}

@@ -69,7 +69,7 @@ pub enum InvalidQueueName {
         ch: char,
     },
     /// The name is reserved: RabbitMQ owns `amq.`, and weir names a queue's dead letters and
-    /// delay tiers `Q.dead` and `Q.delay.N`.
+    /// delay tiers `Q.dead`, `Q.wait.N` and `Q.delay.N`.
     #[error("queue name `{name}` is reserved: {why}")]
     Reserved {
         /// The name.
@@ -123,9 +123,14 @@ pub fn validate_queue_name(name: &str) -> Result<(), InvalidQueueName> {
     if name.ends_with(".dead") {
         return reserved("`Q.dead` holds the dead letters of queue `Q`");
     }
-    if let Some((_, tier)) = name.rsplit_once(".delay.") {
-        if !tier.is_empty() && tier.bytes().all(|b| b.is_ascii_digit()) {
-            return reserved("`Q.delay.N` is a delay tier of queue `Q`");
+    for (infix, why) in [
+        (".delay.", "`Q.delay.N` is a delay tier of queue `Q`"),
+        (".wait.", "`Q.wait.N` is a delay tier of queue `Q`"),
+    ] {
+        if let Some((_, tier)) = name.rsplit_once(infix) {
+            if !tier.is_empty() && tier.bytes().all(|b| b.is_ascii_digit()) {
+                return reserved(why);
+            }
         }
     }
     Ok(())
@@ -342,6 +347,7 @@ mod tests {
             "amq.x",
             "q.dead",
             "q.delay.250",
+            "q.wait.1000",
             "a b",
             "é",
             "q/1",
