@@ -46,12 +46,21 @@ async fn attempt(shared: Arc<Shared>, settle_tx: SettleTx, d: Delivery, mut slot
         lease,
     };
     shared.counters.started();
-    shared.observer.started(&job, shared.clock.now());
+    let now = shared.clock.now();
+    shared.observer.started(&job, now);
+    let known = shared.registry.get(&job.kind).is_some();
+    let metered = shared.metrics.kind(&job.queue, &job.kind, known);
+    metered.started(elapsed(job.run_at, now));
+    let (id, created_at) = (job.id, job.created_at);
+    let send = |s: Settlement| {
+        metered.ended(&s, elapsed(created_at, shared.clock.now()));
+        send(&settle_tx, id, lease, s)
+    };
     let m = &shared.membership;
     if let Some(member) = job.member {
         if let Some(instead) = m.gate(&*shared.clock, &shared.leases, &job, member).await {
             drop(slot);
-            return send(&settle_tx, &job, lease, instead).await;
+            return send(instead).await;
         }
     }
     if job.attempt > job.max_attempts {
@@ -77,7 +86,7 @@ async fn attempt(shared: Arc<Shared>, settle_tx: SettleTx, d: Delivery, mut slot
             }
             None => failed,
         };
-        return send(&settle_tx, &job, lease, settlement).await;
+        return send(settlement).await;
     }
     let _watched = job.member.and_then(|member| m.watch(lease.token, member));
     let kind = shared.registry.get(&job.kind);
@@ -87,10 +96,12 @@ async fn attempt(shared: Arc<Shared>, settle_tx: SettleTx, d: Delivery, mut slot
         Ok(a) => a,
         Err(deferral) => {
             drop(slot);
-            return send(&settle_tx, &job, lease, deferral).await;
+            return send(deferral).await;
         }
     };
+    let began = std::time::Instant::now();
     let result = handle(&shared, &mut job, kind, token.clone()).await;
+    metered.ran(began.elapsed());
     drop(admission);
     drop(slot);
     let settlement = outcome(&shared, &job, kind, result, &token);
@@ -101,7 +112,12 @@ async fn attempt(shared: Arc<Shared>, settle_tx: SettleTx, d: Delivery, mut slot
         }
         None => settlement,
     };
-    send(&settle_tx, &job, lease, settlement).await;
+    send(settlement).await;
+}
+
+/// The time from `since` to `now`, zero if `now` is earlier.
+fn elapsed(since: weir_core::Timestamp, now: weir_core::Timestamp) -> Duration {
+    Duration::from_millis(u64::try_from(now.as_millis() - since.as_millis()).unwrap_or(0))
 }
 
 /// If an attempt panics outside the handler (whose panics are caught), its lease leaves the
@@ -242,8 +258,8 @@ fn outcome(
     s
 }
 
-async fn send(settle_tx: &SettleTx, job: &Job, lease: Lease, s: Settlement) {
+async fn send(settle_tx: &SettleTx, job: weir_core::JobId, lease: Lease, s: Settlement) {
     if settle_tx.send((lease, s)).await.is_err() {
-        tracing::error!(job = %job.id, "settler gone; the lease will expire and the job run again");
+        tracing::error!(%job, "settler gone; the lease will expire and the job run again");
     }
 }

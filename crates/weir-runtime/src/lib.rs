@@ -11,8 +11,9 @@
 //!
 //! One file per part: `attempt` (one attempt of one job), `dispatch`, `settler`, `leases`
 //! and `heartbeat`, `scaler` (the loop around [`decide`], the pure autoscaler),
-//! `membership` (what a workflow member needs), `maintenance` (rescue and retention), and
-//! `worker` (the builder and the wiring).
+//! `membership` (what a workflow member needs), `maintenance` (rescue and retention),
+//! `metrics` (what a worker measures, for Prometheus), and `worker` (the builder and the
+//! wiring).
 
 mod attempt;
 mod autoscale;
@@ -22,6 +23,7 @@ mod heartbeat;
 mod leases;
 mod maintenance;
 mod membership;
+mod metrics;
 mod observer;
 mod registry;
 mod report;
@@ -36,6 +38,7 @@ pub use autoscale::{
     decide, AutoscaleConfig, Decision, InvalidAutoscale, Observed, Reason, ScalerState,
 };
 pub use client::{Client, EnqueueError};
+pub use metrics::MeteredBroker;
 pub use observer::Observer;
 pub use registry::{Handler, KindOptions, Registry};
 pub use report::WorkerReport;

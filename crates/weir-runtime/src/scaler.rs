@@ -13,6 +13,7 @@ use weir_core::{BrokerError, Capability, WorkerStatus};
 use weir_sync::ElasticPool;
 
 use crate::autoscale::{decide, Observed, ScalerState};
+use crate::metrics::PoolMetrics;
 use crate::shared::Shared;
 
 /// This process's name in worker reports: `host:pid`.
@@ -43,6 +44,7 @@ pub(crate) async fn scale_and_report(
     let mut reporting = shared.caps.has(Capability::WorkerReports);
     let mut scaling = shared.caps.has(Capability::Backlog);
     let mut warned = false;
+    let metered = PoolMetrics::new(&queue);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -52,6 +54,7 @@ pub(crate) async fn scale_and_report(
         if cfg.is_none() {
             state = ScalerState::default();
         }
+        let mut target = None;
         if let (Some(cfg), true) = (cfg, scaling) {
             match shared.broker.backlog(&queues).await {
                 Ok(v) => {
@@ -66,9 +69,11 @@ pub(crate) async fn scale_and_report(
                     let now = shared.clock.now();
                     let d = decide(&cfg, &state, &observed, now);
                     state = d.state;
+                    target = Some(d.target);
                     if d.target != st.size {
                         pool.resize(d.target);
                         shared.counters.scaled(d.target > st.size);
+                        metered.decided(d.target > st.size);
                         tracing::info!(queue = %queue, from = st.size, to = d.target, reason = %d.reason, "autoscaler resized the pool");
                         last_decision =
                             Some(format!("{now}: {} -> {} ({})", st.size, d.target, d.reason));
@@ -83,8 +88,9 @@ pub(crate) async fn scale_and_report(
             warned = true;
             tracing::warn!(queue = %queue, "this broker reports no backlog: autoscaling off");
         }
+        let st = pool.stats();
+        metered.observe(st.size, st.busy, target.unwrap_or(st.size));
         if reporting {
-            let st = pool.stats();
             let status = WorkerStatus {
                 worker: worker.clone(),
                 queue: queue.clone(),

@@ -46,6 +46,7 @@ pub(crate) async fn settler(shared: Arc<Shared>, mut rx: mpsc::Receiver<(Lease, 
         for ((lease, settlement), out) in batch.iter().zip(outcomes) {
             shared.counters.settled(settlement, out);
             if out == SettleOutcome::Stale {
+                shared.metrics.stale();
                 tracing::warn!(job = %lease.id, attempt = lease.attempt, "lease lost before settle; outcome discarded");
             }
             shared.observer.settled(lease, settlement, out);

@@ -8,6 +8,7 @@ use weir_core::{Broker, Capabilities, Clock};
 
 use crate::leases::Leases;
 use crate::membership::Membership;
+use crate::metrics::Metrics;
 use crate::observer::Observer;
 use crate::registry::Registry;
 use crate::report::Counters;
@@ -24,4 +25,5 @@ pub(crate) struct Shared {
     pub(crate) leases: Leases,
     pub(crate) counters: Counters,
     pub(crate) membership: Membership,
+    pub(crate) metrics: Metrics,
 }

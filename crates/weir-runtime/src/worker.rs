@@ -20,6 +20,7 @@ use crate::heartbeat::heartbeat;
 use crate::leases::Leases;
 use crate::maintenance::Maintenance;
 use crate::membership::Membership;
+use crate::metrics::Metrics;
 use crate::observer::{NoObserver, Observer};
 use crate::registry::Registry;
 use crate::report::{Counters, WorkerReport};
@@ -309,6 +310,7 @@ impl Worker {
             leases: Leases::default(),
             counters: Counters::default(),
             membership: Membership::new(b.workflows.clone(), caps),
+            metrics: Metrics::default(),
         });
         let worker = worker_name();
         let stop_fetch = CancellationToken::new();

@@ -53,9 +53,13 @@
 //! - `config`: `weir.toml` ([`config`]), its live reload ([`reload`]), the built-in task
 //!   kinds ([`builtins`]) and [`Service`], a worker run from a configuration file.
 //! - `http-kind`: the built-in `http` task kind (with `config`).
+//! - `http-api`: the HTTP API and Prometheus `/metrics` ([`api`]), an axum `Router` to serve
+//!   or mount in your own service.
 //! - `cli`: the `weir` binary, which speaks every backend (so it turns on all of the above)
 //!   and adds its own dependencies (clap, indicatif, hdrhistogram).
 
+#[cfg(feature = "http-api")]
+pub mod api;
 #[cfg(feature = "config")]
 pub mod builtins;
 #[cfg(feature = "config")]
@@ -84,8 +88,8 @@ pub use weir_core::{
 pub use weir_postgres::{PgOptions, PgStore};
 pub use weir_runtime::{
     decide, retention, settlement_for, AutoscaleConfig, Client, Decision, EnqueueError, Handler,
-    InvalidAutoscale, InvalidTuning, KindOptions, Observed, Observer, QueueSpec, Reason, Registry,
-    ScalerState, Tuning, Worker, WorkerBuilder, WorkerError, WorkerReport,
+    InvalidAutoscale, InvalidTuning, KindOptions, MeteredBroker, Observed, Observer, QueueSpec,
+    Reason, Registry, ScalerState, Tuning, Worker, WorkerBuilder, WorkerError, WorkerReport,
 };
 pub use weir_sqlite::{SqliteBroker, SqliteOptions, SqliteStore, Synchronous};
 pub use weir_workflow::{MemoryStore, StateStore, Workflows};

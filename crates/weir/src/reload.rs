@@ -97,7 +97,17 @@ impl LiveConfig {
     }
 
     fn reload_and_log(&self, why: &str) {
-        match self.reload() {
+        let result = self.reload();
+        #[cfg(feature = "http-api")]
+        {
+            let label = match &result {
+                Ok(true) => "applied",
+                Ok(false) => "unchanged",
+                Err(_) => "rejected",
+            };
+            metrics::counter!("weir_config_reloads_total", "result" => label).increment(1);
+        }
+        match result {
             Ok(true) => tracing::info!(path = %self.path.display(), why, "configuration reloaded"),
             Ok(false) => {
                 tracing::debug!(path = %self.path.display(), why, "configuration unchanged")

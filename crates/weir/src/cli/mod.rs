@@ -15,6 +15,7 @@ macro_rules! out {
 mod bench;
 mod demo;
 mod enqueue;
+mod http;
 mod jobs;
 mod serve;
 mod workflow;
@@ -87,6 +88,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Measure end-to-end throughput and enqueue-to-start latency.
     Bench(bench::BenchArgs),
+    /// Serve the HTTP API, /metrics and health checks, without running workers.
+    Http(http::HttpArgs),
     /// Work with configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -295,7 +298,10 @@ impl Args {
 
     fn open(&self) -> anyhow::Result<Arc<dyn Broker>> {
         let url = self.broker_url()?;
-        let one_shot = !matches!(self.command, Command::Serve(_) | Command::Bench(_));
+        let one_shot = !matches!(
+            self.command,
+            Command::Serve(_) | Command::Bench(_) | Command::Http(_)
+        );
         if one_shot && (url == "memory:" || url == "memory://") {
             anyhow::bail!(
                 "`memory:` keeps jobs inside one process, so a one-shot command would lose them at exit; use it with `weir serve` (or in the library), or use `sqlite:PATH`"
@@ -319,7 +325,7 @@ pub(crate) fn main() -> ExitCode {
     // lapin logs every connection error itself, and weir reports them in its own words:
     // lapin's lines reach the user only when asked for (`--log lapin=warn`).
     let default_log = match args.command {
-        Command::Serve(_) => "info,lapin=off",
+        Command::Serve(_) | Command::Http(_) => "info,lapin=off",
         _ => "warn,lapin=off",
     };
     let log = init_logging(args.log.as_deref().unwrap_or(default_log));
@@ -377,5 +383,6 @@ async fn run(args: Args, log: Option<LogHandle>) -> anyhow::Result<ExitCode> {
         Command::Purge(a) => jobs::purge(&args, a).await,
         Command::Demo(a) => demo::run(&args, a).await,
         Command::Bench(a) => bench::run(&args, a).await,
+        Command::Http(a) => http::run(&args, a).await,
     }
 }

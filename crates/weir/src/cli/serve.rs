@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Args as ClapArgs;
 use weir::reload::LiveConfig;
 use weir::Service;
@@ -39,6 +40,13 @@ pub(crate) struct ServeArgs {
     /// kept, e.g. 7d or 12h; `off` keeps them for good. Failed jobs stay until purged.
     #[arg(long, default_value = "7d", value_parser = parse_retention)]
     retention: Retention,
+    /// Also serve the HTTP API, /metrics and health checks on this address, e.g.
+    /// 127.0.0.1:9090. Any address but loopback needs a token (WEIR_API_ADMIN_TOKEN,
+    /// WEIR_API_READ_TOKEN).
+    #[arg(long, value_name = "ADDR")]
+    http: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    tokens: super::http::TokenArgs,
 }
 
 /// `--retention`: a duration, or `off`.
@@ -58,7 +66,7 @@ fn parse_retention(s: &str) -> Result<Retention, String> {
 }
 
 /// Resolves on the first SIGINT or SIGTERM; a second one exits the process at once.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
@@ -95,7 +103,30 @@ pub(crate) async fn run(
         );
         return Ok(ExitCode::from(2));
     }
-    let broker = args.open()?;
+    let api_config = a.http.map(|addr| {
+        (
+            addr,
+            super::http::config(&a.tokens, a.queues.clone().unwrap_or_default()),
+        )
+    });
+    if let Some((addr, config)) = &api_config {
+        if let Some(code) = super::http::check(*addr, config) {
+            return Ok(code);
+        }
+    }
+    let mut broker = args.open()?;
+    let mut http = None;
+    if let Some((addr, config)) = api_config {
+        let (metered, handle) = super::http::metered(broker)?;
+        broker = metered;
+        let api = weir::api::Api::new(broker.clone(), config).metrics(handle);
+        let listener = api
+            .bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr}"))?;
+        http = Some((api, listener));
+    }
+    let store = args.store().await?;
     let mut service = Service::builder(broker)
         .builtins()
         .workers(a.workers as usize)
@@ -119,8 +150,8 @@ pub(crate) async fn run(
     if let Some(keep) = a.retention.0 {
         service = service.retention(keep);
     }
-    if let Some(store) = args.store().await? {
-        service = service.store(store);
+    if let Some(store) = &store {
+        service = service.store(store.clone());
     }
     if let Some(handle) = log {
         service = service.on_log_filter(move |filter| {
@@ -131,7 +162,25 @@ pub(crate) async fn run(
     }
     let service = service.build()?;
     tracing::info!(broker = %weir::redact_url(&args.broker_url()?), "serving");
+    // The API outlives the worker's drain (metrics and health stay readable while running
+    // jobs finish) and stops with it.
+    let stop_api = tokio_util::sync::CancellationToken::new();
+    let api = http.map(|(mut api, listener)| {
+        if let Some(store) = store {
+            api = api.store(store);
+        }
+        let stop = stop_api.clone();
+        tokio::spawn(async move {
+            if let Err(e) = api.serve_on(listener, stop.cancelled_owned()).await {
+                tracing::error!(error = %e, "the HTTP API stopped");
+            }
+        })
+    });
     let report = service.run(shutdown_signal()).await;
+    stop_api.cancel();
+    if let Some(api) = api {
+        let _ = api.await;
+    }
     println!(
         "stopped: {} started, {} succeeded, {} retried, {} failed, {} released, {} deferred, {} stale, {} cancelled",
         report.started,

@@ -1,0 +1,300 @@
+//! The `/api/v1` handlers: jobs, queues, workers, workflows. Each answers in the words of the
+//! CLI command that does the same (`weir enqueue`, `status`, `list`, `inspect`, `retry`,
+//! `cancel`, `workflow submit`), with the same validation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use weir_core::{Capability, JobId, JobState, ListFilter, NewJob};
+use weir_workflow::{WorkflowId, WorkflowSpec};
+
+use super::{ApiError, ApiState};
+
+type Answer = Result<Json<Value>, ApiError>;
+
+/// The most jobs one list returns.
+const MAX_LIST: usize = 1_000;
+
+/// A job to enqueue, as JSON. Only `kind` is required.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct JobRequest {
+    kind: String,
+    /// Any JSON value; by default `null`.
+    #[serde(default)]
+    payload: Value,
+    queue: Option<String>,
+    /// Run no earlier than this long from now: `"10s"`, `"1h 30m"`.
+    delay: Option<String>,
+    max_attempts: Option<u32>,
+    /// Per-attempt timeout: `"30s"`.
+    timeout: Option<String>,
+    unique_key: Option<String>,
+    priority: Option<i32>,
+    trace_id: Option<String>,
+}
+
+fn duration(field: &str, s: &str) -> Result<Duration, ApiError> {
+    let d = humantime::parse_duration(s).map_err(|e| {
+        ApiError::bad_request(format!(
+            "`{field}`: `{s}` is not a duration ({e}); e.g. 10s, 250ms, 1h"
+        ))
+    })?;
+    if d > weir_core::MAX_DURATION {
+        return Err(ApiError::bad_request(format!(
+            "`{field}`: `{s}` is longer than 100 years"
+        )));
+    }
+    Ok(d)
+}
+
+impl JobRequest {
+    fn into_new_job(self, index: usize) -> Result<NewJob, ApiError> {
+        let at = |e: ApiError| ApiError::bad_request(format!("job {index}: {}", e.message));
+        let payload = serde_json::to_vec(&self.payload)
+            .map_err(|e| at(ApiError::bad_request(e.to_string())))?;
+        let mut job = NewJob::new(self.kind, payload);
+        if let Some(q) = self.queue {
+            job = job.queue(q);
+        }
+        if let Some(d) = self.delay {
+            job = job.delay(duration("delay", &d).map_err(at)?);
+        }
+        if let Some(n) = self.max_attempts {
+            job = job.max_attempts(n);
+        }
+        if let Some(t) = self.timeout {
+            job = job.timeout(duration("timeout", &t).map_err(at)?);
+        }
+        if let Some(k) = self.unique_key {
+            job = job.unique(k);
+        }
+        if let Some(p) = self.priority {
+            job = job.priority(p);
+        }
+        if let Some(t) = self.trace_id {
+            job = job.trace_id(t);
+        }
+        Ok(job)
+    }
+}
+
+/// A JSON body, or a 400 that says what is wrong with it.
+fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    b.map(|Json(v)| v)
+        .map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+fn job_id(p: Result<Path<String>, PathRejection>) -> Result<JobId, ApiError> {
+    let Path(s) = p.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    s.parse()
+        .map_err(|e| ApiError::bad_request(format!("`{s}` is not a job id: {e}")))
+}
+
+fn inspect(st: &ApiState) -> Result<&dyn weir_core::Inspect, ApiError> {
+    st.broker
+        .inspect()
+        .filter(|_| st.broker.capabilities().has(Capability::Inspect))
+        .ok_or_else(|| {
+            ApiError::not_implemented(
+                "this broker cannot find jobs by id (RabbitMQ keeps no finished jobs and cannot \
+                 look a queued one up); see /api/v1/queues for its depths",
+            )
+        })
+}
+
+/// `POST /api/v1/jobs`: one job (an object) or many (an array), all or nothing.
+pub(crate) async fn enqueue(
+    State(st): State<Arc<ApiState>>,
+    b: Result<Json<Value>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let v = body(b)?;
+    let many = v.is_array();
+    let reqs: Vec<JobRequest> = match v {
+        Value::Array(items) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| {
+                serde_json::from_value(item)
+                    .map_err(|e| ApiError::bad_request(format!("job {i}: {e}")))
+            })
+            .collect::<Result<_, _>>()?,
+        other => vec![serde_json::from_value(other)
+            .map_err(|e| ApiError::bad_request(format!("job 0: {e}")))?],
+    };
+    if reqs.is_empty() {
+        return Err(ApiError::bad_request("no jobs: the array is empty"));
+    }
+    let jobs = reqs
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| r.into_new_job(i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let done = st.broker.enqueue_many(jobs).await?;
+    let out: Vec<Value> = done
+        .iter()
+        .map(|e| json!({ "id": e.id, "duplicate": e.duplicate }))
+        .collect();
+    let body = if many {
+        json!({ "jobs": out })
+    } else {
+        out.into_iter().next().unwrap_or(Value::Null)
+    };
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+/// `GET /api/v1/jobs/{id}`.
+pub(crate) async fn get_job(
+    State(st): State<Arc<ApiState>>,
+    id: Result<Path<String>, PathRejection>,
+) -> Answer {
+    let id = job_id(id)?;
+    match inspect(&st)?.get(id).await? {
+        Some(job) => Ok(Json(json!(job))),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no job {id}"))),
+    }
+}
+
+/// The query of `GET /api/v1/jobs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    state: Option<String>,
+    queue: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/jobs?state=&queue=&limit=`: newest first, at most 1,000.
+pub(crate) async fn list(
+    State(st): State<Arc<ApiState>>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Answer {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let state = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(
+            s.parse::<JobState>()
+                .map_err(|e| ApiError::bad_request(e.to_string()))?,
+        ),
+    };
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_LIST {
+        return Err(ApiError::bad_request(format!(
+            "`limit` must be from 1 to {MAX_LIST}, got {limit}"
+        )));
+    }
+    let jobs = inspect(&st)?
+        .list(ListFilter {
+            queue: q.queue,
+            state,
+            limit,
+        })
+        .await?;
+    Ok(Json(json!({ "jobs": jobs })))
+}
+
+/// `POST /api/v1/jobs/{id}/retry`.
+pub(crate) async fn retry(
+    State(st): State<Arc<ApiState>>,
+    id: Result<Path<String>, PathRejection>,
+) -> Answer {
+    let id = job_id(id)?;
+    Ok(Json(json!(inspect(&st)?.retry(id).await?)))
+}
+
+/// `POST /api/v1/jobs/{id}/cancel`. A workflow member cancelled this way fails its workflow,
+/// as `weir cancel` does.
+pub(crate) async fn cancel(
+    State(st): State<Arc<ApiState>>,
+    id: Result<Path<String>, PathRejection>,
+) -> Answer {
+    let id = job_id(id)?;
+    if !st.broker.capabilities().has(Capability::CancelQueued) {
+        return Err(ApiError::not_implemented(
+            "this broker cannot cancel a queued job (RabbitMQ cannot take one message out of a queue)",
+        ));
+    }
+    let job = inspect(&st)?.cancel(id).await?;
+    if let (Some(member), Some(wf)) = (job.member, &st.workflows) {
+        wf.member_ended(member, "cancelled by an operator (HTTP API)")
+            .await?;
+    }
+    Ok(Json(json!(job)))
+}
+
+/// `GET /api/v1/queues`: counts by state where the broker keeps jobs, else its depths.
+pub(crate) async fn queues(State(st): State<Arc<ApiState>>) -> Answer {
+    if let Ok(i) = inspect(&st) {
+        return Ok(Json(json!({ "queues": i.counts().await? })));
+    }
+    let stats = st.broker.queue_stats().ok_or_else(|| {
+        ApiError::not_implemented("this broker can count neither jobs nor queues")
+    })?;
+    let queues = if st.config.queues.is_empty() {
+        vec![weir_core::DEFAULT_QUEUE.to_owned()]
+    } else {
+        st.config.queues.clone()
+    };
+    Ok(Json(json!({ "queues": stats.depths(&queues).await? })))
+}
+
+/// `GET /api/v1/workers`.
+pub(crate) async fn workers(State(st): State<Arc<ApiState>>) -> Answer {
+    let i = st
+        .broker
+        .inspect()
+        .filter(|_| st.broker.capabilities().has(Capability::WorkerReports))
+        .ok_or_else(|| ApiError::not_implemented("this broker keeps no worker reports"))?;
+    Ok(Json(json!({ "workers": i.workers().await? })))
+}
+
+fn workflows(st: &ApiState) -> Result<&weir_workflow::Workflows, ApiError> {
+    st.workflows.as_ref().ok_or_else(|| {
+        ApiError::not_implemented(
+            "no workflow state store is configured (give --store, WEIR_STORE or `store` in weir.toml)",
+        )
+    })
+}
+
+/// `POST /api/v1/workflows`: a workflow spec, as `weir workflow submit` takes.
+pub(crate) async fn submit_workflow(
+    State(st): State<Arc<ApiState>>,
+    b: Result<Json<WorkflowSpec>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let spec = body(b)?;
+    let id = workflows(&st)?.submit(&spec).await.map_err(|e| match e {
+        weir_workflow::SubmitError::Invalid(e) => ApiError::bad_request(e.to_string()),
+        weir_workflow::SubmitError::Broker(e) => e.into(),
+        other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+    })?;
+    Ok((StatusCode::CREATED, Json(json!({ "id": id }))))
+}
+
+/// `GET /api/v1/workflows/{id}`: progress, members and result.
+pub(crate) async fn get_workflow(
+    State(st): State<Arc<ApiState>>,
+    id: Result<Path<String>, PathRejection>,
+) -> Answer {
+    let wf = workflows(&st)?;
+    let Path(s) = id.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let id: WorkflowId = s
+        .parse()
+        .map_err(|e| ApiError::bad_request(format!("`{s}` is not a workflow id: {e}")))?;
+    let Some(status) = wf.status(id).await? else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no workflow {id}"),
+        ));
+    };
+    let members = wf.members(id).await?;
+    let result = weir_workflow::workflow_result(&status, &members);
+    Ok(Json(
+        json!({ "workflow": status, "members": members, "result": result }),
+    ))
+}

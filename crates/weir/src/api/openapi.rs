@@ -1,0 +1,111 @@
+//! `GET /openapi.json`: the OpenAPI 3.1 description of the API, written out here next to the
+//! routes it describes (the routes are few and their bodies are weir's own types, so a
+//! generator would add a dependency and macros to every handler for little).
+
+use axum::Json;
+use serde_json::{json, Value};
+
+fn error_responses(codes: &[&str]) -> Value {
+    let mut m = serde_json::Map::new();
+    for c in codes {
+        m.insert(
+            (*c).to_owned(),
+            json!({ "description": "an error", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } }),
+        );
+    }
+    Value::Object(m)
+}
+
+fn ok(description: &str, schema: Value, errors: &[&str]) -> Value {
+    let mut r = error_responses(errors);
+    r.as_object_mut().expect("object").insert(
+        "200".into(),
+        json!({ "description": description, "content": { "application/json": { "schema": schema } } }),
+    );
+    r
+}
+
+fn created(schema: Value, errors: &[&str]) -> Value {
+    let mut r = error_responses(errors);
+    r.as_object_mut().expect("object").insert(
+        "201".into(),
+        json!({ "description": "created", "content": { "application/json": { "schema": schema } } }),
+    );
+    r
+}
+
+fn id_param(what: &str) -> Value {
+    json!([{ "name": "id", "in": "path", "required": true, "description": what, "schema": { "type": "string" } }])
+}
+
+/// The document.
+pub(crate) fn spec() -> Value {
+    let any = json!({});
+    let obj = json!({ "type": "object" });
+    let read = ["400", "401", "404", "501", "503"];
+    let write = ["400", "401", "403", "404", "409", "413", "501", "503"];
+    json!({
+        "openapi": "3.1.0",
+        "info": { "title": "weir", "version": env!("CARGO_PKG_VERSION"),
+                  "description": "weir's HTTP API: jobs, queues, workers, workflows. GETs need the read or admin token, changes the admin token (when tokens are configured)." },
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": {
+                "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "string" } } },
+                "Job": { "type": "object", "required": ["id", "kind", "queue", "state"],
+                         "properties": { "id": { "type": "string" }, "kind": { "type": "string" }, "queue": { "type": "string" },
+                                         "state": { "type": "string" }, "attempt": { "type": "integer" }, "max_attempts": { "type": "integer" },
+                                         "payload": {}, "result": {}, "last_error": { "type": ["string", "null"] } } },
+                "NewJob": { "type": "object", "required": ["kind"], "additionalProperties": false,
+                            "properties": { "kind": { "type": "string" }, "payload": {}, "queue": { "type": "string" },
+                                            "delay": { "type": "string", "description": "e.g. 10s, 1h 30m" },
+                                            "max_attempts": { "type": "integer", "minimum": 1 },
+                                            "timeout": { "type": "string" }, "unique_key": { "type": "string" },
+                                            "priority": { "type": "integer" }, "trace_id": { "type": "string" } } },
+                "Enqueued": { "type": "object", "required": ["id", "duplicate"], "properties": { "id": { "type": "string" }, "duplicate": { "type": "boolean" } } }
+            }
+        },
+        "security": [{ "bearer": [] }, {}],
+        "paths": {
+            "/healthz": { "get": { "summary": "the process is up", "security": [], "responses": { "200": { "description": "ok", "content": { "text/plain": { "schema": { "type": "string" } } } } } } },
+            "/readyz": { "get": { "summary": "the broker and store answer", "security": [],
+                "responses": { "200": { "description": "ready", "content": { "application/json": { "schema": obj } } },
+                               "503": { "description": "not ready, with the reason", "content": { "application/json": { "schema": obj } } } } } },
+            "/metrics": { "get": { "summary": "Prometheus metrics", "responses": {
+                "200": { "description": "text format 0.0.4", "content": { "text/plain": { "schema": { "type": "string" } } } },
+                "401": { "description": "no or unknown token", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
+                "501": { "description": "metrics off", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } } } } },
+            "/openapi.json": { "get": { "summary": "this document", "security": [], "responses": { "200": { "description": "OpenAPI 3.1", "content": { "application/json": { "schema": obj } } } } } },
+            "/api/v1/queues": { "get": { "summary": "job counts by queue and state, or RabbitMQ's queue depths", "responses": ok("queues", json!({ "type": "object", "required": ["queues"], "properties": { "queues": { "type": "array" } } }), &read) } },
+            "/api/v1/workers": { "get": { "summary": "worker reports", "responses": ok("workers", json!({ "type": "object", "required": ["workers"], "properties": { "workers": { "type": "array" } } }), &read) } },
+            "/api/v1/jobs": {
+                "get": { "summary": "jobs, newest first",
+                    "parameters": [
+                        { "name": "state", "in": "query", "schema": { "type": "string", "enum": ["pending", "running", "retryable", "succeeded", "failed", "cancelled"] } },
+                        { "name": "queue", "in": "query", "schema": { "type": "string" } },
+                        { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000 } } ],
+                    "responses": ok("jobs", json!({ "type": "object", "required": ["jobs"], "properties": { "jobs": { "type": "array", "items": { "$ref": "#/components/schemas/Job" } } } }), &read) },
+                "post": { "summary": "enqueue one job (an object) or many (an array), all or nothing",
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "oneOf": [
+                        { "$ref": "#/components/schemas/NewJob" },
+                        { "type": "array", "minItems": 1, "items": { "$ref": "#/components/schemas/NewJob" } } ] } } } },
+                    "responses": created(json!({ "oneOf": [ { "$ref": "#/components/schemas/Enqueued" },
+                        { "type": "object", "required": ["jobs"], "properties": { "jobs": { "type": "array", "items": { "$ref": "#/components/schemas/Enqueued" } } } } ] }), &write) } },
+            "/api/v1/jobs/{id}": { "get": { "summary": "one job", "parameters": id_param("job id"), "responses": ok("the job", json!({ "$ref": "#/components/schemas/Job" }), &read) } },
+            "/api/v1/jobs/{id}/retry": { "post": { "summary": "run a finished job again", "parameters": id_param("job id"), "responses": ok("the job", json!({ "$ref": "#/components/schemas/Job" }), &write) } },
+            "/api/v1/jobs/{id}/cancel": { "post": { "summary": "cancel a job", "parameters": id_param("job id"), "responses": ok("the job", json!({ "$ref": "#/components/schemas/Job" }), &write) } },
+            "/api/v1/workflows": { "post": { "summary": "submit a workflow (the spec `weir workflow submit` takes)",
+                "requestBody": { "required": true, "content": { "application/json": { "schema": obj } } },
+                "responses": created(json!({ "type": "object", "required": ["id"], "properties": { "id": { "type": "string" } } }), &write) } },
+            "/api/v1/workflows/{id}": { "get": { "summary": "a workflow's progress, members and result", "parameters": id_param("workflow id"),
+                "responses": ok("the workflow", json!({ "type": "object", "required": ["workflow", "members", "result"], "properties": { "workflow": obj, "members": { "type": "array" }, "result": any } }), &read) } },
+            "/api/v1/audit": { "get": { "summary": "the last state changes made through the API, newest first",
+                "responses": ok("entries", json!({ "type": "object", "required": ["entries"], "properties": { "entries": { "type": "array" } } }), &["401"]) } }
+        }
+    })
+}
+
+/// `GET /openapi.json`.
+pub(crate) async fn document() -> Json<Value> {
+    Json(spec())
+}
