@@ -126,13 +126,20 @@ impl KindMetrics {
 }
 
 /// The cache of handles of one worker.
-#[derive(Default)]
 pub(crate) struct Metrics {
     kinds: parking_lot::RwLock<HashMap<String, HashMap<String, Arc<KindMetrics>>>>,
-    stale: parking_lot::Mutex<Option<Counter>>,
+    stale: Counter,
 }
 
 impl Metrics {
+    /// Handles on the recorder installed now (none: every handle a no-op).
+    pub(crate) fn new() -> Self {
+        Metrics {
+            kinds: parking_lot::RwLock::new(HashMap::new()),
+            stale: counter!("weir_settles_stale_total"),
+        }
+    }
+
     /// The handles for `kind` on `queue`; `known` says whether a handler is registered for
     /// the kind (if not, it is counted as `unknown`).
     pub(crate) fn kind(&self, queue: &str, kind: &str, known: bool) -> Arc<KindMetrics> {
@@ -151,10 +158,7 @@ impl Metrics {
 
     /// A settle was refused: the lease had been lost (the job ran elsewhere or again).
     pub(crate) fn stale(&self) {
-        self.stale
-            .lock()
-            .get_or_insert_with(|| counter!("weir_settles_stale_total"))
-            .increment(1);
+        self.stale.increment(1);
     }
 }
 
@@ -232,16 +236,19 @@ impl MeteredBroker {
         }
     }
 
-    fn count_enqueued(&self, queue: &str) {
+    fn count_enqueued(&self, queue: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
         if let Some(c) = self.enqueued.read().get(queue) {
-            c.increment(1);
+            c.increment(n);
             return;
         }
         self.enqueued
             .write()
             .entry(queue.to_owned())
             .or_insert_with(|| counter!("weir_jobs_enqueued_total", "queue" => queue.to_owned()))
-            .increment(1);
+            .increment(n);
     }
 }
 
@@ -257,14 +264,24 @@ impl Broker for MeteredBroker {
 
     async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, BrokerError> {
         let started = Instant::now();
-        let queues: Vec<String> = jobs.iter().map(|j| j.queue.clone()).collect();
+        // Runs of one queue (a batch is nearly always one queue): one name kept per run, not
+        // per job.
+        let mut runs: Vec<(String, usize)> = Vec::new();
+        for (i, j) in jobs.iter().enumerate() {
+            if runs.last().is_none_or(|(q, _)| *q != j.queue) {
+                runs.push((j.queue.clone(), i));
+            }
+        }
         let r = self.inner.enqueue_many(jobs).await;
         self.measure(0, started, &r);
         if let Ok(done) = &r {
-            for (queue, e) in queues.iter().zip(done) {
-                if !e.duplicate {
-                    self.count_enqueued(queue);
-                }
+            for (k, (queue, start)) in runs.iter().enumerate() {
+                let end = runs.get(k + 1).map_or(done.len(), |(_, s)| *s);
+                let fresh = done[*start..end.min(done.len())]
+                    .iter()
+                    .filter(|e| !e.duplicate)
+                    .count();
+                self.count_enqueued(queue, fresh as u64);
             }
         }
         r

@@ -310,7 +310,7 @@ impl Worker {
             leases: Leases::default(),
             counters: Counters::default(),
             membership: Membership::new(b.workflows.clone(), caps),
-            metrics: Metrics::default(),
+            metrics: Metrics::new(),
         });
         let worker = worker_name();
         let stop_fetch = CancellationToken::new();

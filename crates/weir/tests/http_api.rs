@@ -274,6 +274,21 @@ fn jobs_and_workflows_through_the_api_with_health_and_metrics() {
     ] {
         assert!(metrics.contains(line), "no {line} in:\n{metrics}");
     }
+    // Every metric the Grafana dashboard in deploy/ queries is one weir exports.
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/grafana/weir.json"
+    ))
+    .unwrap();
+    for name in dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("weir_"))
+    {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(name)),
+            "the dashboard queries {name}, which /metrics does not export"
+        );
+    }
     let mut check = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

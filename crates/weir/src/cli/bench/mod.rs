@@ -56,6 +56,10 @@ pub(crate) struct BenchArgs {
     /// chord; reports children per second and the callback latency.
     #[arg(long, value_name = "CHILDREN", value_parser = clap::value_parser!(u32).range(1..=99_999))]
     chord: Option<u32>,
+    /// Record Prometheus metrics while running, as `weir serve --http` does (the recorder
+    /// installed, the broker measured), to compare with a run without.
+    #[arg(long)]
+    metrics: bool,
 }
 
 #[derive(Deserialize)]
@@ -134,6 +138,11 @@ pub(crate) async fn run(args: &Args, a: &BenchArgs) -> anyhow::Result<ExitCode> 
             Arc::new(b),
             format!("sqlite (sync={}) at {}", a.sync, path.display()),
         )
+    };
+    let broker = if a.metrics {
+        super::http::metered(broker)?.0
+    } else {
+        broker
     };
     if let Some(n) = a.chord {
         let store = match store {
