@@ -54,6 +54,7 @@ weir_testkit::conformance_suite!(fixture;
         results_are_kept => "declares no Inspect: RabbitMQ keeps no job after its ack",
         jobs_are_found_by_id_and_counted => "declares no Inspect: RabbitMQ cannot find a message by id",
         manual_retry_and_purge => "declares no Inspect: RabbitMQ cannot find a message by id",
+        search_and_delete => "declares no Inspect: RabbitMQ cannot find a message by id",
         manual_retry_fences_the_stale_lease => "declares no Inspect: no manual retry by id",
         cancel => "declares no CancelQueued: RabbitMQ cannot remove a queued message",
         purge_by_age => "declares no RetentionByAge: RabbitMQ keeps no finished job",

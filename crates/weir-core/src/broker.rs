@@ -389,15 +389,58 @@ pub trait QueueStats: Send + Sync {
     async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<Job>, BrokerError>;
 }
 
-/// Which jobs [`Inspect::list`] returns.
+/// Which jobs [`Inspect::list`] and [`Inspect::search`] return. Every condition given must
+/// hold; build it with `..Default::default()` (fields may be added).
 #[derive(Clone, Debug, Default)]
 pub struct ListFilter {
     /// Only this queue. By default, all.
     pub queue: Option<String>,
     /// Only this state. By default, all.
     pub state: Option<JobState>,
+    /// Only this kind. By default, all.
+    pub kind: Option<String>,
+    /// Only jobs created at or after this time. By default, any.
+    pub since: Option<Timestamp>,
+    /// Only jobs created before this time. By default, any.
+    pub until: Option<Timestamp>,
+    /// Only jobs whose payload or last error contains this text (case-sensitive). By
+    /// default, any.
+    pub text: Option<String>,
     /// At most this many, newest first. By default (0), 100.
     pub limit: usize,
+}
+
+impl ListFilter {
+    /// True if `job` meets every condition (not the limit).
+    pub fn matches(&self, job: &Job) -> bool {
+        self.queue.as_ref().is_none_or(|q| *q == job.queue)
+            && self.state.is_none_or(|s| s == job.state)
+            && self.kind.as_ref().is_none_or(|k| *k == job.kind)
+            && self.since.is_none_or(|t| job.created_at >= t)
+            && self.until.is_none_or(|t| job.created_at < t)
+            && self.text.as_ref().is_none_or(|t| {
+                let t = t.as_bytes();
+                contains(&job.payload, t)
+                    || job
+                        .last_error
+                        .as_ref()
+                        .is_some_and(|e| contains(e.as_bytes(), t))
+            })
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// One page of [`Inspect::search`].
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct JobPage {
+    /// The jobs found, newest first; fewer than asked for does not mean the end (see `next`).
+    pub jobs: Vec<Job>,
+    /// Where the next page starts (pass it back as the cursor), or `None` at the end. Opaque:
+    /// each broker has its own.
+    pub next: Option<String>,
 }
 
 /// Job counts of one queue.
@@ -484,6 +527,33 @@ pub trait Inspect: Send + Sync {
     /// [`BrokerError::Unsupported`].
     async fn workers(&self) -> Result<Vec<WorkerStatus>, BrokerError> {
         Err(BrokerError::Unsupported("worker reports".into()))
+    }
+
+    /// One page of the jobs matching `filter`, newest first, starting after `cursor` (a
+    /// [`JobPage::next`] of an earlier page; `None` for the first). A broker may return a page
+    /// shorter than `filter.limit` (even empty) with a `next` cursor when it stopped to bound
+    /// the work of one call; only `next: None` ends the search. By default, one page of
+    /// [`list`](Self::list) and no cursor.
+    async fn search(
+        &self,
+        filter: ListFilter,
+        cursor: Option<&str>,
+    ) -> Result<JobPage, BrokerError> {
+        if cursor.is_some() {
+            return Err(BrokerError::Unsupported("paging through jobs".into()));
+        }
+        Ok(JobPage {
+            jobs: self.list(filter).await?,
+            next: None,
+        })
+    }
+
+    /// Deletes one finished job (succeeded, failed or cancelled) and returns it. Errors with
+    /// [`BrokerError::WrongState`] for an unfinished job (cancel it first) and
+    /// [`BrokerError::NotFound`] for an unknown id. By default, `Unsupported`.
+    async fn delete(&self, id: JobId) -> Result<Job, BrokerError> {
+        let _ = id;
+        Err(BrokerError::Unsupported("deleting a job by id".into()))
     }
 }
 

@@ -23,8 +23,8 @@ mod validate;
 
 pub use broker::{
     redact_url, Broker, BrokerError, Capabilities, Capability, Delivery, Enqueued, FetchRequest,
-    Inspect, InvalidUrl, Lease, ListFilter, QueueCounts, QueueDepth, QueueStats, SettleOutcome,
-    Settlement, WorkerStatus,
+    Inspect, InvalidUrl, JobPage, Lease, ListFilter, QueueCounts, QueueDepth, QueueStats,
+    SettleOutcome, Settlement, WorkerStatus,
 };
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use error::{ErrorKind, TaskError};

@@ -14,8 +14,8 @@ use crate::WorkerStatus;
 
 use crate::{
     check_new_jobs, transition, Broker, BrokerError, Capabilities, Capability, Clock, Delivery,
-    Enqueued, Event, FetchRequest, Inspect, Job, JobId, JobLimits, JobState, Lease, ListFilter,
-    NewJob, QueueCounts, ReadyIndex, SettleOutcome, Settlement, SystemClock, Timestamp,
+    Enqueued, Event, FetchRequest, Inspect, Job, JobId, JobLimits, JobPage, JobState, Lease,
+    ListFilter, NewJob, QueueCounts, ReadyIndex, SettleOutcome, Settlement, SystemClock, Timestamp,
 };
 
 #[derive(Default)]
@@ -389,16 +389,53 @@ impl Inspect for MemoryBroker {
     }
 
     async fn list(&self, filter: ListFilter) -> Result<Vec<Job>, BrokerError> {
+        Ok(self.search(filter, None).await?.jobs)
+    }
+
+    /// Cursor: the token (enqueue order) of the last job of the previous page.
+    async fn search(
+        &self,
+        filter: ListFilter,
+        cursor: Option<&str>,
+    ) -> Result<JobPage, BrokerError> {
+        let below = match cursor {
+            None => u64::MAX,
+            Some(c) => c.parse::<u64>().map_err(|_| {
+                BrokerError::Invalid(format!("`{c}` is not a cursor of this broker"))
+            })?,
+        };
         let g = self.inner.lock();
-        let mut jobs: Vec<&Job> = g
+        let mut jobs: Vec<(u64, &Job)> = g
             .jobs
-            .values()
-            .filter(|j| filter.queue.as_ref().is_none_or(|q| *q == j.queue))
-            .filter(|j| filter.state.is_none_or(|s| s == j.state))
+            .iter()
+            .filter(|(t, j)| **t < below && filter.matches(j))
+            .map(|(t, j)| (*t, j))
             .collect();
-        jobs.sort_by_key(|j| std::cmp::Reverse(j.id));
+        jobs.sort_by_key(|(t, _)| std::cmp::Reverse(*t));
         let limit = if filter.limit == 0 { 100 } else { filter.limit };
-        Ok(jobs.into_iter().take(limit).cloned().collect())
+        let more = jobs.len() > limit;
+        jobs.truncate(limit);
+        Ok(JobPage {
+            next: more
+                .then(|| jobs.last().map(|(t, _)| t.to_string()))
+                .flatten(),
+            jobs: jobs.into_iter().map(|(_, j)| j.clone()).collect(),
+        })
+    }
+
+    async fn delete(&self, id: JobId) -> Result<Job, BrokerError> {
+        let mut g = self.inner.lock();
+        let token = *g.ids.get(&id).ok_or(BrokerError::NotFound(id))?;
+        let state = g.jobs[&token].state;
+        if !state.is_finished() {
+            return Err(BrokerError::WrongState {
+                id,
+                state,
+                what: "delete (cancel it first)".into(),
+            });
+        }
+        g.ids.remove(&id);
+        g.jobs.remove(&token).ok_or(BrokerError::NotFound(id))
     }
 
     async fn counts(&self) -> Result<Vec<QueueCounts>, BrokerError> {

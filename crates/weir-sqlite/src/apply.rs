@@ -52,6 +52,10 @@ impl Writer {
                 let r = self.cancel(id, now)?;
                 Done::Job(reply, Box::new(r))
             }
+            Cmd::Delete(id, reply) => {
+                let r = self.delete(id)?;
+                Done::Job(reply, Box::new(r))
+            }
             Cmd::Report(w, reply) => {
                 self.conn
                     .prepare_cached(

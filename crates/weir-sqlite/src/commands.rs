@@ -18,6 +18,8 @@ pub(crate) enum Cmd {
     Heartbeat(Vec<Lease>, Duration, Reply<Vec<bool>>),
     Retry(JobId, Reply<Job>),
     Cancel(JobId, Reply<Job>),
+    /// Deletes one finished job.
+    Delete(JobId, Reply<Job>),
     /// One window of a purge.
     Purge(Purge, Reply<Purged>),
     Backlog(Vec<String>, Reply<Vec<u64>>),
@@ -89,7 +91,7 @@ pub(crate) fn cmd_fail(cmd: Cmd, err: &str) {
         Cmd::Fetch(f) => drop(f.reply.send(Err(e))),
         Cmd::Settle(_, r) => drop(r.send(Err(e))),
         Cmd::Heartbeat(_, _, r) => drop(r.send(Err(e))),
-        Cmd::Retry(_, r) | Cmd::Cancel(_, r) => drop(r.send(Err(e))),
+        Cmd::Retry(_, r) | Cmd::Cancel(_, r) | Cmd::Delete(_, r) => drop(r.send(Err(e))),
         Cmd::Purge(_, r) => drop(r.send(Err(e))),
         Cmd::Backlog(_, r) => drop(r.send(Err(e))),
         Cmd::Report(_, r) | Cmd::Retire(_, r) => drop(r.send(Err(e))),

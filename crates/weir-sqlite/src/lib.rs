@@ -23,6 +23,7 @@ mod commands;
 mod ops;
 mod rows;
 mod schema;
+mod search;
 mod store;
 mod writer;
 
@@ -35,12 +36,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
 use weir_core::{
     check_new_jobs, Broker, BrokerError, Capabilities, Capability, Clock, Delivery, Enqueued,
-    FetchRequest, Inspect, InvalidUrl, Job, JobId, JobLimits, JobState, Lease, ListFilter, NewJob,
-    QueueCounts, SettleOutcome, Settlement, SystemClock, Timestamp, WorkerStatus,
+    FetchRequest, Inspect, InvalidUrl, Job, JobId, JobLimits, JobPage, JobState, Lease, ListFilter,
+    NewJob, QueueCounts, SettleOutcome, Settlement, SystemClock, Timestamp, WorkerStatus,
 };
 
 use crate::commands::{Cmd, Fetch};
@@ -511,21 +512,44 @@ impl Inspect for SqliteBroker {
         .await
     }
 
+    /// Pages through [`search`](Inspect::search) until `limit` jobs matched or the table
+    /// ended: each read looks at a bounded window, the whole may look at every row.
     async fn list(&self, filter: ListFilter) -> Result<Vec<Job>, BrokerError> {
-        let limit = if filter.limit == 0 { 100 } else { filter.limit } as i64;
-        self.read(move |c| {
-            let mut st = c.prepare_cached(&format!(
-                "SELECT {JOB_COLUMNS} FROM jobs
-                  WHERE (?1 IS NULL OR queue = ?1) AND (?2 IS NULL OR state = ?2)
-                  ORDER BY seq DESC LIMIT ?3"
-            ))?;
-            let rows = st.query_map(
-                params![filter.queue, filter.state.map(|s| s.code()), limit],
-                job_from_row,
-            )?;
-            rows.map(|r| r.map(|(_, j)| j)).collect()
-        })
-        .await
+        let limit = if filter.limit == 0 { 100 } else { filter.limit };
+        let mut jobs = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self
+                .search(
+                    ListFilter {
+                        limit: limit - jobs.len(),
+                        ..filter.clone()
+                    },
+                    cursor.as_deref(),
+                )
+                .await?;
+            jobs.extend(page.jobs);
+            match page.next {
+                Some(next) if jobs.len() < limit => cursor = Some(next),
+                _ => return Ok(jobs),
+            }
+        }
+    }
+
+    /// Looks at no more than 100,000 rows per call (see `search.rs`); the cursor is a row
+    /// number.
+    async fn search(
+        &self,
+        filter: ListFilter,
+        cursor: Option<&str>,
+    ) -> Result<JobPage, BrokerError> {
+        let cursor = cursor.map(str::to_owned);
+        self.read(move |c| search::search(c, &filter, cursor.as_deref()))
+            .await?
+    }
+
+    async fn delete(&self, id: JobId) -> Result<Job, BrokerError> {
+        self.call(|r| Cmd::Delete(id, r)).await
     }
 
     async fn counts(&self) -> Result<Vec<QueueCounts>, BrokerError> {

@@ -39,6 +39,7 @@ weir_testkit::conformance_suite!(fixture;
         results_are_kept,
         jobs_are_found_by_id_and_counted,
         manual_retry_and_purge,
+        search_and_delete,
         manual_retry_fences_the_stale_lease,
         cancel,
         purge_by_age,

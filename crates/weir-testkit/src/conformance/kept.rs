@@ -47,6 +47,7 @@ pub async fn jobs_are_found_by_id_and_counted(f: Fixture) {
             queue: Some("cb".into()),
             state: Some(JobState::Pending),
             limit: 10,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -211,4 +212,109 @@ pub async fn unique_keys(f: Fixture) {
     let fresh = b.enqueue(job("uniq").unique("k")).await.unwrap();
     assert!(!fresh.duplicate);
     assert_ne!(fresh.id, a.id);
+}
+
+/// Searching by every condition, paging with the cursor until `next` is `None` (each job
+/// exactly once, newest first), and deleting one finished job by id.
+pub async fn search_and_delete(f: Fixture) {
+    let b = &*f.broker;
+    let i = inspect(&f);
+    let mut ids = Vec::new();
+    for n in 0..7 {
+        let kind = if n % 2 == 0 { "even" } else { "odd" };
+        let payload = format!(r#"{{"n":{n},"tag":"needle-{n}"}}"#);
+        ids.push(
+            b.enqueue(weir_core::NewJob::new(kind, payload).queue("srch"))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    b.enqueue(job("other")).await.unwrap();
+    let all = |filter: ListFilter| async move {
+        let mut got = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..100 {
+            let page = i.search(filter.clone(), cursor.as_deref()).await.unwrap();
+            got.extend(page.jobs.into_iter().map(|j| j.id));
+            match page.next {
+                Some(n) => cursor = Some(n),
+                None => return got,
+            }
+        }
+        panic!("the search never ended");
+    };
+    // Pages of two: all seven of the queue, each once, newest first.
+    let paged = all(ListFilter {
+        queue: Some("srch".into()),
+        limit: 2,
+        ..Default::default()
+    })
+    .await;
+    let newest_first: Vec<JobId> = ids.iter().rev().copied().collect();
+    assert_eq!(paged, newest_first);
+    let odd = all(ListFilter {
+        queue: Some("srch".into()),
+        kind: Some("odd".into()),
+        limit: 10,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(odd, vec![ids[5], ids[3], ids[1]]);
+    let text = all(ListFilter {
+        text: Some("needle-4".into()),
+        limit: 10,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(text, vec![ids[4]], "text in the payload");
+    let none = all(ListFilter {
+        until: Some(weir_core::Timestamp(0)),
+        limit: 10,
+        ..Default::default()
+    })
+    .await;
+    assert!(none.is_empty(), "nothing was created before 1970");
+    let since = all(ListFilter {
+        since: Some(f.clock.now().plus(Duration::from_secs(3600))),
+        limit: 10,
+        ..Default::default()
+    })
+    .await;
+    assert!(since.is_empty(), "nothing was created in the future");
+
+    // A failed job is found by its error text, and deleted; a pending one is not deleted.
+    let d = fetch_some(&f, "other", 1).await.pop().unwrap();
+    let failed = Settlement::Failed {
+        error: "disk quota exceeded".into(),
+    };
+    assert_eq!(settle(b, &d, failed).await, SettleOutcome::Applied);
+    let by_error = all(ListFilter {
+        text: Some("quota".into()),
+        limit: 10,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(by_error, vec![d.job.id], "text in the last error");
+    let gone = i.delete(d.job.id).await.unwrap();
+    assert_eq!((gone.id, gone.state), (d.job.id, JobState::Failed));
+    assert!(i.get(d.job.id).await.unwrap().is_none());
+    assert!(matches!(
+        i.delete(d.job.id).await,
+        Err(BrokerError::NotFound(_))
+    ));
+    assert!(matches!(
+        i.delete(ids[0]).await,
+        Err(BrokerError::WrongState {
+            state: JobState::Pending,
+            ..
+        })
+    ));
+    assert!(
+        i.get(ids[0]).await.unwrap().is_some(),
+        "a refused delete deletes nothing"
+    );
+    // A new job after the delete never reuses anything of the deleted one.
+    let after = b.enqueue(job("other")).await.unwrap().id;
+    assert_eq!(i.get(after).await.unwrap().unwrap().queue, "other");
 }

@@ -71,6 +71,7 @@ pub const TESTS: &[(&str, &[Needs])] = &[
     ),
     ("jobs_are_found_by_id_and_counted", &[Cap(C::Inspect)]),
     ("manual_retry_and_purge", &[Cap(C::Inspect)]),
+    ("search_and_delete", &[Cap(C::Inspect)]),
     ("manual_retry_fences_the_stale_lease", &[Cap(C::Inspect)]),
     ("cancel", &[Cap(C::CancelQueued)]),
     ("purge_by_age", &[Cap(C::RetentionByAge)]),

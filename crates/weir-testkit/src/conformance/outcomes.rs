@@ -169,6 +169,7 @@ pub(crate) async fn dead_letters(f: &Fixture, queue: &str) -> Vec<Job> {
                 state: Some(JobState::Failed),
                 queue: Some(queue.into()),
                 limit: 100,
+                ..Default::default()
             })
             .await
             .unwrap();

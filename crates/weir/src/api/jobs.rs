@@ -161,42 +161,195 @@ pub(crate) async fn get_job(
     }
 }
 
+/// The conditions of a search, as query parameters or a bulk action's `filter`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FilterQuery {
+    state: Option<String>,
+    queue: Option<String>,
+    kind: Option<String>,
+    /// Created at or after (ms since the epoch).
+    since: Option<i64>,
+    /// Created before (ms since the epoch).
+    until: Option<i64>,
+    /// Text in the payload or the last error.
+    text: Option<String>,
+}
+
+impl FilterQuery {
+    fn filter(self, limit: usize) -> Result<ListFilter, ApiError> {
+        let state = match self.state.as_deref() {
+            None => None,
+            Some(s) => Some(
+                s.parse::<JobState>()
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?,
+            ),
+        };
+        if self.text.as_deref() == Some("") {
+            return Err(ApiError::bad_request("`text` is empty"));
+        }
+        Ok(ListFilter {
+            queue: self.queue,
+            state,
+            kind: self.kind,
+            since: self.since.map(weir_core::Timestamp),
+            until: self.until.map(weir_core::Timestamp),
+            text: self.text,
+            limit,
+        })
+    }
+}
+
 /// The query of `GET /api/v1/jobs`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ListQuery {
-    state: Option<String>,
-    queue: Option<String>,
+    #[serde(flatten)]
+    filter: FilterQuery,
     limit: Option<usize>,
+    cursor: Option<String>,
 }
 
-/// `GET /api/v1/jobs?state=&queue=&limit=`: newest first, at most 1,000.
+fn limit_of(limit: Option<usize>, max: usize) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(100);
+    if limit == 0 || limit > max {
+        return Err(ApiError::bad_request(format!(
+            "`limit` must be from 1 to {max}, got {limit}"
+        )));
+    }
+    Ok(limit)
+}
+
+/// `GET /api/v1/jobs?state=&queue=&kind=&since=&until=&text=&limit=&cursor=`: one page,
+/// newest first, at most 1,000, and the cursor of the next (`next`; `null` at the end). A
+/// page may be short, even empty, before the end: the embedded broker looks at a bounded
+/// number of rows per call.
 pub(crate) async fn list(
     State(st): State<Arc<ApiState>>,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Answer {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let state = match q.state.as_deref() {
-        None => None,
-        Some(s) => Some(
-            s.parse::<JobState>()
-                .map_err(|e| ApiError::bad_request(e.to_string()))?,
-        ),
+    let filter = q.filter.filter(limit_of(q.limit, MAX_LIST)?)?;
+    let page = inspect(&st)?.search(filter, q.cursor.as_deref()).await?;
+    Ok(Json(json!(page)))
+}
+
+/// The body of `POST /api/v1/jobs/bulk`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BulkRequest {
+    /// `retry`, `cancel` or `delete`.
+    action: String,
+    /// Which jobs; every job matching it, not only one page.
+    #[serde(default)]
+    filter: FilterQuery,
+    /// The most jobs acted on in this call (default 10,000, at most 100,000); `next` says
+    /// where to go on.
+    max: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// How many per-job actions are in flight at once (the embedded broker commits them in
+/// rounds).
+const BULK_CONCURRENCY: usize = 256;
+
+/// `POST /api/v1/jobs/bulk`: retries, cancels or deletes every job matching a filter,
+/// through the same per-job operation as one job (so a retry is fenced and a cancelled
+/// workflow member fails its workflow). Answers how many matched and were acted on, the
+/// first 100 that could not be (e.g. a retry of a job not failed), and `next` if it stopped at
+/// `max`.
+pub(crate) async fn bulk(
+    State(st): State<Arc<ApiState>>,
+    b: Result<Json<BulkRequest>, JsonRejection>,
+) -> Answer {
+    let req = body(b)?;
+    let action = match req.action.as_str() {
+        a @ ("retry" | "cancel" | "delete") => a,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "`action` `{other}` is not one of retry, cancel, delete"
+            )))
+        }
     };
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > MAX_LIST {
-        return Err(ApiError::bad_request(format!(
-            "`limit` must be from 1 to {MAX_LIST}, got {limit}"
-        )));
+    if action == "cancel" && !st.broker.capabilities().has(Capability::CancelQueued) {
+        return Err(ApiError::not_implemented(
+            "this broker cannot cancel a queued job",
+        ));
     }
-    let jobs = inspect(&st)?
-        .list(ListFilter {
-            queue: q.queue,
-            state,
-            limit,
-        })
-        .await?;
-    Ok(Json(json!({ "jobs": jobs })))
+    let max = match req.max {
+        None => 10_000,
+        Some(n) if (1..=100_000).contains(&n) => n,
+        Some(n) => {
+            return Err(ApiError::bad_request(format!(
+                "`max` must be from 1 to 100000, got {n}"
+            )))
+        }
+    };
+    let i = inspect(&st)?;
+    let workflows = st.workflows.as_ref();
+    let filter = req.filter.filter(MAX_LIST)?;
+    let (mut matched, mut done) = (0usize, 0usize);
+    let mut refused: Vec<Value> = Vec::new();
+    let mut cursor = req.cursor;
+    loop {
+        let page = i
+            .search(
+                ListFilter {
+                    limit: MAX_LIST.min(max - matched),
+                    ..filter.clone()
+                },
+                cursor.as_deref(),
+            )
+            .await?;
+        matched += page.jobs.len();
+        for chunk in page.jobs.chunks(BULK_CONCURRENCY) {
+            let results = futures::future::join_all(chunk.iter().map(|j| async move {
+                let r = match action {
+                    "retry" => i.retry(j.id).await,
+                    "cancel" => i.cancel(j.id).await,
+                    _ => i.delete(j.id).await,
+                };
+                if let (Ok(job), "cancel", Some(wf)) = (&r, action, workflows) {
+                    if let Some(member) = job.member {
+                        wf.member_ended(member, "cancelled by an operator (HTTP API, bulk)")
+                            .await
+                            .map_err(|e| (j.id, e))?;
+                    }
+                }
+                r.map(|_| ()).map_err(|e| (j.id, e))
+            }))
+            .await;
+            for r in results {
+                match r {
+                    Ok(()) => done += 1,
+                    Err((id, e)) if refused.len() < 100 => {
+                        refused.push(json!({ "id": id, "error": e.to_string() }))
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        cursor = page.next;
+        if cursor.is_none() || matched >= max {
+            break;
+        }
+    }
+    Ok(Json(json!({
+        "action": action,
+        "matched": matched,
+        "done": done,
+        "refused": refused,
+        "next": cursor,
+    })))
+}
+
+/// `DELETE /api/v1/jobs/{id}`: a finished job (409 for one still pending or running).
+pub(crate) async fn delete(
+    State(st): State<Arc<ApiState>>,
+    id: Result<Path<String>, PathRejection>,
+) -> Answer {
+    let id = job_id(id)?;
+    Ok(Json(json!(inspect(&st)?.delete(id).await?)))
 }
 
 /// `POST /api/v1/jobs/{id}/retry`.

@@ -10,8 +10,10 @@
 //! | `GET /openapi.json` | none | the OpenAPI 3.1 description of these routes |
 //! | `GET /api/v1/queues` | read | job counts by queue and state (or RabbitMQ's depths) |
 //! | `GET /api/v1/workers` | read | worker reports: pool size, busy, last autoscaler decision |
-//! | `GET /api/v1/jobs?state=&queue=&limit=` | read | jobs, newest first |
+//! | `GET /api/v1/jobs?state=&queue=&kind=&since=&until=&text=&limit=&cursor=` | read | a page of jobs, newest first, and the next page's cursor |
 //! | `GET /api/v1/jobs/{id}` | read | one job: payload, result, error, attempts |
+//! | `DELETE /api/v1/jobs/{id}` | admin | delete a finished job |
+//! | `POST /api/v1/jobs/bulk` | admin | retry, cancel or delete every job matching a filter |
 //! | `POST /api/v1/jobs` | admin | enqueue one job (an object) or many (an array) |
 //! | `POST /api/v1/jobs/{id}/retry`, `/cancel` | admin | run a finished job again; cancel one |
 //! | `POST /api/v1/workflows` | admin | submit a workflow |
@@ -166,7 +168,8 @@ impl Api {
             .route("/queues", get(jobs::queues))
             .route("/workers", get(jobs::workers))
             .route("/jobs", get(jobs::list).post(jobs::enqueue))
-            .route("/jobs/{id}", get(jobs::get_job))
+            .route("/jobs/bulk", post(jobs::bulk))
+            .route("/jobs/{id}", get(jobs::get_job).delete(jobs::delete))
             .route("/jobs/{id}/retry", post(jobs::retry))
             .route("/jobs/{id}/cancel", post(jobs::cancel))
             .route("/workflows", post(jobs::submit_workflow))

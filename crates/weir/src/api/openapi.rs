@@ -83,15 +83,35 @@ pub(crate) fn spec() -> Value {
                     "parameters": [
                         { "name": "state", "in": "query", "schema": { "type": "string", "enum": ["pending", "running", "retryable", "succeeded", "failed", "cancelled"] } },
                         { "name": "queue", "in": "query", "schema": { "type": "string" } },
-                        { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000 } } ],
-                    "responses": ok("jobs", json!({ "type": "object", "required": ["jobs"], "properties": { "jobs": { "type": "array", "items": { "$ref": "#/components/schemas/Job" } } } }), &read) },
+                        { "name": "kind", "in": "query", "schema": { "type": "string" } },
+                        { "name": "since", "in": "query", "description": "created at or after, ms since the epoch", "schema": { "type": "integer" } },
+                        { "name": "until", "in": "query", "description": "created before, ms since the epoch", "schema": { "type": "integer" } },
+                        { "name": "text", "in": "query", "description": "in the payload or the last error", "schema": { "type": "string", "minLength": 1 } },
+                        { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000 } },
+                        { "name": "cursor", "in": "query", "description": "`next` of the previous page", "schema": { "type": "string" } } ],
+                    "responses": ok("a page of jobs", json!({ "type": "object", "required": ["jobs", "next"], "properties": {
+                        "jobs": { "type": "array", "items": { "$ref": "#/components/schemas/Job" } },
+                        "next": { "type": ["string", "null"] } } }), &read) },
                 "post": { "summary": "enqueue one job (an object) or many (an array), all or nothing",
                     "requestBody": { "required": true, "content": { "application/json": { "schema": { "oneOf": [
                         { "$ref": "#/components/schemas/NewJob" },
                         { "type": "array", "minItems": 1, "items": { "$ref": "#/components/schemas/NewJob" } } ] } } } },
                     "responses": created(json!({ "oneOf": [ { "$ref": "#/components/schemas/Enqueued" },
                         { "type": "object", "required": ["jobs"], "properties": { "jobs": { "type": "array", "items": { "$ref": "#/components/schemas/Enqueued" } } } } ] }), &write) } },
-            "/api/v1/jobs/{id}": { "get": { "summary": "one job", "parameters": id_param("job id"), "responses": ok("the job", json!({ "$ref": "#/components/schemas/Job" }), &read) } },
+            "/api/v1/jobs/{id}": {
+                "get": { "summary": "one job", "parameters": id_param("job id"), "responses": ok("the job", json!({ "$ref": "#/components/schemas/Job" }), &read) },
+                "delete": { "summary": "delete a finished job", "parameters": id_param("job id"), "responses": ok("the deleted job", json!({ "$ref": "#/components/schemas/Job" }), &write) } },
+            "/api/v1/jobs/bulk": { "post": { "summary": "retry, cancel or delete every job matching a filter",
+                "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["action"], "additionalProperties": false,
+                    "properties": { "action": { "type": "string", "enum": ["retry", "cancel", "delete"] },
+                                    "filter": { "type": "object", "additionalProperties": false, "properties": {
+                                        "state": { "type": "string" }, "queue": { "type": "string" }, "kind": { "type": "string" },
+                                        "since": { "type": "integer" }, "until": { "type": "integer" }, "text": { "type": "string", "minLength": 1 } } },
+                                    "max": { "type": "integer", "minimum": 1, "maximum": 100000 },
+                                    "cursor": { "type": "string" } } } } } },
+                "responses": ok("what was done", json!({ "type": "object", "required": ["action", "matched", "done", "refused", "next"], "properties": {
+                    "action": { "type": "string" }, "matched": { "type": "integer" }, "done": { "type": "integer" },
+                    "refused": { "type": "array" }, "next": { "type": ["string", "null"] } } }), &write) } },
             "/api/v1/jobs/{id}/retry": { "post": { "summary": "run a finished job again", "parameters": id_param("job id"), "responses": ok("the job", json!({ "$ref": "#/components/schemas/Job" }), &write) } },
             "/api/v1/jobs/{id}/cancel": { "post": { "summary": "cancel a job", "parameters": id_param("job id"), "responses": ok("the job", json!({ "$ref": "#/components/schemas/Job" }), &write) } },
             "/api/v1/workflows": { "post": { "summary": "submit a workflow (the spec `weir workflow submit` takes)",

@@ -238,6 +238,7 @@ pub(crate) async fn run(_args: &Args, a: &DemoArgs) -> anyhow::Result<ExitCode> 
             state: Some(JobState::Failed),
             queue: None,
             limit: usize::MAX / 2,
+            ..Default::default()
         },
     )
     .await?;

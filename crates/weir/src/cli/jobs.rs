@@ -296,6 +296,7 @@ pub(crate) async fn list(args: &Args, a: &ListArgs) -> anyhow::Result<ExitCode> 
                     queue: a.queue.clone(),
                     state: a.state,
                     limit: a.limit,
+                    ..Default::default()
                 })
                 .await?;
             // How many match in all, from the maintained counts, to say what was left out.
@@ -394,6 +395,7 @@ async fn retry_failed(args: &Args, a: &RetryArgs) -> anyhow::Result<ExitCode> {
             queue: Some(queue.to_owned()),
             state: Some(JobState::Failed),
             limit: a.limit,
+            ..Default::default()
         })
         .await?;
     let mut n = 0;
