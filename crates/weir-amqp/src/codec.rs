@@ -22,6 +22,26 @@ const DELIVERY_COUNT: &str = "x-delivery-count";
 const DEATH: &str = "x-death";
 /// On a message in a worker-moved delay tier: when (ms since the epoch) it leaves the tier.
 const HOP: &str = "x-weir-hop";
+/// W3C trace context, so tracing tools that read AMQP headers join a job to its trace.
+const TRACEPARENT: &str = "traceparent";
+
+/// The W3C `traceparent` for a job whose trace id is 32 hex digits (weir's own are): version
+/// 00, the trace id, a parent id from the job id, sampled.
+fn traceparent(trace_id: &str, id: JobId) -> Option<String> {
+    let hex = trace_id.len() == 32 && trace_id.bytes().all(|b| b.is_ascii_hexdigit());
+    hex.then(|| {
+        let parent = &id.as_uuid().simple().to_string()[16..];
+        format!("00-{}-{parent}-01", trace_id.to_ascii_lowercase())
+    })
+}
+
+/// The trace id of a W3C `traceparent` (`00-TRACE-PARENT-FLAGS`), if well formed.
+fn trace_of(traceparent: &str) -> Option<String> {
+    let mut parts = traceparent.split('-');
+    let (_version, trace) = (parts.next()?, parts.next()?);
+    (trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit()) && trace != "0".repeat(32))
+        .then(|| trace.to_owned())
+}
 
 /// `props` for a message that leaves a worker-moved delay tier at `hop_at_ms`.
 pub(crate) fn with_hop(props: BasicProperties, hop_at_ms: i64) -> BasicProperties {
@@ -82,6 +102,9 @@ pub(crate) fn encode(job: &Job) -> BasicProperties {
     h.insert(META.into(), AMQPValue::LongString(meta.into()));
     if let Some(e) = &job.last_error {
         h.insert(ERROR.into(), AMQPValue::LongString(e.as_str().into()));
+    }
+    if let Some(tp) = traceparent(&job.trace_id, job.id) {
+        h.insert(TRACEPARENT.into(), AMQPValue::LongString(tp.into()));
     }
     BasicProperties::default()
         .with_delivery_mode(2)
@@ -210,10 +233,12 @@ pub(crate) fn decode(
         max_attempts,
         timeout,
         unique_key: None,
+        // weir's correlation id; else a foreign producer's W3C trace context; else its own.
         trace_id: props
             .correlation_id()
             .as_ref()
             .map(ToString::to_string)
+            .or_else(|| string(h, TRACEPARENT).and_then(|tp| trace_of(&tp)))
             .unwrap_or_else(|| id.to_string()),
         created_at,
         state: JobState::Running,
@@ -353,6 +378,42 @@ mod tests {
             queue: "mail",
             redelivered,
         }
+    }
+
+    #[test]
+    fn the_trace_travels_as_w3c_traceparent_too() {
+        let mut job = sample();
+        job.trace_id = "4bf92f3577b34da6a3ce929d0e0e4736".into();
+        let props = encode(&job);
+        let h = props.headers().as_ref().unwrap();
+        let tp = string(h, TRACEPARENT).unwrap();
+        assert!(
+            tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{tp}"
+        );
+        assert_eq!(tp.len(), 55);
+        assert!(tp.ends_with("-01"));
+        // A foreign message with only a traceparent joins that trace.
+        let mut map = h.inner().clone();
+        map.remove(META);
+        let foreign = BasicProperties::default()
+            .with_message_id(job.id.to_string().into())
+            .with_type("email".into())
+            .with_headers(FieldTable::from(map));
+        let back = decode(&foreign, b"{}".to_vec(), incoming(false)).unwrap();
+        assert_eq!(back.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        // A trace id that is not 32 hex digits has no traceparent (and no error).
+        job.trace_id = "t-1".into();
+        assert!(!encode(&job)
+            .headers()
+            .as_ref()
+            .unwrap()
+            .contains_key(TRACEPARENT));
+        assert_eq!(
+            trace_of("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(trace_of("garbage"), None);
     }
 
     #[test]

@@ -403,3 +403,55 @@ async fn delays_are_moved_by_the_workers_and_counted_while_they_wait() {
     assert_eq!((again.job.id, again.job.attempt), (id, 2));
     assert_eq!(again.job.last_error.as_deref(), Some("again"));
 }
+
+/// The trace id crosses RabbitMQ twice over: as the correlation id weir reads back, and as a
+/// W3C `traceparent` header that other tools read; a retry's copy keeps both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trace_id_travels_as_correlation_id_and_traceparent() {
+    let prefix = common::prefix();
+    let b = Arc::new(AmqpBroker::new(&common::url_in(&prefix, "")).unwrap());
+    let _c = common::Cleanup(b.clone(), prefix.clone());
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    b.enqueue(NewJob::new("k", "{}").queue("traced").trace_id(trace))
+        .await
+        .unwrap();
+    // Read the raw message as another tool would (and put it back).
+    let conn = Connection::connect(&common::amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let got = ch
+        .basic_get(
+            format!("{prefix}traced").as_str().into(),
+            lapin::options::BasicGetOptions { no_ack: false },
+        )
+        .await
+        .unwrap()
+        .expect("the message is in the work queue");
+    let props = &got.delivery.properties;
+    assert_eq!(props.correlation_id().as_ref().unwrap().as_str(), trace);
+    let tp = match props.headers().as_ref().unwrap().inner().get("traceparent") {
+        Some(lapin::types::AMQPValue::LongString(s)) => s.to_string(),
+        other => panic!("no traceparent: {other:?}"),
+    };
+    assert!(
+        tp.starts_with(&format!("00-{trace}-")) && tp.ends_with("-01"),
+        "{tp}"
+    );
+    let _ = ch.close(200, "peeked".into()).await;
+    let _ = conn.close(200, "bye".into()).await;
+    // Through a retry (a delay tier and back) the job keeps its trace.
+    let d = fetch_n(&b, "traced", 1).await.pop().unwrap();
+    assert_eq!(d.job.trace_id, trace);
+    let retry = Settlement::Retry {
+        run_at: weir_core::Timestamp::now().plus(Duration::from_millis(300)),
+        error: "again".into(),
+    };
+    b.settle(vec![(d.lease, retry)]).await.unwrap();
+    let again = fetch_n(&b, "traced", 1).await.pop().unwrap();
+    // (The peek above counts as a delivery on a quorum queue, so attempts start at 2 here.)
+    assert_eq!(
+        (again.job.attempt, again.job.trace_id.as_str()),
+        (d.job.attempt + 1, trace)
+    );
+}

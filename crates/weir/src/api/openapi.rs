@@ -35,7 +35,7 @@ fn created(schema: Value, errors: &[&str]) -> Value {
 }
 
 fn id_param(what: &str) -> Value {
-    json!([{ "name": "id", "in": "path", "required": true, "description": what, "schema": { "type": "string" } }])
+    json!([{ "name": "id", "in": "path", "required": true, "description": what, "schema": { "type": "string", "format": "uuid" } }])
 }
 
 /// The document.
@@ -57,7 +57,8 @@ pub(crate) fn spec() -> Value {
                                          "state": { "type": "string" }, "attempt": { "type": "integer" }, "max_attempts": { "type": "integer" },
                                          "payload": {}, "result": {}, "last_error": { "type": ["string", "null"] } } },
                 "NewJob": { "type": "object", "required": ["kind"], "additionalProperties": false,
-                            "properties": { "kind": { "type": "string" }, "payload": {}, "queue": { "type": "string" },
+                            "properties": { "kind": { "type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$" }, "payload": {},
+                                            "queue": { "type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[A-Za-z0-9_:-][A-Za-z0-9_.:-]*$" },
                                             "delay": { "type": "string", "description": "e.g. 10s, 1h 30m" },
                                             "max_attempts": { "type": "integer", "minimum": 1 },
                                             "timeout": { "type": "string" }, "unique_key": { "type": "string" },
