@@ -371,4 +371,57 @@ mod tests {
             .unwrap_err()
             .contains("max_attempts"));
     }
+
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, ..Default::default() })]
+
+        /// Any line, JSON or not, parses to a job or to an error that says why; never a
+        /// panic (a batch of a million lines must not die on one).
+        #[test]
+        fn any_batch_line_parses_or_says_why(line in "\\PC{0,120}") {
+            if let Err(e) = parse(&line) {
+                proptest::prop_assert!(!e.is_empty());
+            }
+        }
+
+        /// Lines built from the fields a batch may hold, with values of any type or range.
+        #[test]
+        fn batch_fields_of_any_value_parse_or_say_why(
+            kind in proptest::option::of("[ -~]{0,12}|\\PC{0,4}"),
+            delay in proptest::option::of(proptest::prop_oneof![
+                (-5i64..i64::MAX).prop_map(|n| n.to_string()),
+                "\"[0-9a-z ]{0,12}\"",
+                proptest::strategy::Just("1e309".to_owned()),
+            ]),
+            max_attempts in proptest::option::of(proptest::prop_oneof![
+                (-3i64..1i64 << 40).prop_map(|n| n.to_string()),
+                proptest::strategy::Just("\"3\"".to_owned()),
+            ]),
+            priority in proptest::option::of(any_int()),
+            queue in proptest::option::of("[a-z.:]{0,8}|amq\\.[a-z]{1,3}|\\PC{0,4}"),
+        ) {
+            let mut fields = Vec::new();
+            if let Some(k) = kind { fields.push(format!("\"kind\":{}", serde_json::to_string(&k).unwrap())); }
+            if let Some(d) = delay { fields.push(format!("\"delay\":{d}")); }
+            if let Some(m) = max_attempts { fields.push(format!("\"max_attempts\":{m}")); }
+            if let Some(p) = priority { fields.push(format!("\"priority\":{p}")); }
+            if let Some(q) = queue { fields.push(format!("\"queue\":{}", serde_json::to_string(&q).unwrap())); }
+            let line = format!("{{{}}}", fields.join(","));
+            // As the batch check does: parse, then the one validation every broker runs.
+            let checked = parse(&line)
+                .and_then(|j| j.validate(&weir::JobLimits::default()).map_err(|e| e.to_string()));
+            if let Err(e) = checked {
+                proptest::prop_assert!(!e.is_empty());
+            }
+        }
+    }
+
+    fn any_int() -> impl proptest::strategy::Strategy<Value = String> {
+        proptest::prop_oneof![
+            proptest::num::i64::ANY.prop_map(|n| n.to_string()),
+            proptest::strategy::Just("2.5".to_owned()),
+        ]
+    }
 }
