@@ -677,3 +677,51 @@ fn search_pages_and_bulk_actions_by_filter() {
         );
     }
 }
+
+/// The configuration in force, as the API shows it: the file's settings (secrets redacted),
+/// and after a refused change, that the file on disk is not the one running.
+#[test]
+fn the_live_configuration_is_shown_with_secrets_redacted() {
+    let w = Weir::new();
+    let toml = "log = \"info\"\n# store = \"postgres://weir:hunter2@db/weir\"\n[queues.default]\nworkers = 3\n";
+    w.file("weir.toml", toml);
+    let (_serving, addr) = serve_http(&w, &[]);
+    let (code, body) = http(&addr, "GET", "/api/v1/config", None, None);
+    assert_eq!(code, 200, "{body}");
+    let v = json_of(&body);
+    assert_eq!(v["settings"]["queues"]["default"]["workers"], 3, "{v}");
+    assert_eq!(v["applied"], true, "{v}");
+    // A broken change is refused by the worker; the API says the file is not what runs.
+    w.file("weir.toml", "[queues.default]\nworkers = \"many\"\n");
+    let v = wait_for("the refused reload to show", LONG, || {
+        let (_, body) = http(&addr, "GET", "/api/v1/config", None, None);
+        let v = json_of(&body);
+        if v["refused_reloads"].as_u64() >= Some(1) {
+            Ok(v)
+        } else {
+            Err(v)
+        }
+    });
+    assert_eq!(v["applied"], false, "{v}");
+    // The metrics count it too.
+    let (_, metrics) = http(&addr, "GET", "/metrics", None, None);
+    assert!(
+        metrics.contains(r#"weir_config_reloads_total{result="rejected"}"#),
+        "{metrics}"
+    );
+    // A store URL with a password is shown without it.
+    w.file(
+        "weir.toml",
+        "store = \"sqlite:./weir.db?password=hunter2\"\n[queues.default]\nworkers = 3\n",
+    );
+    let v = wait_for("the new file to be read", LONG, || {
+        let (_, body) = http(&addr, "GET", "/api/v1/config", None, None);
+        let v = json_of(&body);
+        if v["settings"]["store"].is_string() {
+            Ok(v)
+        } else {
+            Err(v)
+        }
+    });
+    assert!(!v.to_string().contains("hunter2"), "{v}");
+}

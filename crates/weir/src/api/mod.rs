@@ -19,6 +19,7 @@
 //! | `POST /api/v1/workflows` | admin | submit a workflow |
 //! | `GET /api/v1/workflows/{id}` | read | a workflow's progress, members and result |
 //! | `GET /api/v1/audit` | read | the last state changes made through the API |
+//! | `GET /api/v1/config` | read | the configuration file followed, secrets redacted, and whether it is the one in force |
 //!
 //! Errors are JSON `{"error": "…"}` with a status that says whose fault it is: 400 (the
 //! request; nothing was changed), 401/403 (the token), 404, 413 (the body), 501 (the broker
@@ -33,6 +34,7 @@
 mod jobs;
 pub mod metrics;
 mod openapi;
+mod settings;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -114,6 +116,7 @@ pub(crate) struct ApiState {
     pub(crate) workflows: Option<Workflows>,
     pub(crate) config: ApiConfig,
     pub(crate) metrics: Option<metrics::MetricsHandle>,
+    pub(crate) live: Option<Arc<crate::reload::LiveConfig>>,
     audit: parking_lot::Mutex<VecDeque<AuditEntry>>,
 }
 
@@ -132,6 +135,7 @@ impl Api {
                 workflows: None,
                 config,
                 metrics: None,
+                live: None,
                 audit: parking_lot::Mutex::new(VecDeque::new()),
             }),
         }
@@ -150,6 +154,15 @@ impl Api {
         Arc::get_mut(&mut self.state)
             .expect("not shared before router()")
             .metrics = Some(handle);
+        self
+    }
+
+    /// Shows this configuration file at `/api/v1/config` (secrets redacted). By default,
+    /// none (the route answers with `null`s).
+    pub fn live_config(mut self, live: Arc<crate::reload::LiveConfig>) -> Self {
+        Arc::get_mut(&mut self.state)
+            .expect("not shared before router()")
+            .live = Some(live);
         self
     }
 
@@ -174,7 +187,8 @@ impl Api {
             .route("/jobs/{id}/cancel", post(jobs::cancel))
             .route("/workflows", post(jobs::submit_workflow))
             .route("/workflows/{id}", get(jobs::get_workflow))
-            .route("/audit", get(audit));
+            .route("/audit", get(audit))
+            .route("/config", get(settings::show));
         Router::new()
             .nest("/api/v1", api)
             .route("/metrics", get(metrics::serve))

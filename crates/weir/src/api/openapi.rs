@@ -120,6 +120,9 @@ pub(crate) fn spec() -> Value {
                 "responses": created(json!({ "type": "object", "required": ["id"], "properties": { "id": { "type": "string" } } }), &write) } },
             "/api/v1/workflows/{id}": { "get": { "summary": "a workflow's progress, members and result", "parameters": id_param("workflow id"),
                 "responses": ok("the workflow", json!({ "type": "object", "required": ["workflow", "members", "result"], "properties": { "workflow": obj, "members": { "type": "array" }, "result": any } }), &read) } },
+            "/api/v1/config": { "get": { "summary": "the configuration file followed, secrets redacted, and whether it is the one in force",
+                "responses": ok("the configuration", json!({ "type": "object", "required": ["file", "settings"], "properties": {
+                    "file": { "type": ["string", "null"] }, "applied": { "type": "boolean" }, "refused_reloads": { "type": "integer" }, "settings": {} } }), &["401", "503"]) } },
             "/api/v1/audit": { "get": { "summary": "the last state changes made through the API, newest first",
                 "responses": ok("entries", json!({ "type": "object", "required": ["entries"], "properties": { "entries": { "type": "array" } } }), &["401"]) } }
         }

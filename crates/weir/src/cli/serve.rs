@@ -133,8 +133,12 @@ pub(crate) async fn run(
         .tick(a.tick)
         .lease(a.lease)
         .grace(a.grace);
-    if let Some(path) = args.config_path() {
-        service = service.config(LiveConfig::load(path)?);
+    let live = match args.config_path() {
+        Some(path) => Some(LiveConfig::load(path)?),
+        None => None,
+    };
+    if let Some(live) = &live {
+        service = service.config(live.clone());
     }
     if let Some(q) = &a.queues {
         service = service.queues(
@@ -168,6 +172,9 @@ pub(crate) async fn run(
     let api = http.map(|(mut api, listener)| {
         if let Some(store) = store {
             api = api.store(store);
+        }
+        if let Some(live) = live {
+            api = api.live_config(live);
         }
         let stop = stop_api.clone();
         tokio::spawn(async move {
