@@ -84,6 +84,30 @@ const MIGRATIONS: &[&str] = &[
     // interrupted submission can be completed on brokers that cannot look a job up by id.
     // Workflows stored before count as fully submitted.
     "ALTER TABLE wf_workflows ADD COLUMN started INTEGER NOT NULL DEFAULT 4294967295;",
+    // 4 -> 5: job counts by queue and state, kept by triggers as rows change (exact whichever
+    // process or statement changes a row), so `weir status`, the API and /metrics read a
+    // handful of rows instead of counting millions. Filled once from the table.
+    "CREATE TABLE job_counts (
+        queue TEXT    NOT NULL,
+        state INTEGER NOT NULL,
+        n     INTEGER NOT NULL,
+        PRIMARY KEY (queue, state)
+     ) WITHOUT ROWID;
+     INSERT INTO job_counts (queue, state, n)
+        SELECT queue, state, COUNT(*) FROM jobs GROUP BY queue, state;
+     CREATE TRIGGER job_counts_insert AFTER INSERT ON jobs BEGIN
+        INSERT INTO job_counts (queue, state, n) VALUES (NEW.queue, NEW.state, 1)
+          ON CONFLICT (queue, state) DO UPDATE SET n = n + 1;
+     END;
+     CREATE TRIGGER job_counts_update AFTER UPDATE OF state ON jobs
+       WHEN OLD.state != NEW.state BEGIN
+        UPDATE job_counts SET n = n - 1 WHERE queue = OLD.queue AND state = OLD.state;
+        INSERT INTO job_counts (queue, state, n) VALUES (NEW.queue, NEW.state, 1)
+          ON CONFLICT (queue, state) DO UPDATE SET n = n + 1;
+     END;
+     CREATE TRIGGER job_counts_delete AFTER DELETE ON jobs BEGIN
+        UPDATE job_counts SET n = n - 1 WHERE queue = OLD.queue AND state = OLD.state;
+     END;",
 ];
 
 /// The schema version this build writes.

@@ -289,6 +289,23 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             );
             prop_assert_eq!(j.attempt, m.attempt);
         }
+        // The maintained counts (kept by triggers, read by `weir status` and /metrics) are
+        // the table's, in one snapshot (a reaper may change rows at any moment).
+        {
+            let mut c = rusqlite::Connection::open(&path).unwrap();
+            let tx = c.transaction().unwrap();
+            let read = |sql: &str| -> Vec<(String, i64, i64)> {
+                let mut st = tx.prepare(sql).unwrap();
+                let rows = st
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .unwrap();
+                rows.map(Result::unwrap).collect()
+            };
+            let kept = read("SELECT queue, state, n FROM job_counts WHERE n != 0 ORDER BY 1, 2");
+            let counted =
+                read("SELECT queue, state, COUNT(*) FROM jobs GROUP BY 1, 2 ORDER BY 1, 2");
+            prop_assert_eq!(kept, counted, "maintained counts drifted from the table");
+        }
     }
     // The end: every unfinished job runs to success from either handle; none is lost.
     clock.advance(Duration::from_secs(3600));
