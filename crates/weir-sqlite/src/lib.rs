@@ -552,12 +552,15 @@ impl Inspect for SqliteBroker {
         self.call(|r| Cmd::Delete(id, r)).await
     }
 
-    /// Read from the counts the file keeps by trigger as rows change: a few rows, whatever
-    /// the number of jobs.
+    /// Finished jobs from the counts the file keeps by trigger (a few rows, whatever their
+    /// number); unfinished ones counted through their index (as many as are open).
     async fn counts(&self) -> Result<Vec<QueueCounts>, BrokerError> {
         self.read(|c| {
             let mut st = c.prepare_cached(
-                "SELECT queue, state, n FROM job_counts WHERE n > 0 ORDER BY queue",
+                "SELECT queue, state, n FROM finished_counts WHERE n > 0
+                 UNION ALL
+                 SELECT queue, state, COUNT(*) FROM jobs WHERE state < 3 GROUP BY queue, state
+                 ORDER BY queue",
             )?;
             let mut rows = st.query([])?;
             let mut out: Vec<QueueCounts> = Vec::new();

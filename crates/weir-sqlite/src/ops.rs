@@ -252,13 +252,25 @@ impl Writer {
                    FROM (SELECT value ->> 0 AS s, value ->> 1 AS a FROM json_each(?1)) AS x
                   WHERE jobs.seq = x.s AND jobs.attempt = x.a AND jobs.state = ",
                 state!(running),
-                " RETURNING jobs.seq"
+                " RETURNING jobs.seq, jobs.queue"
             ))?;
             let mut rows = st.query(params![pairs, now.0])?;
+            // Finished jobs by queue (nearly always one): a name kept per queue, not per row.
+            let mut done: Vec<(String, i64)> = Vec::new();
             while let Some(r) = rows.next()? {
                 if let Some((i, _)) = fast.get(&(r.get::<_, i64>(0)? as u64)) {
                     out[*i] = SettleOutcome::Applied;
                 }
+                let queue = r.get_ref(1)?.as_str()?;
+                match done.iter_mut().find(|(q, _)| q == queue) {
+                    Some((_, n)) => *n += 1,
+                    None => done.push((queue.to_owned(), 1)),
+                }
+            }
+            drop(rows);
+            drop(st);
+            for (queue, n) in done {
+                self.count_finished(&queue, JobState::Succeeded, n)?;
             }
         }
         for (i, lease, s) in slow {
@@ -282,10 +294,11 @@ impl Writer {
                     ", lease_until = NULL, finished_at = ?3, result = ?4
                       WHERE seq = ?1 AND attempt = ?2 AND state = ",
                     state!(running),
-                    " RETURNING unique_key"
+                    " RETURNING unique_key, queue"
                 ),
                 params![seq, lease.attempt, now.0, result],
                 lease.token,
+                JobState::Succeeded,
             )?,
             Settlement::Failed { error } => self.finish(
                 concat!(
@@ -294,10 +307,11 @@ impl Writer {
                     ", lease_until = NULL, finished_at = ?3, last_error = ?4
                       WHERE seq = ?1 AND attempt = ?2 AND state = ",
                     state!(running),
-                    " RETURNING unique_key"
+                    " RETURNING unique_key, queue"
                 ),
                 params![seq, lease.attempt, now.0, error],
                 lease.token,
+                JobState::Failed,
             )?,
             Settlement::Cancel { reason } => self.finish(
                 concat!(
@@ -306,10 +320,11 @@ impl Writer {
                     ", lease_until = NULL, finished_at = ?3, last_error = ?4
                       WHERE seq = ?1 AND attempt = ?2 AND state = ",
                     state!(running),
-                    " RETURNING unique_key"
+                    " RETURNING unique_key, queue"
                 ),
                 params![seq, lease.attempt, now.0, reason],
                 lease.token,
+                JobState::Cancelled,
             )?,
             Settlement::Retry { run_at, error } => self.requeue(
                 concat!(
@@ -353,24 +368,45 @@ impl Writer {
 
     /// Runs a settle that finishes the job (`sql` returns its `unique_key`) and frees the key.
     /// False if the lease was stale.
+    /// Runs `sql`, which finishes one job in `state` and returns its unique key and queue;
+    /// counts it and releases its key. False if no row matched (a stale lease).
     fn finish(
         &mut self,
         sql: &str,
         p: impl rusqlite::Params,
         token: u64,
+        state: JobState,
     ) -> rusqlite::Result<bool> {
-        let key: Option<Option<String>> = self
+        let row: Option<(Option<String>, String)> = self
             .conn
             .prepare_cached(sql)?
-            .query_row(p, |r| r.get(0))
+            .query_row(p, |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
-        match key {
-            Some(key) => {
+        match row {
+            Some((key, queue)) => {
+                self.count_finished(&queue, state, 1)?;
                 self.release_key(key, token)?;
                 Ok(true)
             }
             None => Ok(false),
         }
+    }
+
+    /// Adds `n` to the count of finished jobs of `queue` in `state` (see schema version 5:
+    /// the writer counts where jobs finish; triggers count the rare ways back out).
+    pub(crate) fn count_finished(
+        &self,
+        queue: &str,
+        state: JobState,
+        n: i64,
+    ) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO finished_counts (queue, state, n) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (queue, state) DO UPDATE SET n = n + excluded.n",
+            )?
+            .execute(params![queue, state.code(), n])?;
+        Ok(())
     }
 
     fn requeue(
@@ -442,12 +478,13 @@ impl Writer {
                 self.runnable.add(seq, &queue, r.get(2)?, now);
                 woken.push(seq);
             } else {
-                failed.push((seq, r.get::<_, Option<String>>(4)?));
+                failed.push((seq, r.get::<_, Option<String>>(4)?, r.get::<_, String>(1)?));
             }
         }
         drop(rows);
         drop(st);
-        for (seq, key) in failed {
+        for (seq, key, queue) in failed {
+            self.count_finished(&queue, JobState::Failed, 1)?;
             self.release_key(key, seq)?;
         }
         for seq in woken {
@@ -544,6 +581,7 @@ impl Writer {
                 unfinished!()
             ))?
             .execute(params![seq as i64, now.0])?;
+        self.count_finished(&job.queue, JobState::Cancelled, 1)?;
         self.release_key(job.unique_key.clone(), seq)?;
         Ok(Ok(self.find(id)?.map(|(_, j)| j).unwrap_or(job)))
     }
