@@ -117,7 +117,9 @@ async fn attempt(shared: Arc<Shared>, settle_tx: SettleTx, d: Delivery, mut slot
 
 /// The time from `since` to `now`, zero if `now` is earlier.
 fn elapsed(since: weir_core::Timestamp, now: weir_core::Timestamp) -> Duration {
-    Duration::from_millis(u64::try_from(now.as_millis() - since.as_millis()).unwrap_or(0))
+    Duration::from_millis(
+        u64::try_from(now.as_millis().saturating_sub(since.as_millis())).unwrap_or(0),
+    )
 }
 
 /// If an attempt panics outside the handler (whose panics are caught), its lease leaves the

@@ -207,6 +207,13 @@ pub struct MeteredBroker {
 
 const OPS: [&str; 4] = ["enqueue", "fetch", "settle", "heartbeat"];
 
+/// The most queue names `weir_jobs_enqueued_total` carries; later ones count under
+/// [`OTHER_QUEUES`].
+const MAX_QUEUE_LABELS: usize = 1_000;
+
+/// The `queue` label of enqueues past [`MAX_QUEUE_LABELS`] names.
+const OTHER_QUEUES: &str = "(other)";
+
 impl MeteredBroker {
     /// Wraps `inner`. Install the metrics recorder first: handles made before it count
     /// nowhere.
@@ -244,9 +251,14 @@ impl MeteredBroker {
             c.increment(n);
             return;
         }
-        self.enqueued
-            .write()
-            .entry(queue.to_owned())
+        let mut map = self.enqueued.write();
+        // Producers name queues freely: past MAX_QUEUE_LABELS names, the rest share one.
+        let queue = if map.len() >= MAX_QUEUE_LABELS {
+            OTHER_QUEUES
+        } else {
+            queue
+        };
+        map.entry(queue.to_owned())
             .or_insert_with(|| counter!("weir_jobs_enqueued_total", "queue" => queue.to_owned()))
             .increment(n);
     }
@@ -277,7 +289,9 @@ impl Broker for MeteredBroker {
         if let Ok(done) = &r {
             for (k, (queue, start)) in runs.iter().enumerate() {
                 let end = runs.get(k + 1).map_or(done.len(), |(_, s)| *s);
-                let fresh = done[*start..end.min(done.len())]
+                let fresh = done
+                    .get(*start..end.min(done.len()))
+                    .unwrap_or_default()
                     .iter()
                     .filter(|e| !e.duplicate)
                     .count();

@@ -32,7 +32,8 @@ pub(crate) fn search(
             }
         },
     };
-    let limit = if filter.limit == 0 { 100 } else { filter.limit } as i64;
+    // (A page never holds more than the window looks at; this also keeps `limit + 1` small.)
+    let limit = if filter.limit == 0 { 100 } else { filter.limit }.min(WINDOW as usize) as i64;
     // The lowest seq this call looks at (exclusive); none: the window reaches the start.
     let floor: Option<i64> = c
         .prepare_cached("SELECT seq FROM jobs WHERE seq < ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2")?

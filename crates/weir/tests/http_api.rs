@@ -358,6 +358,10 @@ fn tokens_guard_the_api_and_bad_requests_change_nothing() {
         let error = json_of(&answer)["error"].as_str().unwrap().to_owned();
         assert!(error.contains(why), "{body}: {error}");
     }
+    // A body over the limit is a 413, and nothing is stored.
+    let huge = format!(r#"{{"kind":"noop","payload":"{}"}}"#, "x".repeat(9 << 20));
+    let (code, body) = http(&addr, "POST", "/api/v1/jobs", Some("boss"), Some(&huge));
+    assert_eq!(code, 413, "{body}");
     for (path, code) in [
         ("/api/v1/jobs/not-an-id", 400),
         ("/api/v1/jobs?limit=0", 400),
@@ -549,6 +553,28 @@ fn search_pages_and_bulk_actions_by_filter() {
     assert_eq!(found[0]["payload"]["tag"], "keep-3");
     let (_, body) = http(&addr, "GET", "/api/v1/jobs?kind=echo&limit=100", None, None);
     assert_eq!(json_of(&body)["jobs"].as_array().unwrap().len(), 5);
+    // A creation-time range, in ms since the epoch.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let (code, body) = http(
+        &addr,
+        "GET",
+        &format!("/api/v1/jobs?since=0&until={}&limit=100", now + 60_000),
+        None,
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json_of(&body)["jobs"].as_array().unwrap().len(), 35);
+    let (_, body) = http(
+        &addr,
+        "GET",
+        &format!("/api/v1/jobs?since={}", now + 60_000),
+        None,
+        None,
+    );
+    assert_eq!(json_of(&body)["jobs"], json!([]));
     // Delete one finished job; a second delete is a 404.
     let keep3 = found[0]["id"].as_str().unwrap().to_owned();
     assert_eq!(

@@ -21,6 +21,9 @@ type Answer = Result<Json<Value>, ApiError>;
 /// The most jobs one list returns.
 const MAX_LIST: usize = 1_000;
 
+/// The most jobs one enqueue request carries (send more in several).
+const MAX_ENQUEUE: usize = 10_000;
+
 /// A job to enqueue, as JSON. Only `kind` is required.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -85,10 +88,16 @@ impl JobRequest {
     }
 }
 
-/// A JSON body, or a 400 that says what is wrong with it.
+/// A JSON body, or what is wrong with it: 413 too large, 415 not JSON, else 400 (axum's 422
+/// for a well-formed body of the wrong shape included: one status for a bad request).
 fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    b.map(|Json(v)| v)
-        .map_err(|e| ApiError::bad_request(e.body_text()))
+    b.map(|Json(v)| v).map_err(|e| {
+        let status = match e.status() {
+            s @ (StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE) => s,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, e.body_text())
+    })
 }
 
 fn job_id(p: Result<Path<String>, PathRejection>) -> Result<JobId, ApiError> {
@@ -116,6 +125,11 @@ pub(crate) async fn enqueue(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let v = body(b)?;
     let many = v.is_array();
+    if v.as_array().is_some_and(|a| a.len() > MAX_ENQUEUE) {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_ENQUEUE} jobs per request; send the rest in another"
+        )));
+    }
     let reqs: Vec<JobRequest> = match v {
         Value::Array(items) => items
             .into_iter()
@@ -200,12 +214,17 @@ impl FilterQuery {
     }
 }
 
-/// The query of `GET /api/v1/jobs`.
+/// The query of `GET /api/v1/jobs`: [`FilterQuery`]'s fields, written out (serde's
+/// `flatten` would read `since` and `until` from a query string as text and refuse them).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ListQuery {
-    #[serde(flatten)]
-    filter: FilterQuery,
+    state: Option<String>,
+    queue: Option<String>,
+    kind: Option<String>,
+    since: Option<i64>,
+    until: Option<i64>,
+    text: Option<String>,
     limit: Option<usize>,
     cursor: Option<String>,
 }
@@ -229,7 +248,15 @@ pub(crate) async fn list(
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Answer {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let filter = q.filter.filter(limit_of(q.limit, MAX_LIST)?)?;
+    let filter = FilterQuery {
+        state: q.state,
+        queue: q.queue,
+        kind: q.kind,
+        since: q.since,
+        until: q.until,
+        text: q.text,
+    }
+    .filter(limit_of(q.limit, MAX_LIST)?)?;
     let page = inspect(&st)?.search(filter, q.cursor.as_deref()).await?;
     Ok(Json(json!(page)))
 }
@@ -286,8 +313,9 @@ pub(crate) async fn bulk(
         }
     };
     let i = inspect(&st)?;
-    let workflows = st.workflows.as_ref();
     let filter = req.filter.filter(MAX_LIST)?;
+    // Stops in time to answer inside the request timeout, with `next` to go on from.
+    let budget = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
     let (mut matched, mut done) = (0usize, 0usize);
     let mut refused: Vec<Value> = Vec::new();
     let mut cursor = req.cursor;
@@ -303,34 +331,40 @@ pub(crate) async fn bulk(
             .await?;
         matched += page.jobs.len();
         for chunk in page.jobs.chunks(BULK_CONCURRENCY) {
-            let results = futures::future::join_all(chunk.iter().map(|j| async move {
-                let r = match action {
-                    "retry" => i.retry(j.id).await,
-                    "cancel" => i.cancel(j.id).await,
-                    _ => i.delete(j.id).await,
-                };
-                if let (Ok(job), "cancel", Some(wf)) = (&r, action, workflows) {
-                    if let Some(member) = job.member {
-                        wf.member_ended(member, "cancelled by an operator (HTTP API, bulk)")
-                            .await
-                            .map_err(|e| (j.id, e))?;
-                    }
+            let results = futures::future::join_all(chunk.iter().map(|j| {
+                let st = st.clone();
+                async move {
+                    let r = match action {
+                        "retry" => i.retry(j.id).await.map_err(|e| e.to_string()),
+                        "cancel" => {
+                            cancel_one(st, j.id, "cancelled by an operator (HTTP API, bulk)")
+                                .await
+                                .map_err(|e| e.message)
+                        }
+                        _ => i.delete(j.id).await.map_err(|e| e.to_string()),
+                    };
+                    r.map(|_| ()).map_err(|e| (j.id, e))
                 }
-                r.map(|_| ()).map_err(|e| (j.id, e))
             }))
             .await;
             for r in results {
                 match r {
                     Ok(()) => done += 1,
                     Err((id, e)) if refused.len() < 100 => {
-                        refused.push(json!({ "id": id, "error": e.to_string() }))
+                        refused.push(json!({ "id": id, "error": e }))
                     }
                     Err(_) => {}
                 }
             }
         }
+        if page.next.is_some() && page.next == cursor {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the broker's search did not move on from its cursor",
+            ));
+        }
         cursor = page.next;
-        if cursor.is_none() || matched >= max {
+        if cursor.is_none() || matched >= max || tokio::time::Instant::now() > budget {
             break;
         }
     }
@@ -373,12 +407,48 @@ pub(crate) async fn cancel(
             "this broker cannot cancel a queued job (RabbitMQ cannot take one message out of a queue)",
         ));
     }
-    let job = inspect(&st)?.cancel(id).await?;
-    if let (Some(member), Some(wf)) = (job.member, &st.workflows) {
-        wf.member_ended(member, "cancelled by an operator (HTTP API)")
-            .await?;
-    }
+    let job = cancel_one(st, id, "cancelled by an operator (HTTP API)").await?;
     Ok(Json(json!(job)))
+}
+
+/// Cancels one job and, for a workflow member, tells its workflow (else it would wait for
+/// the member for ever), as `weir cancel` does. A member is refused without a workflow
+/// store to tell; a member already cancelled is told again (a retry after a failure to tell
+/// it). Runs in a task of its own, so a request that times out or loses its client never
+/// leaves a member cancelled and its workflow untold.
+async fn cancel_one(
+    st: Arc<ApiState>,
+    id: JobId,
+    reason: &'static str,
+) -> Result<weir_core::Job, ApiError> {
+    tokio::spawn(async move {
+        let i = inspect(&st)?;
+        let before = i
+            .get(id)
+            .await?
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job {id}")))?;
+        if before.member.is_some() && st.workflows.is_none() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "this job is a workflow member, and no workflow store is configured to tell its \
+                 workflow (give --store, WEIR_STORE or `store` in weir.toml)",
+            ));
+        }
+        let job = match i.cancel(id).await {
+            Ok(j) => j,
+            Err(weir_core::BrokerError::WrongState {
+                state: JobState::Cancelled,
+                ..
+            }) if before.member.is_some() => before,
+            Err(e) => return Err(e.into()),
+        };
+        if let (Some(member), Some(wf)) = (job.member, &st.workflows) {
+            wf.member_ended(member, reason).await?;
+        }
+        Ok(job)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
 }
 
 /// `GET /api/v1/queues`: counts by state where the broker keeps jobs, else its depths.

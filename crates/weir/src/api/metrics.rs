@@ -136,8 +136,32 @@ pub(crate) async fn serve(State(st): State<Arc<ApiState>>) -> Response {
 }
 
 /// Sets `weir_jobs{queue,state}` from the broker's counts (the embedded broker) or its queue
-/// depths (RabbitMQ: ready, delayed, dead).
+/// depths (RabbitMQ: ready, delayed, dead). A gauge set at an earlier scrape whose queue is
+/// gone now (all its jobs purged) is set to 0, not left at its last value.
 async fn job_gauges(st: &ApiState) -> Result<(), weir_core::BrokerError> {
+    use std::collections::BTreeSet;
+    static SET: parking_lot::Mutex<BTreeSet<(String, &'static str)>> =
+        parking_lot::Mutex::new(BTreeSet::new());
+    let now = read_job_counts(st).await?;
+    let mut set = SET.lock();
+    for (queue, state) in set.iter() {
+        if !now.iter().any(|(q, s, _)| q == queue && s == state) {
+            gauge!("weir_jobs", "queue" => queue.clone(), "state" => *state).set(0.0);
+        }
+    }
+    set.clear();
+    for (queue, state, n) in now {
+        gauge!("weir_jobs", "queue" => queue.clone(), "state" => state).set(n as f64);
+        set.insert((queue, state));
+    }
+    Ok(())
+}
+
+/// (queue, state, jobs) as the broker counts them.
+async fn read_job_counts(
+    st: &ApiState,
+) -> Result<Vec<(String, &'static str, u64)>, weir_core::BrokerError> {
+    let mut out = Vec::new();
     let b = &st.broker;
     if let Some(i) = b
         .inspect()
@@ -152,13 +176,13 @@ async fn job_gauges(st: &ApiState) -> Result<(), weir_core::BrokerError> {
                 ("failed", q.failed),
                 ("cancelled", q.cancelled),
             ] {
-                gauge!("weir_jobs", "queue" => q.queue.clone(), "state" => state).set(n as f64);
+                out.push((q.queue.clone(), state, n));
             }
         }
-        return Ok(());
+        return Ok(out);
     }
     let Some(stats) = b.queue_stats() else {
-        return Ok(());
+        return Ok(out);
     };
     let queues = if st.config.queues.is_empty() {
         vec![weir_core::DEFAULT_QUEUE.to_owned()]
@@ -167,8 +191,8 @@ async fn job_gauges(st: &ApiState) -> Result<(), weir_core::BrokerError> {
     };
     for d in stats.depths(&queues).await? {
         for (state, n) in [("ready", d.ready), ("delayed", d.delayed), ("dead", d.dead)] {
-            gauge!("weir_jobs", "queue" => d.queue.clone(), "state" => state).set(n as f64);
+            out.push((d.queue.clone(), state, n));
         }
     }
-    Ok(())
+    Ok(out)
 }

@@ -79,9 +79,17 @@ impl std::fmt::Debug for ApiConfig {
     }
 }
 
+/// A configured token, if any: an empty one is none (it would match an empty header).
+fn token(t: &Option<String>) -> Option<&str> {
+    t.as_deref().filter(|t| !t.is_empty())
+}
+
 /// Refuses to serve an open API (no token) on an address other than loopback.
 pub fn check_bind(addr: SocketAddr, config: &ApiConfig) -> Result<(), String> {
-    if !addr.ip().is_loopback() && config.read_token.is_none() && config.admin_token.is_none() {
+    if !addr.ip().is_loopback()
+        && token(&config.read_token).is_none()
+        && token(&config.admin_token).is_none()
+    {
         return Err(format!(
             "refusing to serve the HTTP API on {addr} without a token: anyone who can reach it \
              could enqueue and cancel jobs. Set WEIR_API_ADMIN_TOKEN (and WEIR_API_READ_TOKEN \
@@ -96,8 +104,8 @@ pub fn check_bind(addr: SocketAddr, config: &ApiConfig) -> Result<(), String> {
 pub struct AuditEntry {
     /// When (ms since the epoch).
     pub at: Timestamp,
-    /// Who asked: `admin`, `read` (refused), `unauthenticated` (refused) or `open` (no
-    /// tokens configured).
+    /// Who asked: `admin`, `read` (refused) or `open` (no tokens configured). Requests
+    /// without a valid token are only logged.
     pub who: &'static str,
     /// The method and path, e.g. `POST /api/v1/jobs/…/retry`.
     pub what: String,
@@ -177,7 +185,7 @@ impl Api {
             d if d.is_zero() => Duration::from_secs(30),
             d => d,
         };
-        let api = Router::new()
+        let api: Router<Arc<ApiState>> = Router::new()
             .route("/queues", get(jobs::queues))
             .route("/workers", get(jobs::workers))
             .route("/jobs", get(jobs::list).post(jobs::enqueue))
@@ -189,19 +197,25 @@ impl Api {
             .route("/workflows/{id}", get(jobs::get_workflow))
             .route("/audit", get(audit))
             .route("/config", get(settings::show));
+        // The timeout sits inside `authorize`, so a change that runs out of time is still
+        // written to the audit log (with its 503).
+        let timeout = || {
+            tower_http::timeout::TimeoutLayer::with_status_code(
+                StatusCode::SERVICE_UNAVAILABLE,
+                timeout,
+            )
+        };
         Router::new()
             .nest("/api/v1", api)
             .route("/metrics", get(metrics::serve))
+            .layer(timeout())
             .layer(axum::middleware::from_fn_with_state(st.clone(), authorize))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(ready))
             .route("/openapi.json", get(openapi::document))
             .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
             .layer(axum::extract::DefaultBodyLimit::max(max_body))
-            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-                StatusCode::SERVICE_UNAVAILABLE,
-                timeout,
-            ))
+            .layer(timeout())
             .with_state(st)
     }
 
@@ -296,7 +310,7 @@ enum Role {
 }
 
 fn role(st: &ApiState, req: &Request) -> Result<Role, ApiError> {
-    let (read, admin) = (&st.config.read_token, &st.config.admin_token);
+    let (read, admin) = (token(&st.config.read_token), token(&st.config.admin_token));
     if read.is_none() && admin.is_none() {
         return Ok(Role::Open);
     }
@@ -311,7 +325,7 @@ fn role(st: &ApiState, req: &Request) -> Result<Role, ApiError> {
                 "this API needs a token: send `Authorization: Bearer TOKEN`",
             )
         })?;
-    let is = |t: &Option<String>| t.as_deref().is_some_and(|t| same(t, given));
+    let is = |t: Option<&str>| t.is_some_and(|t| same(t, given));
     if is(admin) {
         Ok(Role::Admin)
     } else if is(read) {
@@ -321,16 +335,33 @@ fn role(st: &ApiState, req: &Request) -> Result<Role, ApiError> {
     }
 }
 
-/// Compares tokens in time independent of where they differ.
+/// Compares tokens in time independent of where (and whether) they differ: both sides are
+/// hashed first, so neither the position of a difference nor the token's length shows.
 fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+    use std::hash::{BuildHasher, Hasher};
+    let keyed = std::collections::hash_map::RandomState::new();
+    let digest = |s: &str| {
+        let mut h = keyed.build_hasher();
+        h.write(s.as_bytes());
+        h.finish()
+    };
+    (digest(a) ^ digest(b)) == 0 && a == b
 }
 
 /// Checks the token against the method (reads need `read` or `admin`, changes `admin`), and
 /// writes every attempted change, allowed or refused, to the audit log.
 async fn authorize(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
-    let changes = req.method() != axum::http::Method::GET;
-    let what = format!("{} {}", req.method(), req.uri().path());
+    use axum::http::Method;
+    let changes = ![Method::GET, Method::HEAD, Method::OPTIONS].contains(req.method());
+    let mut what = format!("{} {}", req.method(), req.uri().path());
+    if what.len() > 256 {
+        let mut end = 256;
+        while !what.is_char_boundary(end) {
+            end -= 1;
+        }
+        what.truncate(end);
+        what.push('…');
+    }
     let (who, resp) = match role(&st, &req) {
         Err(e) => ("unauthenticated", e.into_response()),
         Ok(Role::Read) if changes => (
@@ -350,7 +381,11 @@ async fn authorize(State(st): State<Arc<ApiState>>, req: Request, next: Next) ->
             (who, next.run(req).await)
         }
     };
-    if changes {
+    // Refused requests without a valid token are logged, but kept out of the list: anyone
+    // could otherwise flush the real changes out of it.
+    if changes && who == "unauthenticated" {
+        tracing::info!(target: "weir::audit", who, what = %what, "API change refused: no valid token");
+    } else if changes {
         let status = resp.status().as_u16();
         tracing::info!(target: "weir::audit", who, what = %what, status, "API change");
         let mut log = st.audit.lock();

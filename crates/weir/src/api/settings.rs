@@ -11,31 +11,37 @@ use serde_json::{json, Value};
 use super::{ApiError, ApiState};
 use crate::config::Config;
 
-/// Keys whose values are URLs with credentials, shown with the password hidden.
-const URL_KEYS: [&str; 2] = ["broker", "store"];
-
-/// Hides what must never leave the process: passwords in URLs, and any value under a key
-/// that names a secret.
+/// Hides what must never leave the process: the password of every URL (whatever its key,
+/// even a misspelled one in a refused file), and every value under a key that names a secret.
 fn redact(v: &mut Value) {
     match v {
         Value::Object(map) => {
             for (k, v) in map.iter_mut() {
                 let key = k.to_ascii_lowercase();
-                if ["token", "password", "secret", "key"]
+                if ["token", "password", "secret", "credential"]
                     .iter()
                     .any(|s| key.contains(s))
-                    && !matches!(v, Value::Object(_) | Value::Array(_))
                 {
-                    *v = Value::String("***".into());
-                } else if let (true, Value::String(s)) = (URL_KEYS.contains(&k.as_str()), &*v) {
-                    *v = Value::String(weir_core::redact_url(s));
+                    hide(v);
                 } else {
                     redact(v);
                 }
             }
         }
         Value::Array(items) => items.iter_mut().for_each(redact),
+        Value::String(s) if s.contains("://") || s.contains("password=") => {
+            *s = weir_core::redact_url(s);
+        }
         _ => {}
+    }
+}
+
+/// Replaces every scalar under `v` with `***`.
+fn hide(v: &mut Value) {
+    match v {
+        Value::Object(map) => map.values_mut().for_each(hide),
+        Value::Array(items) => items.iter_mut().for_each(hide),
+        other => *other = Value::String("***".into()),
     }
 }
 
@@ -75,6 +81,8 @@ mod tests {
             "broker": "amqp://weir:hunter2@mq/%2f",
             "store": "postgres://db/weir?password=hunter2",
             "api": { "admin_token": "hunter2", "listen": "127.0.0.1:9090" },
+            "brokr": "amqp://weir:hunter2@mq/%2f",
+            "tokens": ["hunter2"],
             "shell": { "allow": ["echo"], "env": ["AWS_REGION"] },
         });
         redact(&mut v);
