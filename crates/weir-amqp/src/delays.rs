@@ -111,10 +111,9 @@ async fn move_once(shared: &Arc<Shared>, queue: &str, tier_ms: u64) -> Result<()
     let result = async {
         loop {
             // Take the due head of the tier, message by message: a tier is FIFO in leaving
-            // order, so the first message not yet due ends the round. It goes back at once
-            // (to the head: classic queues keep its place, quorum queues deliver returned
-            // messages first), so nothing is held while waiting and the tier's count stays
-            // exact for `weir status`.
+            // order, so the first message not yet due ends the round. It goes back at once,
+            // to its place (tiers are classic queues, see `topology.rs`), so nothing is held
+            // while waiting and the tier's count stays exact for `weir status`.
             let mut batch = Vec::new();
             let mut sleep = idle_poll(tier_ms);
             while batch.len() < BATCH {
@@ -126,7 +125,11 @@ async fn move_once(shared: &Arc<Shared>, queue: &str, tier_ms: u64) -> Result<()
                 let d = m.delivery;
                 let now = shared.clock.now().as_millis();
                 let (hop_at, due) = codec::hop_and_due(&d.properties);
-                if hop_at > now {
+                // A hop later than the tier's own wait from now cannot be weir's (a clock
+                // that jumped, a foreign header): moved now, it gets a fresh one, instead of
+                // stalling the tier behind it.
+                let wait = i64::try_from(tier_ms).unwrap_or(i64::MAX);
+                if hop_at > now && hop_at <= now.saturating_add(wait) {
                     ch.basic_nack(
                         d.delivery_tag,
                         BasicNackOptions {

@@ -131,11 +131,28 @@ impl Topology {
             (self.name(queue, &Target::Dead), self.base_args()),
         ];
         for &ms in self.tiers() {
-            let mut a = self.base_args();
-            if self.delays == DelayMode::Ttl {
-                a.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ms as i64));
-                self.dead_letter_to(&mut a, self.name(queue, &Target::Work));
-            }
+            let a = match self.delays {
+                DelayMode::Ttl => {
+                    let mut a = self.base_args();
+                    a.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ms as i64));
+                    self.dead_letter_to(&mut a, self.name(queue, &Target::Work));
+                    a
+                }
+                // Classic whatever the work queue's type: a worker looks at a tier's head and
+                // gives it back when it is not due yet. A classic queue keeps a returned
+                // message at its place; a quorum queue puts it at the back (3.x, breaking the
+                // tier's order, so jobs ran up to a tier's wait late) or, from 4.0, drops it
+                // after 20 returns. Durable and persistent, so a restart loses nothing; in a
+                // cluster a tier lives on one node (its jobs wait while that node is down).
+                DelayMode::Worker => {
+                    let mut a = FieldTable::default();
+                    a.insert(
+                        "x-queue-type".into(),
+                        AMQPValue::LongString("classic".into()),
+                    );
+                    a
+                }
+            };
             all.push((self.name(queue, &Target::Tier(ms)), a));
         }
         all
@@ -316,6 +333,11 @@ mod tests {
             let args = args.inner();
             assert!(!args.contains_key("x-message-ttl"), "{name}");
             assert!(!args.contains_key("x-dead-letter-exchange"), "{name}");
+            assert_eq!(
+                args.get("x-queue-type"),
+                Some(&AMQPValue::LongString("classic".into())),
+                "{name}: a returned head must keep its place"
+            );
         }
     }
 

@@ -455,3 +455,54 @@ async fn the_trace_id_travels_as_correlation_id_and_traceparent() {
         (d.job.attempt + 1, trace)
     );
 }
+
+/// A worker looks at a delay tier's head and gives it back while it is not due: the head must
+/// keep its place, or a job due first waits behind later ones. (With quorum tiers RabbitMQ
+/// puts a returned message at the back: here B came back 0.45 s late, behind C.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delay_tier_keeps_its_order_while_its_head_waits() {
+    let (b, _c) = broker("");
+    // A worker serves the queue (so its tiers are moved) before anything is delayed.
+    assert!(b
+        .fetch(req("order", 1, Duration::from_millis(50)))
+        .await
+        .unwrap()
+        .is_empty());
+    let start = tokio::time::Instant::now();
+    let delayed = || {
+        NewJob::new("k", "{}")
+            .queue("order")
+            .delay(Duration::from_millis(1_000))
+    };
+    // A, then B 0.5 s later, then C 0.45 s after B: all in the 1 s tier. When A leaves, B is
+    // the head and not due, and C waits behind it.
+    let a = b.enqueue(delayed()).await.unwrap().id;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let b_id = b.enqueue(delayed()).await.unwrap().id;
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    b.enqueue(delayed()).await.unwrap();
+    let mut came = Vec::new();
+    while came.len() < 2 {
+        for d in b
+            .fetch(req("order", 1, Duration::from_millis(20)))
+            .await
+            .unwrap()
+        {
+            came.push((d.job.id, start.elapsed()));
+            b.settle(vec![(d.lease, Settlement::Succeeded { result: None })])
+                .await
+                .unwrap();
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{came:?}");
+    }
+    assert_eq!(
+        (came[0].0, came[1].0),
+        (a, b_id),
+        "in the order they are due"
+    );
+    assert!(
+        came[1].1 < Duration::from_millis(1_750),
+        "B, due at 1.5 s, came back at {:?}",
+        came[1].1
+    );
+}

@@ -43,7 +43,9 @@ pub(crate) fn spec() -> Value {
     let any = json!({});
     let obj = json!({ "type": "object" });
     let read = ["400", "401", "404", "501", "503"];
-    let write = ["400", "401", "403", "404", "409", "413", "415", "501", "503"];
+    let write = [
+        "400", "401", "403", "404", "409", "413", "415", "501", "503",
+    ];
     json!({
         "openapi": "3.1.0",
         "info": { "title": "weir", "version": env!("CARGO_PKG_VERSION"),
