@@ -536,7 +536,7 @@ impl Inspect for SqliteBroker {
         }
     }
 
-    /// Looks at no more than 100,000 rows per call (see `search.rs`); the cursor is a row
+    /// Looks at no more than 50,000 rows per call (see `search.rs`); the cursor is a row
     /// number.
     async fn search(
         &self,

@@ -12,7 +12,7 @@ use weir_core::{BrokerError, JobPage, ListFilter};
 use crate::rows::{job_from_row, JOB_COLUMNS};
 
 /// The most rows one search call looks at.
-pub(crate) const WINDOW: i64 = 100_000;
+pub(crate) const WINDOW: i64 = 50_000;
 
 /// One page: jobs with `seq < cursor` matching `filter`, newest first, looking at no more
 /// than [`WINDOW`] rows. The cursor is a seq as text.
