@@ -3,7 +3,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::{InvalidJob, Job, JobId, JobLimits, JobState, NewJob, Timestamp};
+use crate::{InvalidJob, Job, JobId, JobLimits, JobPage, JobState, ListFilter, NewJob, Timestamp};
 
 /// A storage or transport failure. Brokers report what went wrong in words an operator can act
 /// on; whether to try again is [`BrokerError::is_transient`].
@@ -387,60 +387,6 @@ pub trait QueueStats: Send + Sync {
     /// Up to `limit` dead-lettered jobs of `queue`, oldest first, with `last_error` saying why.
     /// Looking does not remove them.
     async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<Job>, BrokerError>;
-}
-
-/// Which jobs [`Inspect::list`] and [`Inspect::search`] return. Every condition given must
-/// hold; build it with `..Default::default()` (fields may be added).
-#[derive(Clone, Debug, Default)]
-pub struct ListFilter {
-    /// Only this queue. By default, all.
-    pub queue: Option<String>,
-    /// Only this state. By default, all.
-    pub state: Option<JobState>,
-    /// Only this kind. By default, all.
-    pub kind: Option<String>,
-    /// Only jobs created at or after this time. By default, any.
-    pub since: Option<Timestamp>,
-    /// Only jobs created before this time. By default, any.
-    pub until: Option<Timestamp>,
-    /// Only jobs whose payload or last error contains this text (case-sensitive). By
-    /// default, any.
-    pub text: Option<String>,
-    /// At most this many, newest first. By default (0), 100.
-    pub limit: usize,
-}
-
-impl ListFilter {
-    /// True if `job` meets every condition (not the limit).
-    pub fn matches(&self, job: &Job) -> bool {
-        self.queue.as_ref().is_none_or(|q| *q == job.queue)
-            && self.state.is_none_or(|s| s == job.state)
-            && self.kind.as_ref().is_none_or(|k| *k == job.kind)
-            && self.since.is_none_or(|t| job.created_at >= t)
-            && self.until.is_none_or(|t| job.created_at < t)
-            && self.text.as_ref().is_none_or(|t| {
-                let t = t.as_bytes();
-                contains(&job.payload, t)
-                    || job
-                        .last_error
-                        .as_ref()
-                        .is_some_and(|e| contains(e.as_bytes(), t))
-            })
-    }
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
-}
-
-/// One page of [`Inspect::search`].
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct JobPage {
-    /// The jobs found, newest first; fewer than asked for does not mean the end (see `next`).
-    pub jobs: Vec<Job>,
-    /// Where the next page starts (pass it back as the cursor), or `None` at the end. Opaque:
-    /// each broker has its own.
-    pub next: Option<String>,
 }
 
 /// Job counts of one queue.

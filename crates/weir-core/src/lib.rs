@@ -12,6 +12,7 @@
 mod broker;
 mod clock;
 mod error;
+mod filter;
 mod id;
 mod job;
 mod member;
@@ -23,11 +24,12 @@ mod validate;
 
 pub use broker::{
     redact_url, Broker, BrokerError, Capabilities, Capability, Delivery, Enqueued, FetchRequest,
-    Inspect, InvalidUrl, JobPage, Lease, ListFilter, QueueCounts, QueueDepth, QueueStats,
-    SettleOutcome, Settlement, WorkerStatus,
+    Inspect, InvalidUrl, Lease, QueueCounts, QueueDepth, QueueStats, SettleOutcome, Settlement,
+    WorkerStatus,
 };
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use error::{ErrorKind, TaskError};
+pub use filter::{JobPage, ListFilter};
 pub use id::{JobId, ParseJobIdError};
 pub use job::{Job, NewJob, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE};
 pub use member::{Member, ParseMemberError, WorkflowId};

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use rusqlite::{params, OptionalExtension};
-use weir_core::{BrokerError, Timestamp};
+use weir_core::{BrokerError, Job, JobId, Timestamp};
 
 use crate::codes::state;
 use crate::commands::{Cmd, Done, Purged};
@@ -129,5 +129,33 @@ impl Writer {
                 Done::Purged(reply, r)
             }
         }))
+    }
+}
+
+impl Writer {
+    /// Deletes one finished job. Like a purge, it first records the highest row number, so
+    /// row numbers are never reused (other processes find new jobs by `seq > last_seen`).
+    pub(crate) fn delete(&mut self, id: JobId) -> rusqlite::Result<Result<Job, BrokerError>> {
+        let Some((seq, job)) = self.find(id)? else {
+            return Ok(Err(BrokerError::NotFound(id)));
+        };
+        if !job.state.is_finished() {
+            return Ok(Err(BrokerError::WrongState {
+                id,
+                state: job.state,
+                what: "delete (only a finished job is deleted; cancel it first)".into(),
+            }));
+        }
+        self.conn
+            .prepare_cached(
+                "INSERT INTO meta (key, value)
+                 SELECT 'seq_floor', COALESCE(MAX(seq), 0) FROM jobs WHERE true
+                 ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
+            )?
+            .execute([])?;
+        self.conn
+            .prepare_cached("DELETE FROM jobs WHERE seq = ?1")?
+            .execute([seq as i64])?;
+        Ok(Ok(job))
     }
 }

@@ -499,7 +499,7 @@ impl Writer {
         Ok(())
     }
 
-    fn find(&self, id: JobId) -> rusqlite::Result<Option<(u64, Job)>> {
+    pub(crate) fn find(&self, id: JobId) -> rusqlite::Result<Option<(u64, Job)>> {
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1");
         self.conn
             .prepare_cached(&sql)?
@@ -584,31 +584,5 @@ impl Writer {
         self.count_finished(&job.queue, JobState::Cancelled, 1)?;
         self.release_key(job.unique_key.clone(), seq)?;
         Ok(Ok(self.find(id)?.map(|(_, j)| j).unwrap_or(job)))
-    }
-
-    /// Deletes one finished job. Like a purge, it first records the highest row number, so
-    /// row numbers are never reused (other processes find new jobs by `seq > last_seen`).
-    pub(crate) fn delete(&mut self, id: JobId) -> rusqlite::Result<Result<Job, BrokerError>> {
-        let Some((seq, job)) = self.find(id)? else {
-            return Ok(Err(BrokerError::NotFound(id)));
-        };
-        if !job.state.is_finished() {
-            return Ok(Err(BrokerError::WrongState {
-                id,
-                state: job.state,
-                what: "delete (only a finished job is deleted; cancel it first)".into(),
-            }));
-        }
-        self.conn
-            .prepare_cached(
-                "INSERT INTO meta (key, value)
-                 SELECT 'seq_floor', COALESCE(MAX(seq), 0) FROM jobs WHERE true
-                 ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
-            )?
-            .execute([])?;
-        self.conn
-            .prepare_cached("DELETE FROM jobs WHERE seq = ?1")?
-            .execute([seq as i64])?;
-        Ok(Ok(job))
     }
 }

@@ -88,6 +88,6 @@ pub(crate) async fn run(args: &Args, a: &HttpArgs) -> anyhow::Result<ExitCode> {
     if let Some(store) = args.store().await? {
         api = api.store(store);
     }
-    api.serve(a.addr, super::serve::shutdown_signal()).await?;
+    api.serve(a.addr, super::signal::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }

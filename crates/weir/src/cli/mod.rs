@@ -18,6 +18,7 @@ mod enqueue;
 mod http;
 mod jobs;
 mod serve;
+mod signal;
 mod workflow;
 
 use std::path::PathBuf;

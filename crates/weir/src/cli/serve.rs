@@ -65,31 +65,6 @@ fn parse_retention(s: &str) -> Result<Retention, String> {
     }
 }
 
-/// Resolves on the first SIGINT or SIGTERM; a second one exits the process at once.
-pub(crate) async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM; stop with SIGINT");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        eprintln!("second signal: exiting now; unfinished leases will expire and run again");
-        std::process::exit(130);
-    });
-}
-
 pub(crate) async fn run(
     args: &Args,
     a: &ServeArgs,
@@ -183,7 +158,7 @@ pub(crate) async fn run(
             }
         })
     });
-    let report = service.run(shutdown_signal()).await;
+    let report = service.run(super::signal::shutdown_signal()).await;
     stop_api.cancel();
     if let Some(api) = api {
         let _ = api.await;
