@@ -1,5 +1,6 @@
 //! The connection: one at a time, reconnected with backoff and jitter when lost; a publish
-//! channel with confirms, bounded in flight; topology declared once per connection.
+//! channel with confirms, bounded in flight; topology declared once per connection; and the
+//! loop that keeps every background task of the broker running through losses.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -311,4 +312,38 @@ fn refused(e: &lapin::Error) -> bool {
         || text.contains("ACCESS-REFUSED")
         || ((text.contains("NOT_ALLOWED") || text.contains("NOT-ALLOWED"))
             && text.contains("not found"))
+}
+
+/// Runs `once` again and again until the broker closes: after each end (`report`ed with the
+/// pause before the next try) it waits with backoff and jitter, which starts over once a run
+/// lasted 10 s. The loop of every background task of the broker (consumers, delay movers).
+pub(crate) async fn keep_running<F, Fut>(
+    shared: &crate::Shared,
+    mut once: F,
+    report: impl Fn(Result<(), BrokerError>, Duration),
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), BrokerError>>,
+{
+    let mut failures = 0u32;
+    loop {
+        let started = tokio::time::Instant::now();
+        let outcome = tokio::select! {
+            _ = shared.closed.cancelled() => return,
+            r = once() => r,
+        };
+        if shared.closed.is_cancelled() {
+            return;
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            failures = 0;
+        }
+        failures = failures.saturating_add(1);
+        let pause = shared.conn.pause(failures);
+        report(outcome, pause);
+        tokio::select! {
+            _ = shared.closed.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
 }

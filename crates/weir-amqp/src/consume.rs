@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use weir_core::{BrokerError, Job, Timestamp};
 
 use crate::codec::{self, Incoming};
-use crate::conn::{unavailable, Outgoing};
+use crate::conn::{keep_running, unavailable, Outgoing};
 use crate::delays;
 use crate::topology::{QueueType, Target};
 use crate::Shared;
@@ -191,46 +191,28 @@ impl ChanState {
 /// a consumer cancelled by the server) it reconnects with backoff and consumes again. It never
 /// stops silently: every failure is logged with when it tries again.
 pub(crate) async fn consume_forever(shared: Arc<Shared>, q: Arc<QueueState>) {
-    let mut failures = 0u32;
-    loop {
-        let started = tokio::time::Instant::now();
-        let outcome = tokio::select! {
-            _ = shared.closed.cancelled() => return,
-            r = consume_once(&shared, &q) => r,
-        };
-        if shared.closed.is_cancelled() {
-            return;
+    let (sh, qs) = (&shared, &q);
+    keep_running(sh, || consume_once(sh, qs), |outcome, pause| match outcome {
+        Ok(()) => {
+            tracing::warn!(queue = %q.name, retry_in = ?pause, "RabbitMQ consumer ended; consuming again")
         }
-        if started.elapsed() > Duration::from_secs(10) {
-            failures = 0;
+        Err(e) if consumer_timed_out(&e.to_string()) => {
+            tracing::error!(
+                queue = %q.name,
+                error = %e,
+                retry_in = ?pause,
+                "RabbitMQ closed the consumer channel: a job ran longer than the server's \
+                 `consumer_timeout` (30 min by default) without an ack. Every job held on \
+                 that channel goes back to the queue and runs again; the attempts here lost \
+                 their leases and are stopped. Raise `consumer_timeout` in rabbitmq.conf \
+                 above the longest job timeout (RabbitMQ checks it about once a minute)"
+            )
         }
-        failures = failures.saturating_add(1);
-        let pause = shared.conn.pause(failures);
-        match outcome {
-            Ok(()) => {
-                tracing::warn!(queue = %q.name, retry_in = ?pause, "RabbitMQ consumer ended; consuming again")
-            }
-            Err(e) if consumer_timed_out(&e.to_string()) => {
-                tracing::error!(
-                    queue = %q.name,
-                    error = %e,
-                    retry_in = ?pause,
-                    "RabbitMQ closed the consumer channel: a job ran longer than the server's \
-                     `consumer_timeout` (30 min by default) without an ack. Every job held on \
-                     that channel goes back to the queue and runs again; the attempts here lost \
-                     their leases and are stopped. Raise `consumer_timeout` in rabbitmq.conf \
-                     above the longest job timeout (RabbitMQ checks it about once a minute)"
-                )
-            }
-            Err(e) => {
-                tracing::warn!(queue = %q.name, error = %e, retry_in = ?pause, "RabbitMQ consumer failed; consuming again")
-            }
+        Err(e) => {
+            tracing::warn!(queue = %q.name, error = %e, retry_in = ?pause, "RabbitMQ consumer failed; consuming again")
         }
-        tokio::select! {
-            _ = shared.closed.cancelled() => return,
-            _ = tokio::time::sleep(pause) => {}
-        }
-    }
+    })
+    .await
 }
 
 /// True if a channel error is RabbitMQ's consumer timeout (a delivery left unacked longer

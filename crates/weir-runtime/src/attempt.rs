@@ -48,8 +48,8 @@ async fn attempt(shared: Arc<Shared>, settle_tx: SettleTx, d: Delivery, mut slot
     shared.counters.started();
     let now = shared.clock.now();
     shared.observer.started(&job, now);
-    let known = shared.registry.get(&job.kind).is_some();
-    let metered = shared.metrics.kind(&job.queue, &job.kind, known);
+    let kind = shared.registry.get(&job.kind);
+    let metered = shared.metrics.kind(&job.queue, &job.kind, kind.is_some());
     metered.started(elapsed(job.run_at, now));
     let (id, created_at) = (job.id, job.created_at);
     let send = |s: Settlement| {
@@ -89,7 +89,6 @@ async fn attempt(shared: Arc<Shared>, settle_tx: SettleTx, d: Delivery, mut slot
         return send(settlement).await;
     }
     let _watched = job.member.and_then(|member| m.watch(lease.token, member));
-    let kind = shared.registry.get(&job.kind);
     // Limits: held for the whole attempt, or the job is deferred without running. Never
     // waited for here: waiting would park this pool slot (see weir_sync::Limiter).
     let admission = match admit(&shared, &job, kind) {

@@ -10,8 +10,8 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use bin_support::http::{bound, http, json_of, serve_http, spawn_logged};
-use bin_support::{text, wait_for, Weir};
+use bin_support::http::{bound, http, json_of, serve_http};
+use bin_support::{spawn_logged, text, wait_for, Weir};
 use serde_json::json;
 
 const LONG: Duration = Duration::from_secs(30);

@@ -4,13 +4,13 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{text, wait_for, Serving, Weir};
+use super::{spawn_logged, text, wait_for, Serving, Weir};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -106,23 +106,4 @@ pub fn serve_http(w: &Weir, env: &[(&str, &str)]) -> (Serving, String) {
     let (serving, log) = spawn_logged(c);
     let addr = bound(&log);
     (serving, addr)
-}
-
-pub fn spawn_logged(mut c: Command) -> (Serving, Arc<Mutex<String>>) {
-    let mut child = c.spawn().expect("weir starts");
-    let log = Arc::new(Mutex::new(String::new()));
-    let stderr = child.stderr.take().unwrap();
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let mut l = sink.lock().unwrap();
-            l.push_str(&line);
-            l.push('\n');
-        }
-    });
-    (Serving::guard(child), log)
 }

@@ -90,22 +90,7 @@ impl Weir {
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let mut child = c.spawn().expect("weir serve starts");
-        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        (Serving { child: Some(child) }, log)
+        spawn_logged(c)
     }
 
     /// `weir status --json`.
@@ -210,4 +195,24 @@ pub fn text(b: &[u8]) -> String {
 /// The path as a `&str`.
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
+}
+
+/// Starts `c` (its stderr piped) under a [`Serving`] guard, collecting its stderr as it comes.
+pub fn spawn_logged(mut c: Command) -> (Serving, std::sync::Arc<std::sync::Mutex<String>>) {
+    let mut child = c.spawn().expect("weir starts");
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let mut l = sink.lock().unwrap();
+            l.push_str(&line);
+            l.push('\n');
+        }
+    });
+    (Serving::guard(child), log)
 }
