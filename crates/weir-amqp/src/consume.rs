@@ -14,11 +14,12 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::Channel;
 use tokio::sync::Notify;
-use weir_core::{BrokerError, Job, Timestamp};
+use weir_core::{BrokerError, Job, Settlement, Timestamp};
 
 use crate::codec::{self, Incoming};
 use crate::conn::{keep_running, unavailable, Outgoing};
 use crate::delays;
+use crate::tags::{multi_ack_len, SeenTags};
 use crate::topology::{QueueType, Target};
 use crate::Shared;
 
@@ -80,50 +81,9 @@ pub(crate) struct ChanState {
     /// still on its way (with two consumers on the channel, their deliveries can be taken in
     /// out of tag order), or that delivery would be acked without having run.
     pub(crate) seen: parking_lot::Mutex<SeenTags>,
-}
-
-/// The delivery tags taken in on one channel: every tag up to `contiguous`, plus `ahead`.
-/// Tags start at 1 on each channel.
-#[derive(Default, Debug)]
-pub(crate) struct SeenTags {
-    contiguous: u64,
-    ahead: std::collections::BTreeSet<u64>,
-}
-
-impl SeenTags {
-    /// Records that `tag` was taken in.
-    pub(crate) fn mark(&mut self, tag: u64) {
-        if tag <= self.contiguous {
-            return;
-        }
-        self.ahead.insert(tag);
-        while self.ahead.remove(&(self.contiguous + 1)) {
-            self.contiguous += 1;
-        }
-    }
-
-    /// Every tag up to this one has been taken in.
-    pub(crate) fn contiguous(&self) -> u64 {
-        self.contiguous
-    }
-}
-
-/// How many of `tags` (sorted) one multiple-ack may cover: those below every tag still held
-/// and none above a tag not yet taken in.
-pub(crate) fn multi_ack_len(tags: &[u64], lowest_held: u64, seen_upto: u64) -> usize {
-    let limit = lowest_held.min(seen_upto.saturating_add(1));
-    tags.partition_point(|t| *t < limit)
-}
-
-/// Lease tokens: the channel generation above bit 40, the delivery tag below.
-const TAG_BITS: u32 = 40;
-
-pub(crate) fn token(gen: u32, tag: u64) -> u64 {
-    (u64::from(gen) << TAG_BITS) | (tag & ((1 << TAG_BITS) - 1))
-}
-
-pub(crate) fn untoken(token: u64) -> (u32, u64) {
-    ((token >> TAG_BITS) as u32, token & ((1 << TAG_BITS) - 1))
+    /// Its consumers are cancelled and what they prefetched was given back (see
+    /// [`AmqpBroker::close`](crate::AmqpBroker::close)).
+    pub(crate) drained: AtomicBool,
 }
 
 impl ChanState {
@@ -239,6 +199,7 @@ async fn consume_once(shared: &Arc<Shared>, q: &Arc<QueueState>) -> Result<(), B
         acking: tokio::sync::Mutex::new(()),
         dead: AtomicBool::new(false),
         seen: parking_lot::Mutex::new(SeenTags::default()),
+        drained: AtomicBool::new(false),
     });
     shared.channels.write().insert(chan.gen, chan.clone());
     let result = run_consumer(shared, q, &chan).await;
@@ -284,9 +245,10 @@ async fn run_consumer(
     let mut streams = futures::stream::SelectAll::new();
     let mut active: Vec<String> = Vec::new();
     let mut total = 0;
+    let mut draining = false;
     loop {
         let want = q.prefetch.load(Ordering::Acquire);
-        if want != total {
+        if want != total && !draining {
             if want < total {
                 for tag in active.drain(..) {
                     chan.channel
@@ -319,10 +281,62 @@ async fn run_consumer(
                         )));
                     }
                 }
+                None if draining => {
+                    // Every cancelled consumer's stream has ended: all it was sent is here.
+                    give_back_buffered(shared, q, chan).await;
+                    chan.drained.store(true, Ordering::Release);
+                    shared.closed.cancelled().await;
+                    return Ok(());
+                }
                 None => return Ok(()),
             },
-            _ = q.prefetch_changed.notified() => {}
+            _ = q.prefetch_changed.notified(), if !draining => {}
+            _ = shared.draining.cancelled(), if !draining => {
+                draining = true;
+                for tag in active.drain(..) {
+                    chan.channel
+                        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                        .await
+                        .map_err(|e| unavailable("cancelling a consumer to close", e))?;
+                }
+            }
         }
+    }
+}
+
+/// Publishes a copy of each delivery this channel buffered but no worker fetched (attempt
+/// unspent, due now) and acks the originals, so closing costs them no attempt. On failure
+/// they stay unacked and go back when the channel closes, their attempt counted.
+async fn give_back_buffered(shared: &Arc<Shared>, q: &Arc<QueueState>, chan: &Arc<ChanState>) {
+    let now = shared.clock.now();
+    let (tags, copies): (Vec<u64>, Vec<_>) = {
+        let mut held = chan.held.lock();
+        held.iter_mut()
+            .filter(|(_, h)| matches!(h.state, HeldState::Buffered))
+            .filter_map(|(tag, h)| {
+                h.state = HeldState::Settling;
+                crate::copy_for(shared, &h.job, Settlement::Release, now).map(|c| (*tag, c))
+            })
+            .unzip()
+    };
+    q.buffer.lock().retain(|(c, _)| !Arc::ptr_eq(c, chan));
+    if tags.is_empty() {
+        return;
+    }
+    let sent = match shared.conn.conn().await {
+        Ok(conn) => shared.conn.publish(&conn, copies).await,
+        Err(e) => Err(e),
+    };
+    match sent {
+        Ok(()) => {
+            chan.ack(tags.clone()).await;
+            tracing::info!(queue = %q.name, jobs = tags.len(), "gave back prefetched jobs unspent");
+        }
+        Err(e) => tracing::warn!(
+            queue = %q.name,
+            error = %e,
+            "giving back prefetched jobs failed; they return with an attempt counted"
+        ),
     }
 }
 
@@ -364,6 +378,11 @@ fn on_delivery(
     let tag = d.delivery_tag;
     chan.seen.lock().mark(tag);
     let redelivered = d.redelivered;
+    if redelivered {
+        // Delivered before and never settled: its worker died, lost its channel or let the
+        // lease run out.
+        weir_core::telemetry::leases_reclaimed(&q.name, 1);
+    }
     let how = Incoming {
         queue: &q.name,
         redelivered,
@@ -380,6 +399,7 @@ fn on_delivery(
         Err(why) => {
             let data = body.take().unwrap_or_default();
             tracing::warn!(queue = %q.name, error = %why, "unreadable message dead-lettered");
+            weir_core::telemetry::dead_lettered(&q.name, 1);
             let mut h = props.headers().clone().unwrap_or_default();
             h.insert(
                 "x-weir-error".into(),
@@ -408,6 +428,7 @@ fn on_delivery(
                 job.last_error.as_deref().unwrap_or("none")
             ));
             tracing::warn!(queue = %q.name, id = %job.id, "job dead-lettered: attempts lost");
+            weir_core::telemetry::dead_lettered(&q.name, 1);
             let out = Outgoing {
                 to: shared.conn.topo.name(&q.name, &Target::Dead),
                 props: codec::encode(&job),
@@ -522,33 +543,5 @@ mod tests {
              delivery acknowledgement on channel 1 timed out. Timeout value used: 3000 ms."
         ));
         assert!(!consumer_timed_out("IO error: Connection reset by peer"));
-    }
-
-    #[test]
-    fn seen_tags_advance_only_over_gaps_filled() {
-        let mut s = SeenTags::default();
-        s.mark(2);
-        assert_eq!(s.contiguous(), 0, "tag 1 is still on its way");
-        s.mark(1);
-        assert_eq!(s.contiguous(), 2);
-        s.mark(4);
-        s.mark(5);
-        assert_eq!(s.contiguous(), 2);
-        s.mark(3);
-        assert_eq!(s.contiguous(), 5);
-        s.mark(2); // a repeat changes nothing
-        assert_eq!(s.contiguous(), 5);
-    }
-
-    #[test]
-    fn a_multiple_ack_never_covers_a_tag_not_taken_in() {
-        // Settled 1, 2, 5; nothing else held; tags 3 and 4 not yet taken in (the other
-        // consumer's stream): only 1 and 2 go in the multiple-ack, 5 alone.
-        assert_eq!(multi_ack_len(&[1, 2, 5], u64::MAX, 2), 2);
-        // Everything taken in and nothing held below: all three at once.
-        assert_eq!(multi_ack_len(&[1, 2, 5], u64::MAX, 5), 3);
-        // Tag 3 held (running): the multiple-ack stops below it.
-        assert_eq!(multi_ack_len(&[1, 2, 5], 3, 9), 2);
-        assert_eq!(multi_ack_len(&[], 3, 9), 0);
     }
 }

@@ -35,6 +35,7 @@ mod dead;
 mod delays;
 mod options;
 mod stats;
+mod tags;
 pub use stats::MAX_PEEK;
 mod topology;
 
@@ -55,7 +56,8 @@ use weir_core::{
 };
 
 use conn::{unavailable, Connector, Outgoing};
-use consume::{token, untoken, ChanState, HeldState, QueueState};
+use consume::{ChanState, HeldState, QueueState};
+use tags::{token, untoken};
 use topology::Target;
 pub use topology::{DelayMode, QueueType, UnknownQueueType};
 
@@ -74,6 +76,9 @@ pub(crate) struct Shared {
     /// Weir queues this broker has touched, for [`AmqpBroker::delete_queues`] and status.
     known: parking_lot::Mutex<BTreeSet<String>>,
     reaper: AtomicBool,
+    /// Set by [`AmqpBroker::close`]: consumers stop taking deliveries and give back the ones
+    /// no worker fetched.
+    draining: CancellationToken,
     closed: CancellationToken,
 }
 
@@ -111,16 +116,37 @@ impl AmqpBroker {
                 next_gen: AtomicU32::new(1),
                 known: parking_lot::Mutex::new(BTreeSet::new()),
                 reaper: AtomicBool::new(false),
+                draining: CancellationToken::new(),
                 closed: CancellationToken::new(),
             }),
         }
     }
 
-    /// Stops consuming and closes the connection. Deliveries not yet settled go back to their
-    /// queues (RabbitMQ redelivers them). Further calls fail with [`BrokerError::Closed`].
+    /// Stops consuming and closes the connection. Deliveries prefetched but never fetched by
+    /// a worker go back unspent: each consumer is cancelled, then they are published again
+    /// (to the tail of their work queue, with confirms) and acked, so no attempt is counted
+    /// for a job that never ran. Deliveries fetched and not yet settled go back to their
+    /// queues with the attempt counted, as when a worker dies (settle them first, as a
+    /// worker's shutdown does with [`Settlement::Release`]). Waits at most 10 s for the
+    /// consumers; further calls fail with [`BrokerError::Closed`].
     ///
-    /// Cancel safe: the broker is closed from the first await on.
+    /// Cancel safe: dropped while giving back, the connection closes and RabbitMQ requeues
+    /// what was not yet given back (counted as a lost attempt).
     pub async fn close(&self) {
+        if !self.shared.closed.is_cancelled() {
+            self.shared.draining.cancel();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while tokio::time::Instant::now() < deadline
+                && self
+                    .shared
+                    .channels
+                    .read()
+                    .values()
+                    .any(|c| !c.drained.load(Ordering::Acquire))
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         self.shared.closed.cancel();
         self.shared.conn.close().await;
         self.shared.consume.close().await;
@@ -474,13 +500,17 @@ impl Broker for AmqpBroker {
         Ok(())
     }
 
+    async fn close(&self) {
+        AmqpBroker::close(self).await
+    }
+
     fn queue_stats(&self) -> Option<&dyn QueueStats> {
         Some(self)
     }
 }
 
 /// The copy a settlement publishes before the original is acked, if any.
-fn copy_for(
+pub(crate) fn copy_for(
     shared: &Shared,
     job: &Job,
     s: Settlement,

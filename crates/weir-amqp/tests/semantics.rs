@@ -509,3 +509,52 @@ async fn a_delay_tier_keeps_its_order_while_its_head_waits() {
         came[1].1
     );
 }
+
+/// Closing a broker gives back what it prefetched and no worker fetched without spending an
+/// attempt: a graceful restart must not dead-letter a `max_attempts 1` job that never ran
+/// (classic queues count a redelivery as a lost attempt, quorum queues a delivery).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_gives_back_prefetched_jobs_unspent() {
+    for queue_type in ["classic", "quorum"] {
+        let prefix = common::prefix();
+        let url = common::url_in(&prefix, &format!("&queue_type={queue_type}"));
+        let keeper = Arc::new(AmqpBroker::new(&url).unwrap());
+        let _c = common::Cleanup(keeper.clone(), prefix);
+        let jobs: Vec<NewJob> = (0..6)
+            .map(|i| NewJob::new("k", format!("{i}")).queue("q").max_attempts(1))
+            .collect();
+        keeper.enqueue_many(jobs).await.unwrap();
+        let worker = AmqpBroker::new(&url).unwrap();
+        worker.set_capacity("q", 6).await.unwrap();
+        let first = fetch_n(&worker, "q", 1).await;
+        assert_eq!(first.len(), 1, "{queue_type}");
+        let d = &first[0];
+        worker
+            .settle(vec![(d.lease, Settlement::Succeeded { result: None })])
+            .await
+            .unwrap();
+        // The other five arrive in the prefetch buffer, unfetched.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        worker.close().await;
+
+        let next = AmqpBroker::new(&url).unwrap();
+        let rest = fetch_n(&next, "q", 5).await;
+        let attempts: Vec<u32> = rest.iter().map(|d| d.job.attempt).collect();
+        assert_eq!(attempts, vec![1; 5], "{queue_type}: none spent, none lost");
+        next.settle(
+            rest.iter()
+                .map(|d| (d.lease, Settlement::Succeeded { result: None }))
+                .collect(),
+        )
+        .await
+        .unwrap();
+        next.close().await;
+        let dead = keeper
+            .queue_stats()
+            .unwrap()
+            .dead_letters("q", 10)
+            .await
+            .unwrap();
+        assert!(dead.is_empty(), "{queue_type}: {dead:?}");
+    }
+}

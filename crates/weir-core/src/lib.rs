@@ -14,23 +14,25 @@ mod clock;
 mod error;
 mod filter;
 mod id;
+mod inspect;
 mod job;
 mod member;
 mod memory;
 mod ready;
 mod state;
 mod task;
+pub mod telemetry;
 mod validate;
 
 pub use broker::{
     redact_url, Broker, BrokerError, Capabilities, Capability, Delivery, Enqueued, FetchRequest,
-    Inspect, InvalidUrl, Lease, QueueCounts, QueueDepth, QueueStats, SettleOutcome, Settlement,
-    WorkerStatus,
+    InvalidUrl, Lease, SettleOutcome, Settlement,
 };
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use error::{ErrorKind, TaskError};
 pub use filter::{JobPage, ListFilter};
 pub use id::{JobId, ParseJobIdError};
+pub use inspect::{Inspect, QueueCounts, QueueDepth, QueueStats, WorkerStatus};
 pub use job::{Job, NewJob, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE};
 pub use member::{Member, ParseMemberError, WorkflowId};
 pub use memory::MemoryBroker;

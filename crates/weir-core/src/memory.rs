@@ -87,6 +87,10 @@ impl Inner {
             } else {
                 Event::Expire
             };
+            crate::telemetry::leases_reclaimed(&job.queue, 1);
+            if exhausted {
+                crate::telemetry::dead_lettered(&job.queue, 1);
+            }
             if let Ok(job) = self.apply(token, event, now) {
                 job.last_error = Some(if spent {
                     format!("{msg}; attempts exhausted ({})", job.max_attempts)
@@ -439,15 +443,18 @@ impl Inspect for MemoryBroker {
     }
 
     async fn counts(&self) -> Result<Vec<QueueCounts>, BrokerError> {
+        let now = self.clock.now();
         let g = self.inner.lock();
         let mut by: std::collections::BTreeMap<&str, QueueCounts> = Default::default();
         for j in g.jobs.values() {
-            by.entry(&j.queue)
-                .or_insert_with(|| QueueCounts {
-                    queue: j.queue.clone(),
-                    ..Default::default()
-                })
-                .add(j.state, 1);
+            let q = by.entry(&j.queue).or_insert_with(|| QueueCounts {
+                queue: j.queue.clone(),
+                ..Default::default()
+            });
+            q.add(j.state, 1);
+            if matches!(j.state, JobState::Pending | JobState::Retryable) && j.run_at <= now {
+                q.waiting_since(j.run_at);
+            }
         }
         Ok(by.into_values().collect())
     }

@@ -98,10 +98,16 @@ async fn attempt(shared: Arc<Shared>, settle_tx: SettleTx, d: Delivery, mut slot
             return send(deferral).await;
         }
     };
+    if admission.is_some() {
+        shared.metrics.limits_held(shared.tuning.limiter());
+    }
     let began = std::time::Instant::now();
     let result = handle(&shared, &mut job, kind, token.clone()).await;
     metered.ran(began.elapsed());
-    drop(admission);
+    if let Some(a) = admission {
+        drop(a);
+        shared.metrics.limits_held(shared.tuning.limiter());
+    }
     drop(slot);
     let settlement = outcome(&shared, &job, kind, result, &token);
     let settlement = match job.member {
@@ -145,14 +151,15 @@ fn admit(shared: &Shared, job: &Job, kind: Option<&Kind>) -> Result<Option<Admis
     };
     match shared.tuning.limiter().try_admit(&keys) {
         Ok(a) => Ok(Some(a)),
-        Err(wait) => {
+        Err(weir_sync::Refused { limit, wait }) => {
+            shared.metrics.deferred_by(&limit);
             // Spread the retries, so a full limit is not met by every deferred job at once.
             let spread = rand::rng().random_range(0..=wait.as_millis() as u64 / 2 + 1);
             let run_at = shared
                 .clock
                 .now()
                 .plus(wait + Duration::from_millis(spread));
-            tracing::debug!(?keys, ?wait, "limits full: deferred");
+            tracing::debug!(?keys, %limit, ?wait, "limit full: deferred");
             Err(Settlement::Defer { run_at })
         }
     }

@@ -83,6 +83,7 @@ impl Outcome {
 /// The handles of one (queue, kind).
 pub(crate) struct KindMetrics {
     outcomes: [Counter; 8],
+    dead: Counter,
     run: Histogram,
     wait: Histogram,
     latency: Histogram,
@@ -95,6 +96,7 @@ impl KindMetrics {
         });
         KindMetrics {
             outcomes,
+            dead: counter!(weir_core::telemetry::DEAD_LETTERED, "queue" => queue.to_owned()),
             run: histogram!("weir_job_run_seconds", "queue" => queue.to_owned(), "kind" => kind.to_owned()),
             wait: histogram!("weir_job_wait_seconds", "queue" => queue.to_owned(), "kind" => kind.to_owned()),
             latency: histogram!("weir_job_latency_seconds", "queue" => queue.to_owned(), "kind" => kind.to_owned()),
@@ -116,6 +118,9 @@ impl KindMetrics {
     pub(crate) fn ended(&self, s: &Settlement, since_enqueue: Duration) {
         let o = Outcome::of(s);
         self.outcomes[Outcome::ALL.iter().position(|x| *x == o).unwrap_or(0)].increment(1);
+        if matches!(s, Settlement::Failed { .. }) {
+            self.dead.increment(1);
+        }
         if matches!(
             s,
             Settlement::Succeeded { .. } | Settlement::Failed { .. } | Settlement::Cancel { .. }
@@ -128,6 +133,8 @@ impl KindMetrics {
 /// The cache of handles of one worker.
 pub(crate) struct Metrics {
     kinds: parking_lot::RwLock<HashMap<String, HashMap<String, Arc<KindMetrics>>>>,
+    /// Per named limit (configured names only, so bounded): deferrals, and jobs holding it.
+    limits: parking_lot::RwLock<HashMap<Arc<str>, (Counter, Gauge)>>,
     stale: Counter,
 }
 
@@ -136,6 +143,7 @@ impl Metrics {
     pub(crate) fn new() -> Self {
         Metrics {
             kinds: parking_lot::RwLock::new(HashMap::new()),
+            limits: parking_lot::RwLock::new(HashMap::new()),
             stale: counter!("weir_settles_stale_total"),
         }
     }
@@ -159,6 +167,33 @@ impl Metrics {
     /// A settle was refused: the lease had been lost (the job ran elsewhere or again).
     pub(crate) fn stale(&self) {
         self.stale.increment(1);
+    }
+
+    fn with_limit(&self, name: &str, f: impl FnOnce(&(Counter, Gauge))) {
+        if let Some(h) = self.limits.read().get(name) {
+            return f(h);
+        }
+        let mut map = self.limits.write();
+        let h = map.entry(name.into()).or_insert_with(|| {
+            (
+                counter!("weir_limit_deferrals_total", "limit" => name.to_owned()),
+                gauge!("weir_limit_in_flight", "limit" => name.to_owned()),
+            )
+        });
+        f(h)
+    }
+
+    /// A job was deferred because the limit `name` was full.
+    pub(crate) fn deferred_by(&self, name: &str) {
+        self.with_limit(name, |(deferrals, _)| deferrals.increment(1));
+    }
+
+    /// Sets the in-flight gauge of every limit from `limiter` (after an admission was taken
+    /// or given back).
+    pub(crate) fn limits_held(&self, limiter: &weir_sync::Limiter) {
+        for (name, n) in limiter.in_flight() {
+            self.with_limit(&name, |(_, held)| held.set(n as f64));
+        }
     }
 }
 
@@ -343,6 +378,10 @@ impl Broker for MeteredBroker {
 
     async fn set_capacity(&self, queue: &str, slots: usize) -> Result<(), BrokerError> {
         self.inner.set_capacity(queue, slots).await
+    }
+
+    async fn close(&self) {
+        self.inner.close().await
     }
 
     fn inspect(&self) -> Option<&dyn Inspect> {

@@ -8,6 +8,7 @@ use weir_core::{
     WorkerStatus,
 };
 
+use crate::codes::state;
 use crate::commands::Cmd;
 use crate::rows::{job_from_row, JOB_COLUMNS};
 use crate::{search, SqliteBroker};
@@ -67,14 +68,19 @@ impl Inspect for SqliteBroker {
     /// Finished jobs from the counts the file keeps by trigger (a few rows, whatever their
     /// number); unfinished ones counted through their index (as many as are open).
     async fn counts(&self) -> Result<Vec<QueueCounts>, BrokerError> {
-        self.read(|c| {
-            let mut st = c.prepare_cached(
-                "SELECT queue, state, n FROM finished_counts WHERE n > 0
+        let now = self.shared.opts.clock.now();
+        self.read(move |c| {
+            let mut st = c.prepare_cached(concat!(
+                "SELECT queue, state, n, NULL FROM finished_counts WHERE n > 0
                  UNION ALL
-                 SELECT queue, state, COUNT(*) FROM jobs WHERE state < 3 GROUP BY queue, state
-                 ORDER BY queue",
-            )?;
-            let mut rows = st.query([])?;
+                 SELECT queue, state, COUNT(*),
+                        MIN(CASE WHEN state != ",
+                state!(running),
+                " AND run_at <= ?1 THEN run_at END)
+                   FROM jobs WHERE state < 3 GROUP BY queue, state
+                 ORDER BY queue"
+            ))?;
+            let mut rows = st.query([now.0])?;
             let mut out: Vec<QueueCounts> = Vec::new();
             while let Some(r) = rows.next()? {
                 let queue: String = r.get(0)?;
@@ -88,6 +94,9 @@ impl Inspect for SqliteBroker {
                 }
                 if let Some(q) = out.last_mut() {
                     q.add(state, n as u64);
+                    if let Some(due) = r.get::<_, Option<i64>>(3)? {
+                        q.waiting_since(Timestamp(due));
+                    }
                 }
             }
             Ok(out)

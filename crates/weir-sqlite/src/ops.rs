@@ -473,12 +473,14 @@ impl Writer {
         while let Some(r) = rows.next()? {
             n += 1;
             let seq = r.get::<_, i64>(0)? as u64;
+            let queue: String = r.get(1)?;
+            weir_core::telemetry::leases_reclaimed(&queue, 1);
             if r.get::<_, i64>(3)? == i64::from(JobState::Pending.code()) {
-                let queue: String = r.get(1)?;
                 self.runnable.add(seq, &queue, r.get(2)?, now);
                 woken.push(seq);
             } else {
-                failed.push((seq, r.get::<_, Option<String>>(4)?, r.get::<_, String>(1)?));
+                weir_core::telemetry::dead_lettered(&queue, 1);
+                failed.push((seq, r.get::<_, Option<String>>(4)?, queue));
             }
         }
         drop(rows);

@@ -12,5 +12,5 @@ mod prims;
 
 pub use backoff::{Backoff, BackoffError, Jitter};
 pub use group::{panic_message, GroupError, GroupMode, TaskFailure, TaskGroup};
-pub use limits::{Admission, LimitSpec, Limiter, ParseRateError, Rate};
+pub use limits::{Admission, LimitSpec, Limiter, ParseRateError, Rate, Refused};
 pub use pool::{ElasticPool, PoolStats, Rejected, Slot};

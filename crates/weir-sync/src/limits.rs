@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,19 +82,42 @@ struct Limit<C: Clock> {
     spec: LimitSpec,
     sem: Option<KeyedSemaphore>,
     rate: Option<Arc<Rates<C>>>,
+    /// Admissions now held under this limit (kept across [`Limiter::update`]).
+    in_flight: Arc<AtomicUsize>,
 }
 
 /// What an admission holds: release by dropping it when the work is done.
 pub struct Admission {
     _permits: Vec<KeyPermit>,
+    /// One count in each limit the admission is under, given back on drop.
+    in_flight: Vec<Arc<AtomicUsize>>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        for n in &self.in_flight {
+            n.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl std::fmt::Debug for Admission {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Admission")
             .field("permits", &self._permits.len())
+            .field("limits", &self.in_flight.len())
             .finish()
     }
+}
+
+/// [`Limiter::try_admit`] said no: which limit was full, and how long to wait before trying
+/// again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    /// The name of the limit that was full (the first one met, in key order).
+    pub limit: Arc<str>,
+    /// How long to wait before trying again.
+    pub wait: Duration,
 }
 
 /// Named limits, shared by every worker of a process. Cheap to clone.
@@ -168,41 +192,86 @@ impl<C: Clock + Clone> Limiter<C> {
                 ))),
                 (None, _) => None,
             };
-            next.insert(name, Arc::new(Limit { spec, sem, rate }));
+            let in_flight = prev.map_or_else(Default::default, |p| p.in_flight.clone());
+            next.insert(
+                name,
+                Arc::new(Limit {
+                    spec,
+                    sem,
+                    rate,
+                    in_flight,
+                }),
+            );
         }
         self.limits.store(Arc::new(next));
     }
 
-    /// Takes a concurrency permit and a rate cell for every key, or none at all. `Err` carries
-    /// how long to wait before trying again. Keys under no configured limit are unlimited.
-    pub fn try_admit(&self, keys: &[String]) -> Result<Admission, Duration> {
+    /// Takes a concurrency permit and a rate cell for every key, or none at all. `Err` names
+    /// the limit that was full and how long to wait before trying again. Keys under no
+    /// configured limit are unlimited.
+    pub fn try_admit(&self, keys: &[String]) -> Result<Admission, Refused> {
         let limits = self.limits.load();
         let mut permits = Vec::new();
+        let mut under: Vec<(&str, &Arc<Limit<C>>)> = Vec::new();
         for key in keys {
             let name = key.split(':').next().unwrap_or(key);
-            let Some(limit) = limits.get(name) else {
+            let Some((name, limit)) = limits.get_key_value(name) else {
                 continue;
             };
+            if !under.iter().any(|(n, _)| *n == name) {
+                under.push((name, limit));
+            }
             if let Some(sem) = &limit.sem {
                 match sem.try_acquire(key) {
                     Some(p) => permits.push(p),
                     // Busy: try again soon; permits taken so far are released on return.
-                    None => return Err(Duration::from_millis(100)),
+                    None => {
+                        return Err(Refused {
+                            limit: name.as_str().into(),
+                            wait: Duration::from_millis(100),
+                        })
+                    }
                 }
             }
         }
         for key in keys {
             let name = key.split(':').next().unwrap_or(key);
-            let Some(limit) = limits.get(name) else {
+            let Some((name, limit)) = limits.get_key_value(name) else {
                 continue;
             };
             if let Some(rate) = &limit.rate {
                 if let Err(not_until) = rate.check_key(key) {
-                    return Err(not_until.wait_time_from(self.clock.now()));
+                    return Err(Refused {
+                        limit: name.as_str().into(),
+                        wait: not_until.wait_time_from(self.clock.now()),
+                    });
                 }
             }
         }
-        Ok(Admission { _permits: permits })
+        let in_flight = under
+            .into_iter()
+            .map(|(_, l)| {
+                l.in_flight.fetch_add(1, Ordering::Relaxed);
+                l.in_flight.clone()
+            })
+            .collect();
+        Ok(Admission {
+            _permits: permits,
+            in_flight,
+        })
+    }
+
+    /// Every configured limit by name, with how many admissions now hold it (a job under two
+    /// keys of one limit counts once), sorted by name.
+    pub fn in_flight(&self) -> Vec<(String, usize)> {
+        let mut out: Vec<(String, usize)> = self
+            .limits
+            .load()
+            .iter()
+            .map(|(n, l)| (n.clone(), l.in_flight.load(Ordering::Relaxed)))
+            .collect();
+        out.sort();
+        out
     }
 
     /// Keys that currently have a semaphore (held or waited for), over all limits.

@@ -31,7 +31,7 @@ async fn fifty_tasks_on_a_limit_of_three_never_exceed_three() {
             let admission = loop {
                 match limiter.try_admit(&keys(&["db"])) {
                     Ok(a) => break a,
-                    Err(wait) => tokio::time::sleep(wait).await,
+                    Err(refused) => tokio::time::sleep(refused.wait).await,
                 }
             };
             let n = now.fetch_add(1, Ordering::SeqCst) + 1;
@@ -64,8 +64,9 @@ fn a_rate_of_100_per_second_admits_200_in_2_seconds() {
     }
     assert!((198..=202).contains(&admitted), "admitted {admitted}");
     while limiter.try_admit(&keys(&["api"])).is_ok() {}
-    let wait = limiter.try_admit(&keys(&["api"])).unwrap_err();
-    assert!(wait <= Duration::from_millis(10), "{wait:?}");
+    let refused = limiter.try_admit(&keys(&["api"])).unwrap_err();
+    assert_eq!(&*refused.limit, "api");
+    assert!(refused.wait <= Duration::from_millis(10), "{refused:?}");
 }
 
 #[test]
@@ -93,6 +94,46 @@ fn keys_are_separate_and_unlimited_names_pass() {
         0,
         "no unbounded growth with many keys"
     );
+}
+
+#[test]
+fn refusals_name_the_full_limit_and_admissions_are_counted_per_limit() {
+    let limiter = Limiter::new(HashMap::from([
+        ("tenant".to_string(), spec(Some(1), None)),
+        ("db".to_string(), spec(Some(5), None)),
+    ]));
+    assert_eq!(
+        limiter.in_flight(),
+        vec![("db".to_string(), 0), ("tenant".to_string(), 0)]
+    );
+    // Two keys of one limit count once for it.
+    let a = limiter
+        .try_admit(&keys(&["tenant:1", "tenant:2", "db"]))
+        .unwrap();
+    let b = limiter.try_admit(&keys(&["db", "free"])).unwrap();
+    assert_eq!(
+        limiter.in_flight(),
+        vec![("db".to_string(), 2), ("tenant".to_string(), 1)]
+    );
+    let refused = limiter.try_admit(&keys(&["db", "tenant:1"])).unwrap_err();
+    assert_eq!(&*refused.limit, "tenant");
+    assert_eq!(
+        limiter.in_flight(),
+        vec![("db".to_string(), 2), ("tenant".to_string(), 1)],
+        "a refusal holds nothing"
+    );
+    // Counts survive a live update of the limits.
+    limiter.update(HashMap::from([
+        ("tenant".to_string(), spec(Some(2), None)),
+        ("db".to_string(), spec(Some(5), None)),
+    ]));
+    drop(a);
+    assert_eq!(
+        limiter.in_flight(),
+        vec![("db".to_string(), 1), ("tenant".to_string(), 0)]
+    );
+    drop(b);
+    assert_eq!(limiter.in_flight()[0], ("db".to_string(), 0));
 }
 
 #[test]

@@ -224,6 +224,7 @@ impl Workflows {
             enqueue,
             cancel,
             finished,
+            mut shape,
         } = self
             .store
             .complete(member, outcome, self.clock.now())
@@ -253,6 +254,7 @@ impl Workflows {
                         .await?;
                     cancel.extend(then.cancel);
                     finished = finished.or(then.finished);
+                    shape = shape.or(then.shape);
                     pending = then.enqueue;
                 }
                 Err(e) => return Err(e),
@@ -260,6 +262,9 @@ impl Workflows {
         }
         if let Some(state) = finished {
             tracing::info!(workflow = %member.workflow, state = state.as_str(), "workflow finished");
+            if let Some(shape) = shape {
+                weir_core::telemetry::workflow_finished(shape.as_str(), state.as_str());
+            }
         }
         self.cancel_jobs(&cancel).await;
         Ok(cancel)
@@ -289,6 +294,10 @@ impl Workflows {
         }
         let cancelled = self.store.abort(id, self.clock.now()).await?;
         tracing::info!(workflow = %id, members = cancelled.len(), "workflow cancelled");
+        weir_core::telemetry::workflow_finished(
+            status.shape.as_str(),
+            crate::WorkflowState::Failed.as_str(),
+        );
         self.cancel_jobs(&cancelled).await;
         Ok(cancelled)
     }

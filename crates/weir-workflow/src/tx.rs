@@ -97,6 +97,9 @@ pub struct Advance {
     pub cancel: Vec<JobId>,
     /// The workflow finished with this state.
     pub finished: Option<WorkflowState>,
+    /// With `finished`: the workflow's shape (what `weir_workflows_finished_total` counts
+    /// by).
+    pub shape: Option<Shape>,
 }
 
 /// Records `outcome` for member `m` and advances its workflow, inside `tx`. Idempotent: an
@@ -176,6 +179,7 @@ pub fn complete<T: WorkflowTx>(
             p.state = state;
             p.finished_at = Some(now);
             out.finished = Some(state);
+            out.shape = Some(p.shape);
         }
         Next::FailFast => {
             let (n, cancel) = tx.cancel_open(m.workflow)?;
@@ -183,6 +187,7 @@ pub fn complete<T: WorkflowTx>(
             p.state = WorkflowState::Failed;
             p.finished_at = Some(now);
             out.finished = Some(WorkflowState::Failed);
+            out.shape = Some(p.shape);
             out.cancel = cancel;
         }
     }

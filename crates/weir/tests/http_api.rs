@@ -10,8 +10,8 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use bin_support::http::{bound, http, json_of, serve_http};
-use bin_support::{spawn_logged, text, wait_for, Weir};
+use bin_support::http::{bound, http, json_of, serve_http, serve_http_with};
+use bin_support::{s, spawn_logged, text, wait_for, Weir};
 use serde_json::json;
 
 const LONG: Duration = Duration::from_secs(30);
@@ -128,6 +128,19 @@ fn jobs_and_workflows_through_the_api_with_health_and_metrics() {
     let q = &json_of(&body)["queues"][0];
     assert_eq!(q["queue"], "default");
     assert!(q["succeeded"].as_u64().unwrap() >= 4, "{q}");
+    assert_eq!(q["oldest_age_seconds"], 0.0, "nothing waits: {q}");
+    // Throughput needs a second sample at least a second later.
+    std::thread::sleep(Duration::from_millis(1100));
+    let (_, body) = http(&addr, "GET", "/api/v1/queues", None, None);
+    let q = &json_of(&body)["queues"][0];
+    assert!(
+        q["throughput"]["per_second"].as_f64().unwrap() >= 0.0,
+        "{q}"
+    );
+    assert!(
+        q["throughput"]["over_seconds"].as_f64().unwrap() >= 1.0,
+        "{q}"
+    );
     let workers = wait_for("a worker report", LONG, || {
         let (_, body) = http(&addr, "GET", "/api/v1/workers", None, None);
         let v = json_of(&body)["workers"].clone();
@@ -157,6 +170,9 @@ fn jobs_and_workflows_through_the_api_with_health_and_metrics() {
         "weir_job_run_seconds_bucket{",
         "weir_broker_op_seconds_bucket{op=\"settle\"",
         "weir_build_info{",
+        r#"weir_jobs_dead_lettered_total{queue="default"}"#,
+        r#"weir_workflows_finished_total{shape="chain",state="succeeded"} 1"#,
+        r#"weir_queue_oldest_age_seconds{queue="default"} 0"#,
     ] {
         assert!(metrics.contains(line), "no {line} in:\n{metrics}");
     }
@@ -378,4 +394,122 @@ fn rabbitmq_answers_501_for_what_it_cannot_do() {
             "--broker", &url, "purge", "--state", "failed", "--queue", "web",
         ])
         .output();
+}
+
+/// The value of the first `/metrics` line that starts with `series` (name and labels).
+fn sample(addr: &str, series: &str) -> Option<f64> {
+    let (_, metrics) = http(addr, "GET", "/metrics", None, None);
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A named limit's deferrals and in-flight jobs, and a waiting queue's age, read where an
+/// operator reads them: `/metrics` and `/api/v1/queues` of a running worker.
+#[test]
+fn limits_and_backlog_are_visible_in_metrics() {
+    let w = Weir::new();
+    let config = w.file(
+        "weir.toml",
+        "[queues.default]\nworkers = 4\n\n[limits.one]\nconcurrency = 1\n\n[kinds.sleep]\nlimits = [\"one\"]\n",
+    );
+    let (_serving, addr) = serve_http_with(&w, &["--config", s(&config)], &[]);
+    for _ in 0..3 {
+        w.ok(&["enqueue", "sleep", "--payload", r#"{"ms":1500}"#]);
+    }
+    wait_for(
+        "one job to hold the limit while others are put off",
+        LONG,
+        || {
+            let held = sample(&addr, r#"weir_limit_in_flight{limit="one"}"#);
+            let put_off = sample(&addr, r#"weir_limit_deferrals_total{limit="one"}"#);
+            match (held, put_off) {
+                (Some(h), Some(d)) if h == 1.0 && d >= 1.0 => Ok(()),
+                other => Err(other),
+            }
+        },
+    );
+    // The deferred jobs wait, due: the queue is behind, and says by how much.
+    let (_, body) = http(&addr, "GET", "/api/v1/queues", None, None);
+    let q = &json_of(&body)["queues"][0];
+    assert!(
+        q["pending"].as_u64().unwrap() + q["running"].as_u64().unwrap() >= 2,
+        "{q}"
+    );
+    wait_for("all three to finish, one at a time", LONG, || match sample(
+        &addr,
+        r#"weir_jobs{queue="default",state="succeeded"}"#,
+    ) {
+        Some(3.0) => Ok(()),
+        other => Err(other),
+    });
+    assert_eq!(
+        sample(&addr, r#"weir_limit_in_flight{limit="one"}"#),
+        Some(0.0)
+    );
+}
+
+/// A worker killed mid-job: the next worker takes its lease back, and counts it.
+#[test]
+fn reclaimed_leases_are_counted() {
+    let w = Weir::new();
+    let first = w.serve(&["--lease", "2s"]);
+    let id = w.ok(&["enqueue", "sleep", "--payload", r#"{"ms":60000}"#]);
+    let id = id.trim();
+    wait_for("the job to run", LONG, || {
+        let j = w.json(&["inspect", id, "--json"]);
+        if j["state"] == "running" {
+            Ok(())
+        } else {
+            Err(j)
+        }
+    });
+    first.kill();
+    let (_serving, addr) = serve_http_with(&w, &["--lease", "2s"], &[]);
+    wait_for("the lost lease to be reclaimed", LONG, || {
+        match sample(&addr, r#"weir_leases_reclaimed_total{queue="default"}"#) {
+            Some(1.0) => Ok(()),
+            other => Err(other),
+        }
+    });
+}
+
+/// `/readyz` answers without a token (for probes), so behind tokens it says what is down but
+/// not why: the reason, which can name hosts and users, goes to the log.
+#[test]
+fn readyz_keeps_the_reason_in_the_log_behind_tokens() {
+    let w = Weir::new();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_weir"));
+    c.current_dir(w.dir.path())
+        .env_remove("WEIR_BROKER")
+        .env_remove("WEIR_CONFIG");
+    c.args([
+        "--broker",
+        "amqp://weiruser:hunter2@127.0.0.1:1/",
+        "--log",
+        "info",
+        "http",
+        "127.0.0.1:0",
+    ])
+    .env("WEIR_API_READ_TOKEN", "r3ad")
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let (_serving, log) = spawn_logged(c);
+    let addr = bound(&log);
+    let (code, body) = http(&addr, "GET", "/readyz", None, None);
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("unavailable"), "{body}");
+    for secret in ["hunter2", "weiruser", "127.0.0.1:1"] {
+        assert!(!body.contains(secret), "/readyz shows {secret}: {body}");
+    }
+    wait_for("the reason in the log", LONG, || {
+        let l = log.lock().unwrap();
+        if l.contains("/readyz: the broker is unavailable") && !l.contains("hunter2") {
+            Ok(())
+        } else {
+            Err(l.clone())
+        }
+    });
 }

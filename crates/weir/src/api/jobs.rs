@@ -451,32 +451,6 @@ async fn cancel_one(
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
 }
 
-/// `GET /api/v1/queues`: counts by state where the broker keeps jobs, else its depths.
-pub(crate) async fn queues(State(st): State<Arc<ApiState>>) -> Answer {
-    if let Ok(i) = inspect(&st) {
-        return Ok(Json(json!({ "queues": i.counts().await? })));
-    }
-    let stats = st.broker.queue_stats().ok_or_else(|| {
-        ApiError::not_implemented("this broker can count neither jobs nor queues")
-    })?;
-    let queues = if st.config.queues.is_empty() {
-        vec![weir_core::DEFAULT_QUEUE.to_owned()]
-    } else {
-        st.config.queues.clone()
-    };
-    Ok(Json(json!({ "queues": stats.depths(&queues).await? })))
-}
-
-/// `GET /api/v1/workers`.
-pub(crate) async fn workers(State(st): State<Arc<ApiState>>) -> Answer {
-    let i = st
-        .broker
-        .inspect()
-        .filter(|_| st.broker.capabilities().has(Capability::WorkerReports))
-        .ok_or_else(|| ApiError::not_implemented("this broker keeps no worker reports"))?;
-    Ok(Json(json!({ "workers": i.workers().await? })))
-}
-
 fn workflows(st: &ApiState) -> Result<&weir_workflow::Workflows, ApiError> {
     st.workflows.as_ref().ok_or_else(|| {
         ApiError::not_implemented(

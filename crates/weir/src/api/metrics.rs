@@ -110,6 +110,31 @@ fn describe() {
         "Jobs by queue and state, as the broker counts them when scraped"
     );
     describe_gauge!(
+        "weir_queue_oldest_age_seconds",
+        Unit::Seconds,
+        "How long the longest-waiting runnable job of a queue has been due (0 when none waits), as the broker knows it when scraped"
+    );
+    describe_counter!(
+        weir_core::telemetry::DEAD_LETTERED,
+        "Jobs that failed for good (attempts spent, a permanent error, unreadable), by queue"
+    );
+    describe_counter!(
+        weir_core::telemetry::LEASES_RECLAIMED,
+        "Attempts whose lease ran out (worker died, hung or lost its connection) and whose job the broker took back, by queue"
+    );
+    describe_counter!(
+        weir_core::telemetry::WORKFLOWS_FINISHED,
+        "Workflows that ended, by shape (chain, group, chord) and state (succeeded, failed)"
+    );
+    describe_counter!(
+        "weir_limit_deferrals_total",
+        "Attempts put off because a named limit was full, by limit"
+    );
+    describe_gauge!(
+        "weir_limit_in_flight",
+        "Jobs now running under a named limit, by limit"
+    );
+    describe_gauge!(
         "weir_build_info",
         "Always 1; the labels say which weir is running"
     );
@@ -136,8 +161,9 @@ pub(crate) async fn serve(State(st): State<Arc<ApiState>>) -> Response {
 }
 
 /// Sets `weir_jobs{queue,state}` from the broker's counts (the embedded broker) or its queue
-/// depths (RabbitMQ: ready, delayed, dead). A gauge set at an earlier scrape whose queue is
-/// gone now (all its jobs purged) is set to 0, not left at its last value.
+/// depths (RabbitMQ: ready, delayed, dead), and `weir_queue_oldest_age_seconds{queue}` where
+/// the broker knows it. A gauge set at an earlier scrape whose queue is gone now (all its
+/// jobs purged) is set to 0, not left at its last value.
 async fn job_gauges(st: &ApiState) -> Result<(), weir_core::BrokerError> {
     use std::collections::BTreeSet;
     static SET: parking_lot::Mutex<BTreeSet<(String, &'static str)>> =
@@ -146,28 +172,46 @@ async fn job_gauges(st: &ApiState) -> Result<(), weir_core::BrokerError> {
     let mut set = SET.lock();
     for (queue, state) in set.iter() {
         if !now.iter().any(|(q, s, _)| q == queue && s == state) {
-            gauge!("weir_jobs", "queue" => queue.clone(), "state" => *state).set(0.0);
+            gauge_of(queue, state).set(0.0);
         }
     }
     set.clear();
     for (queue, state, n) in now {
-        gauge!("weir_jobs", "queue" => queue.clone(), "state" => state).set(n as f64);
+        gauge_of(&queue, state).set(n);
         set.insert((queue, state));
     }
     Ok(())
 }
 
-/// (queue, state, jobs) as the broker counts them.
+/// The gauge a (queue, state) row of [`read_job_counts`] sets: `weir_jobs{queue,state}`,
+/// or for the pseudo-state [`OLDEST`] the queue's oldest-job age.
+fn gauge_of(queue: &str, state: &'static str) -> metrics::Gauge {
+    if state == OLDEST {
+        gauge!("weir_queue_oldest_age_seconds", "queue" => queue.to_owned())
+    } else {
+        gauge!("weir_jobs", "queue" => queue.to_owned(), "state" => state)
+    }
+}
+
+/// The pseudo-state under which [`read_job_counts`] returns a queue's oldest-job age.
+const OLDEST: &str = "(oldest)";
+
+/// (queue, state, value) as the broker counts them; the age of a queue's oldest runnable job
+/// comes as state [`OLDEST`].
 async fn read_job_counts(
     st: &ApiState,
-) -> Result<Vec<(String, &'static str, u64)>, weir_core::BrokerError> {
+) -> Result<Vec<(String, &'static str, f64)>, weir_core::BrokerError> {
     let mut out = Vec::new();
     let b = &st.broker;
     if let Some(i) = b
         .inspect()
         .filter(|_| b.capabilities().has(Capability::Inspect))
     {
-        for q in i.counts().await? {
+        let counts = i.counts().await?;
+        // A scrape is a sample for the queues route's throughput too.
+        st.throughput.observe(std::time::Instant::now(), &counts);
+        let now = weir_core::Timestamp::now();
+        for q in counts {
             for (state, n) in [
                 ("pending", q.pending),
                 ("running", q.running),
@@ -176,22 +220,21 @@ async fn read_job_counts(
                 ("failed", q.failed),
                 ("cancelled", q.cancelled),
             ] {
-                out.push((q.queue.clone(), state, n));
+                out.push((q.queue.clone(), state, n as f64));
             }
+            let age = q
+                .oldest_due
+                .map_or(0.0, |d| super::queues::age_secs(d, now));
+            out.push((q.queue.clone(), OLDEST, age));
         }
         return Ok(out);
     }
     let Some(stats) = b.queue_stats() else {
         return Ok(out);
     };
-    let queues = if st.config.queues.is_empty() {
-        vec![weir_core::DEFAULT_QUEUE.to_owned()]
-    } else {
-        st.config.queues.clone()
-    };
-    for d in stats.depths(&queues).await? {
+    for d in stats.depths(&st.served_queues()).await? {
         for (state, n) in [("ready", d.ready), ("delayed", d.delayed), ("dead", d.dead)] {
-            out.push((d.queue.clone(), state, n));
+            out.push((d.queue.clone(), state, n as f64));
         }
     }
     Ok(out)

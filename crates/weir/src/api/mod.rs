@@ -34,6 +34,7 @@
 mod jobs;
 pub mod metrics;
 mod openapi;
+mod queues;
 mod settings;
 
 use std::collections::VecDeque;
@@ -63,7 +64,8 @@ pub struct ApiConfig {
     /// How long one request may take. By default (zero), 30 s.
     pub timeout: Duration,
     /// Queues to report on where the broker cannot list its queues (RabbitMQ). By default,
-    /// none (then `default`).
+    /// none: then the live configuration's `[queues.*]` (see [`Api::live_config`]), else
+    /// `default`.
     pub queues: Vec<String>,
 }
 
@@ -125,7 +127,28 @@ pub(crate) struct ApiState {
     pub(crate) config: ApiConfig,
     pub(crate) metrics: Option<metrics::MetricsHandle>,
     pub(crate) live: Option<Arc<crate::reload::LiveConfig>>,
+    pub(crate) throughput: queues::Throughput,
     audit: parking_lot::Mutex<VecDeque<AuditEntry>>,
+}
+
+impl ApiState {
+    /// The queues to report depths of where the broker cannot list its queues (RabbitMQ):
+    /// `ApiConfig::queues`, else those of the live configuration, else `default`.
+    pub(crate) fn served_queues(&self) -> Vec<String> {
+        if !self.config.queues.is_empty() {
+            return self.config.queues.clone();
+        }
+        let from_config: Vec<String> = self
+            .live
+            .as_ref()
+            .map(|l| l.current().queues.keys().cloned().collect())
+            .unwrap_or_default();
+        if from_config.is_empty() {
+            vec![weir_core::DEFAULT_QUEUE.to_owned()]
+        } else {
+            from_config
+        }
+    }
 }
 
 /// The API over one broker (and optionally a workflow store and the metrics recorder).
@@ -144,6 +167,7 @@ impl Api {
                 config,
                 metrics: None,
                 live: None,
+                throughput: Default::default(),
                 audit: parking_lot::Mutex::new(VecDeque::new()),
             }),
         }
@@ -186,8 +210,8 @@ impl Api {
             d => d,
         };
         let api: Router<Arc<ApiState>> = Router::new()
-            .route("/queues", get(jobs::queues))
-            .route("/workers", get(jobs::workers))
+            .route("/queues", get(queues::queues))
+            .route("/workers", get(queues::workers))
             .route("/jobs", get(jobs::list).post(jobs::enqueue))
             .route("/jobs/bulk", post(jobs::bulk))
             .route("/jobs/{id}", get(jobs::get_job).delete(jobs::delete))
@@ -432,12 +456,23 @@ async fn ready(State(st): State<Arc<ApiState>>) -> Response {
             Err(_) => Err("no answer within 5 s".to_owned()),
         },
     };
+    // /readyz answers without a token (for load balancers and probes): behind tokens, the
+    // reason (which may name hosts and users) goes to the log only.
+    let guarded = token(&st.config.read_token).is_some() || token(&st.config.admin_token).is_some();
+    let say = |what: &str, e: &str| -> String {
+        if guarded {
+            tracing::warn!(error = %e, "/readyz: the {what} is unavailable");
+            "unavailable (the reason is in the server's log)".to_owned()
+        } else {
+            e.to_owned()
+        }
+    };
     let body = serde_json::json!({
-        "broker": broker.as_ref().err().map_or("ok", |e| e.as_str()),
+        "broker": broker.as_ref().err().map_or("ok".to_owned(), |e| say("broker", e)),
         "store": match (&st.store, &store) {
-            (None, _) => "none",
-            (Some(_), Ok(())) => "ok",
-            (Some(_), Err(e)) => e.as_str(),
+            (None, _) => "none".to_owned(),
+            (Some(_), Ok(())) => "ok".to_owned(),
+            (Some(_), Err(e)) => say("store", e),
         },
     });
     let code = if broker.is_ok() && store.is_ok() {

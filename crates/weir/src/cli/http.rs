@@ -38,7 +38,7 @@ pub(crate) struct HttpArgs {
     /// (WEIR_API_ADMIN_TOKEN, WEIR_API_READ_TOKEN).
     addr: SocketAddr,
     /// Queues to report on where the broker cannot list them (RabbitMQ), comma-separated.
-    /// By default, `default`.
+    /// By default, the configuration's `[queues.*]` (--config, WEIR_CONFIG), else `default`.
     #[arg(long, value_delimiter = ',')]
     queues: Option<Vec<String>>,
     #[command(flatten)]
@@ -87,6 +87,9 @@ pub(crate) async fn run(args: &Args, a: &HttpArgs) -> anyhow::Result<ExitCode> {
     let mut api = Api::new(broker, config).metrics(handle);
     if let Some(store) = args.store().await? {
         api = api.store(store);
+    }
+    if let Some(path) = args.config_path() {
+        api = api.live_config(weir::reload::LiveConfig::load(path)?);
     }
     api.serve(a.addr, super::signal::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)

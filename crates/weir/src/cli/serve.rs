@@ -102,6 +102,7 @@ pub(crate) async fn run(
         http = Some((api, listener));
     }
     let store = args.store().await?;
+    let closing = broker.clone();
     let mut service = Service::builder(broker)
         .builtins()
         .workers(a.workers as usize)
@@ -159,6 +160,8 @@ pub(crate) async fn run(
         })
     });
     let report = service.run(super::signal::shutdown_signal()).await;
+    // Jobs prefetched but never started go back unspent (RabbitMQ).
+    closing.close().await;
     stop_api.cancel();
     if let Some(api) = api {
         let _ = api.await;

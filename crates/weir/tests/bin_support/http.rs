@@ -88,6 +88,11 @@ pub fn bound(log: &Arc<Mutex<String>>) -> String {
 }
 
 pub fn serve_http(w: &Weir, env: &[(&str, &str)]) -> (Serving, String) {
+    serve_http_with(w, &[], env)
+}
+
+/// `weir serve --tick 1s --http 127.0.0.1:0` with more `args` (after `serve`) and `env`.
+pub fn serve_http_with(w: &Weir, args: &[&str], env: &[(&str, &str)]) -> (Serving, String) {
     let mut c = w.cmd(&[]);
     c.args([
         "--log",
@@ -98,6 +103,7 @@ pub fn serve_http(w: &Weir, env: &[(&str, &str)]) -> (Serving, String) {
         "--http",
         "127.0.0.1:0",
     ])
+    .args(args)
     .stdout(Stdio::null())
     .stderr(Stdio::piped());
     for (k, v) in env {
