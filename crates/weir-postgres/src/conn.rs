@@ -105,14 +105,33 @@ pub(crate) fn db(e: postgres::Error) -> BrokerError {
             d.code().code(),
             d.detail().unwrap_or("")
         )),
-        None => BrokerError::Unavailable(format!("postgres: {e}")),
+        None => {
+            // The cause (a refused connection, a certificate not valid for the host) is in
+            // the source chain, not in the top error's text.
+            let mut msg = format!("postgres: {e}");
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                msg.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            BrokerError::Unavailable(msg)
+        }
     }
+}
+
+/// A new connection, with TLS as `sslmode` says (see `tls.rs`).
+fn connect(opts: &PgOptions) -> Result<Client, BrokerError> {
+    match &opts.tls {
+        Some(tls) => Client::connect(&opts.url, tls.clone()),
+        None => Client::connect(&opts.url, NoTls),
+    }
+    .map_err(db)
 }
 
 /// A new connection, in the options' schema.
 /// The schema (created by [`PgStore::connect`](crate::PgStore::connect)) is the session's.
 pub(crate) fn open(opts: &PgOptions) -> Result<Client, BrokerError> {
-    let mut c = Client::connect(&opts.url, NoTls).map_err(db)?;
+    let mut c = connect(opts)?;
     if let Some(s) = &opts.schema {
         // The name was checked to be [A-Za-z0-9_]+ when parsed.
         c.batch_execute(&format!("SET search_path TO \"{s}\""))
@@ -125,7 +144,7 @@ pub(crate) fn open(opts: &PgOptions) -> Result<Client, BrokerError> {
 /// advisory lock, by the first of many workers starting at once (PostgreSQL's `IF NOT
 /// EXISTS` is not safe against a concurrent creation: the loser fails on a unique index).
 pub(crate) fn open_and_migrate(opts: &PgOptions, tables: &str) -> Result<Client, BrokerError> {
-    let mut client = Client::connect(&opts.url, NoTls).map_err(db)?;
+    let mut client = connect(opts)?;
     let mut tx = client.transaction().map_err(db)?;
     tx.execute("SELECT pg_advisory_xact_lock(7746765570)", &[])
         .map_err(db)?;

@@ -12,6 +12,7 @@
 
 mod conn;
 mod options;
+mod tls;
 mod tx;
 
 pub use options::PgOptions;
