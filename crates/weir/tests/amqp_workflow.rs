@@ -501,3 +501,64 @@ async fn a_member_dead_lettered_by_the_broker_reaches_its_workflow() {
     worker.finish().await;
     rig.close(&["default"]).await;
 }
+
+/// Issue 11.8 on RabbitMQ: two workers started at once on a store schema that does not exist
+/// yet both come up (the schema and tables are made once, under an advisory lock), and a
+/// workflow submitted through the CLI runs on them to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_started_together_on_a_new_postgres_schema_both_run() {
+    let ns = uuid::Uuid::new_v4().simple().to_string();
+    let schema = format!("weir_test_{ns}");
+    let _drop = DropSchema(schema.clone());
+    let url = url_in(&format!("weir-test-{ns}."));
+    let store = format!("{}?schema={schema}", pg_url());
+    let mut workers = [
+        serve_with_store(&url, &store),
+        serve_with_store(&url, &store),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("chain.json");
+    std::fs::write(
+        &spec,
+        r#"{"shape":"chain","steps":[{"kind":"echo","payload":[1,2]},{"kind":"echo"}]}"#,
+    )
+    .unwrap();
+    let (u, st) = (url.clone(), store.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        let spec = spec.to_str().unwrap().to_owned();
+        weir(
+            &u,
+            &st,
+            &[
+                "workflow",
+                "submit",
+                "--wait",
+                "--timeout",
+                "60s",
+                "--json",
+                &spec,
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["result"], serde_json::json!([1, 2]), "{v}");
+    for (i, w) in workers.iter_mut().enumerate() {
+        let child = w.0.as_mut().unwrap();
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "worker {i} exited at start"
+        );
+    }
+    let amqp = AmqpBroker::new(&url).unwrap();
+    drop(workers);
+    amqp.delete_queues(&["default".to_owned()]).await.unwrap();
+    amqp.close().await;
+}
