@@ -21,6 +21,7 @@ impl Writer {
                 if f.reply.is_closed() {
                     return Ok(None);
                 }
+                self.serve(&f.queues)?;
                 let got = self.lease(&f.queues, f.max, f.lease, now)?;
                 if got.is_empty() && f.deadline > Instant::now() && f.max > 0 {
                     self.parked.push(f);
@@ -82,7 +83,9 @@ impl Writer {
                 Done::Unit(reply)
             }
             Cmd::Backlog(queues, reply) => {
-                // Answered from memory; nothing to commit.
+                // Answered from memory (the queues are served from now on); nothing to
+                // commit.
+                self.serve(&queues)?;
                 self.runnable.index.promote(now);
                 let counts = queues
                     .iter()

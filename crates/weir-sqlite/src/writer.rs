@@ -23,17 +23,24 @@ use weir_core::{BrokerError, Clock, JobState, Lease, ReadyIndex, Settlement, Tim
 /// How many commands one transaction takes at most.
 const MAX_BATCH: usize = 4096;
 
-/// The in-memory ready order, at the time of the current round.
+/// The in-memory ready order of the queues this process serves, at the time of the current
+/// round. Only served queues are kept: a process that only enqueues or inspects (a CLI call, a
+/// producer) holds no index, whatever the file's backlog, and a worker holds its own queues'.
 pub(crate) struct Runnable {
     pub(crate) index: ReadyIndex,
     /// The time of the current round.
     pub(crate) now: Timestamp,
+    /// Queues fetched from (or asked the backlog of) by this process; loaded from disk when
+    /// first named (see [`Writer::serve`]).
+    served: HashSet<String>,
 }
 
 impl Runnable {
-    /// Adds a runnable (or delayed) job.
+    /// Adds a runnable (or delayed) job, if its queue is served here.
     pub(crate) fn add(&mut self, seq: u64, queue: &str, priority: i32, run_at: Timestamp) {
-        self.index.insert(queue, priority, run_at, seq, self.now);
+        if self.served.contains(queue) {
+            self.index.insert(queue, priority, run_at, seq, self.now);
+        }
     }
 
     /// True if any of `queues` has a runnable entry (possibly a stale one).
@@ -86,6 +93,7 @@ impl Writer {
             runnable: Runnable {
                 index: ReadyIndex::new(),
                 now: Timestamp(0),
+                served: HashSet::new(),
             },
             max_seen: 0,
             max_wakeup: 0,
@@ -99,31 +107,49 @@ impl Writer {
         Ok(w)
     }
 
-    /// Rebuilds the ready index from the unfinished rows on disk (at start, and after a failed
-    /// transaction, whose index changes were never applied).
-    fn reload(&mut self) -> rusqlite::Result<()> {
-        self.runnable.index.clear();
+    /// Serves `queues` from now on: each one not served yet has its runnable rows loaded
+    /// into the ready index (one read of the unfinished rows per new queue), and from then
+    /// on every job that becomes runnable in it is added as it does.
+    pub(crate) fn serve(&mut self, queues: &[String]) -> rusqlite::Result<()> {
+        for q in queues {
+            if !self.runnable.served.contains(q) {
+                self.runnable.served.insert(q.clone());
+                self.load_queue(q)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn load_queue(&mut self, queue: &str) -> rusqlite::Result<()> {
         let now = self.clock.now();
         // `unfinished` as well as `runnable`: it lets SQLite use the jobs_unfinished index.
-        let mut st = self.conn.prepare(concat!(
-            "SELECT seq, queue, priority, run_at FROM jobs WHERE ",
+        let mut st = self.conn.prepare_cached(concat!(
+            "SELECT seq, priority, run_at FROM jobs WHERE queue = ?1 AND ",
             runnable!(),
             " AND ",
             unfinished!()
         ))?;
-        let mut rows = st.query([])?;
+        let mut rows = st.query([queue])?;
         while let Some(r) = rows.next()? {
-            let queue: String = r.get(1)?;
             self.runnable.index.insert(
-                &queue,
-                r.get(2)?,
-                Timestamp(r.get(3)?),
+                queue,
+                r.get(1)?,
+                Timestamp(r.get(2)?),
                 r.get::<_, i64>(0)? as u64,
                 now,
             );
         }
-        drop(rows);
-        drop(st);
+        Ok(())
+    }
+
+    /// Rebuilds the ready index of the served queues from the rows on disk (at start, and
+    /// after a failed transaction, whose index changes were never applied).
+    fn reload(&mut self) -> rusqlite::Result<()> {
+        self.runnable.index.clear();
+        let served: Vec<String> = self.runnable.served.iter().cloned().collect();
+        for q in &served {
+            self.load_queue(q)?;
+        }
         self.keyed = self
             .conn
             .prepare("SELECT seq FROM unique_keys")?
@@ -475,6 +501,38 @@ mod tests {
             (0, 0),
             "pending again, attempt not spent"
         );
+    }
+
+    /// Only the queues a process fetches from (or asks the backlog of) are indexed: one that
+    /// only enqueues holds nothing, whatever the backlog, and a worker's index holds its own
+    /// queues, loaded from disk when first named and kept as jobs arrive.
+    #[test]
+    fn only_served_queues_are_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(&dir);
+        let jobs = |q: &str, n| (0..n).map(|_| NewJob::new("k", "{}").queue(q)).collect();
+        let (tx, _rx) = oneshot::channel();
+        w.round(vec![Cmd::Enqueue(jobs("a", 3), tx)]);
+        let (tx, _rx) = oneshot::channel();
+        w.round(vec![Cmd::Enqueue(jobs("b", 5), tx)]);
+        assert!(w.runnable.index.is_empty(), "a producer indexes nothing");
+        let (tx, rx) = oneshot::channel();
+        w.round(vec![Cmd::Backlog(vec!["a".into()], tx)]);
+        assert_eq!(rx.blocking_recv().unwrap().unwrap(), vec![3]);
+        assert_eq!(w.runnable.index.len(), 3, "a, loaded when first named");
+        let (tx, _rx) = oneshot::channel();
+        w.round(vec![Cmd::Enqueue(jobs("a", 1), tx)]);
+        let (tx, _rx) = oneshot::channel();
+        w.round(vec![Cmd::Enqueue(jobs("b", 1), tx)]);
+        assert_eq!(
+            w.runnable.index.ready_len("a"),
+            4,
+            "new jobs of a are added"
+        );
+        assert_eq!(w.runnable.index.ready_len("b"), 0, "b is not served here");
+        // A failed round reloads the served queues only.
+        w.reload().unwrap();
+        assert_eq!(w.runnable.index.len(), 4);
     }
 
     /// A purge window reads its rows by seq range, never the whole table: that is what keeps
