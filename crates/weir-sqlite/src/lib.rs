@@ -71,6 +71,7 @@ pub struct SqliteOptions {
     poll_interval: Duration,
     clock: Arc<dyn Clock>,
     limits: JobLimits,
+    faults: Option<Arc<std::sync::atomic::AtomicU32>>,
 }
 
 impl std::fmt::Debug for SqliteOptions {
@@ -93,7 +94,18 @@ impl SqliteOptions {
             poll_interval: Duration::from_millis(100),
             clock: Arc::new(SystemClock),
             limits: JobLimits::default(),
+            faults: None,
         }
+    }
+
+    /// Fault injection, for tests of what callers see when the store fails: while `faults`
+    /// is above zero, each commit round of this handle's writer takes one from it and is
+    /// rolled back as a failed write would be (every command in it answered with a transient
+    /// error, nothing of it written). Not for production use.
+    #[doc(hidden)]
+    pub fn inject_commit_faults(mut self, faults: Arc<std::sync::atomic::AtomicU32>) -> Self {
+        self.faults = Some(faults);
+        self
     }
 
     /// Parses `sqlite:PATH` or `sqlite://PATH`, with optional query parameters `sync=full` or
@@ -325,8 +337,9 @@ impl SqliteBroker {
         // Checkpoints run on their own thread (see `checkpoint`), not inside a commit.
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(|e| BrokerError::Invalid(format!("{}: {e}", opts.path.display())))?;
-        let writer = Writer::new(conn, opts.clock.clone(), opts.poll_interval)
+        let mut writer = Writer::new(conn, opts.clock.clone(), opts.poll_interval)
             .map_err(|e| BrokerError::Invalid(format!("{}: {e}", opts.path.display())))?;
+        writer.faults = opts.faults.clone();
         let ckpt_conn = open_conn(&opts).map_err(|e| {
             BrokerError::Invalid(format!("cannot open {}: {e}", opts.path.display()))
         })?;

@@ -78,6 +78,8 @@ pub(crate) struct Writer {
     orphans: Vec<Lease>,
     /// When expired leases were last looked for (clock time, so tests can move it).
     last_reap: Timestamp,
+    /// Commit rounds still to fail on purpose (fault-injection tests only).
+    pub(crate) faults: Option<Arc<std::sync::atomic::AtomicU32>>,
 }
 
 impl Writer {
@@ -102,6 +104,7 @@ impl Writer {
             last_poll: Instant::now(),
             orphans: Vec::new(),
             last_reap: Timestamp(0),
+            faults: None,
         };
         w.reload()?;
         Ok(w)
@@ -279,6 +282,12 @@ impl Writer {
         if result.is_ok() {
             result = self.serve_parked(now, &mut done);
         }
+        if result.is_ok() && self.take_fault() {
+            result = Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+                Some("injected fault".into()),
+            ));
+        }
         if result.is_ok() {
             result = self.conn.execute_batch("COMMIT");
         }
@@ -287,6 +296,7 @@ impl Writer {
                 if reap {
                     self.last_reap = now;
                 }
+                self.orphans.clear();
                 self.last_poll = Instant::now();
                 for d in done {
                     self.send(d);
@@ -436,12 +446,25 @@ impl Writer {
         Ok(())
     }
 
+    /// Gives back the leases of abandoned fetches. They are forgotten only once the round
+    /// commits: a rolled-back round tries again in the next.
     fn release_orphans(&mut self, now: Timestamp) -> rusqlite::Result<()> {
-        let orphans = std::mem::take(&mut self.orphans);
-        for l in orphans {
+        for l in self.orphans.clone() {
             self.settle_one(&l, Settlement::Release, now)?;
         }
         Ok(())
+    }
+
+    /// True (once) if an injected fault is due: see `SqliteOptions::inject_commit_faults`.
+    fn take_fault(&self) -> bool {
+        self.faults.as_ref().is_some_and(|f| {
+            f.fetch_update(
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+                |n| n.checked_sub(1),
+            )
+            .is_ok()
+        })
     }
 }
 
