@@ -31,7 +31,37 @@ pub(crate) async fn run(shared: Arc<Shared>, settle_tx: SettleTx, d: Delivery, s
         attempt = d.job.attempt,
         trace_id = %d.job.trace_id,
     );
+    #[cfg(feature = "otel")]
+    join_trace(&span, &d.job);
     attempt(shared, settle_tx, d, slot).instrument(span).await
+}
+
+/// Puts the attempt's span in its job's trace for OpenTelemetry: the job's trace id (32 hex
+/// digits, as weir makes them) with a remote parent whose span id comes from the job id, as
+/// the `traceparent` header on RabbitMQ says. So every attempt of every member of a workflow
+/// is one trace. A trace id of another form leaves the span a trace of its own.
+#[cfg(feature = "otel")]
+fn join_trace(span: &tracing::Span, job: &Job) {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let Ok(trace) = TraceId::from_hex(&job.trace_id) else {
+        return;
+    };
+    let parent = job.id.as_uuid().as_u64_pair().1;
+    if trace == TraceId::INVALID || parent == 0 {
+        return;
+    }
+    let cx = SpanContext::new(
+        trace,
+        SpanId::from_bytes(parent.to_be_bytes()),
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    );
+    // Only fails for a span no OpenTelemetry layer records (no exporter): nothing to join.
+    let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(cx));
 }
 
 async fn attempt(shared: Arc<Shared>, settle_tx: SettleTx, d: Delivery, mut slot: Slot) {

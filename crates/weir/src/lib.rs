@@ -64,6 +64,8 @@ pub mod api;
 pub mod builtins;
 #[cfg(feature = "config")]
 pub mod config;
+#[cfg(feature = "otel")]
+pub mod otel;
 #[cfg(feature = "config")]
 pub mod reload;
 #[cfg(feature = "config")]

@@ -154,7 +154,10 @@ fn closed_pipe(e: &anyhow::Error) -> bool {
 pub(crate) type LogHandle =
     tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
 
-fn init_logging(filter: &str) -> Option<LogHandle> {
+/// The log lines on stderr, and with the `otel` feature the spans exported where the
+/// `OTEL_*` variables say (see `weir::otel`); the exporter is returned to be shut down (and
+/// flushed) at exit.
+fn init_logging(filter: &str) -> anyhow::Result<(Option<LogHandle>, Option<Otel>)> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
@@ -162,17 +165,32 @@ fn init_logging(filter: &str) -> Option<LogHandle> {
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     // Colour only for a person at a terminal: a log file or a pipe gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::registry()
+    #[cfg(feature = "otel")]
+    let otel = weir::otel::Otel::from_env()?;
+    #[cfg(not(feature = "otel"))]
+    let otel: Option<Otel> = None;
+    #[cfg(feature = "otel")]
+    let spans = otel.as_ref().map(|o| o.layer());
+    #[cfg(not(feature = "otel"))]
+    let spans: Option<tracing_subscriber::layer::Identity> = None;
+    let installed = tracing_subscriber::registry()
         .with(filter)
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
                 .with_ansi(ansi),
         )
+        .with(spans)
         .try_init()
-        .ok()
-        .map(|_| handle)
+        .is_ok();
+    Ok((installed.then_some(handle), otel))
 }
+
+/// The span exporter, when built with it.
+#[cfg(feature = "otel")]
+type Otel = weir::otel::Otel;
+#[cfg(not(feature = "otel"))]
+type Otel = std::convert::Infallible;
 
 impl Args {
     /// The configuration file to use: --config, or ./weir.toml if it exists.
@@ -329,7 +347,14 @@ pub(crate) fn main() -> ExitCode {
         Command::Serve(_) | Command::Http(_) => "info,lapin=off",
         _ => "warn,lapin=off",
     };
-    let log = init_logging(args.log.as_deref().unwrap_or(default_log));
+    let (log, otel) = match init_logging(args.log.as_deref().unwrap_or(default_log)) {
+        Ok(l) => l,
+        Err(e) => {
+            // A setting weir cannot follow is a usage error, said before anything runs.
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -341,6 +366,13 @@ pub(crate) fn main() -> ExitCode {
         }
     };
     let result = rt.block_on(run(args, log));
+    drop(rt);
+    #[cfg(feature = "otel")]
+    if let Some(o) = otel {
+        o.shutdown();
+    }
+    #[cfg(not(feature = "otel"))]
+    let _ = otel;
     match result {
         Ok(code) => code,
         // The reader of our output went away (`| head`): nothing more to say, as Unix

@@ -1,0 +1,140 @@
+//! OpenTelemetry export through the real binary: `weir serve` with the standard `OTEL_*`
+//! variables sends every attempt's span over OTLP/HTTP to a collector (here a small one in
+//! the test that decodes what it is sent), and the steps of one workflow are one trace.
+
+#![cfg(feature = "otel")]
+
+mod bin_support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bin_support::{s, spawn_logged, wait_for, Weir};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// An OTLP/HTTP collector: decodes every `POST /v1/traces` body into the spans it carries.
+fn collector() -> (String, Arc<Mutex<Vec<Span>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let spans = Arc::new(Mutex::new(Vec::new()));
+    let got = spans.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let got = got.clone();
+            std::thread::spawn(move || loop {
+                let mut reader = BufReader::new(&mut conn);
+                let (mut line, mut len, mut path) = (String::new(), 0usize, String::new());
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                path.push_str(line.split_whitespace().nth(1).unwrap_or(""));
+                loop {
+                    line.clear();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let l = line.trim_end();
+                    if l.is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = l.split_once(':') {
+                        if k.eq_ignore_ascii_case("content-length") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                }
+                let mut body = vec![0; len];
+                if reader.read_exact(&mut body).is_err() {
+                    return;
+                }
+                if path == "/v1/traces" {
+                    let req = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
+                    let mut g = got.lock().unwrap();
+                    for r in req.resource_spans {
+                        for ss in r.scope_spans {
+                            g.extend(ss.spans);
+                        }
+                    }
+                }
+                let resp = "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+                if conn.write_all(resp.as_bytes()).is_err() {
+                    return;
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), spans)
+}
+
+fn attr(span: &Span, key: &str) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|a| a.key == key)
+        .and_then(|a| a.value.as_ref()?.value.as_ref())
+        .map(|v| match v {
+            AnyValue::StringValue(s) => s.clone(),
+            AnyValue::IntValue(i) => i.to_string(),
+            other => format!("{other:?}"),
+        })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn attempts_are_exported_and_a_workflow_is_one_trace() {
+    let w = Weir::new();
+    let (endpoint, spans) = collector();
+    let mut c = w.cmd(&[]);
+    c.args(["--log", "info", "serve", "--tick", "1s"])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env("OTEL_SERVICE_NAME", "weir-test")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let (_serving, _log) = spawn_logged(c);
+    let spec = w.file(
+        "chain.json",
+        r#"{"shape":"chain","steps":[{"kind":"echo","payload":[1,2]},{"kind":"echo"}]}"#,
+    );
+    let done = w.json(&["workflow", "submit", "--wait", "--json", s(&spec)]);
+    let trace = done["workflow"]["trace_id"].as_str().unwrap().to_owned();
+    let ours = wait_for("both steps' attempts exported", LONG, || {
+        let g = spans.lock().unwrap();
+        let ours: Vec<Span> = g
+            .iter()
+            .filter(|sp| sp.name == "attempt" && hex(&sp.trace_id) == trace)
+            .cloned()
+            .collect();
+        if ours.len() >= 2 {
+            Ok(ours)
+        } else {
+            Err(g
+                .iter()
+                .map(|sp| (sp.name.clone(), hex(&sp.trace_id)))
+                .collect::<Vec<_>>())
+        }
+    });
+    let jobs: std::collections::BTreeSet<String> =
+        ours.iter().filter_map(|sp| attr(sp, "job")).collect();
+    assert_eq!(jobs.len(), 2, "one span per step: {ours:?}");
+    for sp in &ours {
+        assert_eq!(attr(sp, "kind").as_deref(), Some("echo"));
+        assert_eq!(attr(sp, "queue").as_deref(), Some("default"));
+        assert_eq!(attr(sp, "trace_id").as_deref(), Some(trace.as_str()));
+        assert!(
+            !sp.parent_span_id.is_empty(),
+            "joined to the job's trace as a child"
+        );
+    }
+}
