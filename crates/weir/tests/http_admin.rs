@@ -6,7 +6,7 @@ mod bin_support;
 
 use std::time::Duration;
 
-use bin_support::http::{http, json_of, serve_http};
+use bin_support::http::{http, json_of, serve_http, serve_http_with};
 use bin_support::{wait_for, Weir};
 use serde_json::json;
 
@@ -268,4 +268,41 @@ fn the_live_configuration_is_shown_with_secrets_redacted() {
         }
     });
     assert!(!v.to_string().contains("hunter2"), "{v}");
+}
+
+/// `--audit-log FILE`: every change through the API is appended to the file, and a restarted
+/// worker lists the earlier changes again.
+#[test]
+fn the_audit_log_file_outlives_a_restart() {
+    let w = Weir::new();
+    let file = w.dir.path().join("audit.jsonl");
+    let args = ["--audit-log", file.to_str().unwrap()];
+    let (serving, addr) = serve_http_with(&w, &args, &[]);
+    let (code, body) = http(
+        &addr,
+        "POST",
+        "/api/v1/jobs",
+        None,
+        Some(r#"{"kind":"noop"}"#),
+    );
+    assert_eq!(code, 201, "{body}");
+    let status = serving.terminate(LONG);
+    assert!(status.success(), "{status}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["what"], "POST /api/v1/jobs");
+    assert_eq!(lines[0]["who"], "open");
+    assert_eq!(lines[0]["status"], 201);
+
+    let (_serving, addr) = serve_http_with(&w, &args, &[]);
+    let (_, body) = http(&addr, "GET", "/api/v1/audit", None, None);
+    assert_eq!(json_of(&body)["entries"], json!([lines[0]]));
+
+    // Without --http there is nothing to audit: a usage error, not a silent no-op.
+    let out = w.run(&["serve", "--audit-log", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
 }

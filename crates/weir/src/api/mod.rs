@@ -31,13 +31,13 @@
 //! ([`ApiConfig::max_body`]) and every request has a timeout. Broker and store URLs never
 //! appear in a response.
 
+mod audit;
 mod jobs;
 pub mod metrics;
 mod openapi;
 mod queues;
 mod settings;
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,8 +48,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Serialize;
 use weir_core::{Broker, BrokerError, Timestamp};
+
+pub use audit::AuditEntry;
 use weir_workflow::{StateStore, Workflows};
 
 /// Settings of the API. See each field for its default.
@@ -101,24 +102,6 @@ pub fn check_bind(addr: SocketAddr, config: &ApiConfig) -> Result<(), String> {
     Ok(())
 }
 
-/// One state change asked of the API, made or refused.
-#[derive(Clone, Debug, Serialize)]
-pub struct AuditEntry {
-    /// When (ms since the epoch).
-    pub at: Timestamp,
-    /// Who asked: `admin`, `read` (refused) or `open` (no tokens configured). Requests
-    /// without a valid token are only logged.
-    pub who: &'static str,
-    /// The method and path, e.g. `POST /api/v1/jobs/…/retry`.
-    pub what: String,
-    /// The response status.
-    pub status: u16,
-}
-
-/// How many audit entries the API keeps (in memory; each is also logged at `info` under the
-/// `weir::audit` target, which is where a durable record belongs).
-const AUDIT_KEEP: usize = 1_000;
-
 /// What every handler shares.
 pub(crate) struct ApiState {
     pub(crate) broker: Arc<dyn Broker>,
@@ -128,7 +111,7 @@ pub(crate) struct ApiState {
     pub(crate) metrics: Option<metrics::MetricsHandle>,
     pub(crate) live: Option<Arc<crate::reload::LiveConfig>>,
     pub(crate) throughput: queues::Throughput,
-    audit: parking_lot::Mutex<VecDeque<AuditEntry>>,
+    audit: audit::AuditLog,
 }
 
 impl ApiState {
@@ -168,7 +151,7 @@ impl Api {
                 metrics: None,
                 live: None,
                 throughput: Default::default(),
-                audit: parking_lot::Mutex::new(VecDeque::new()),
+                audit: audit::AuditLog::default(),
             }),
         }
     }
@@ -187,6 +170,18 @@ impl Api {
             .expect("not shared before router()")
             .metrics = Some(handle);
         self
+    }
+
+    /// Appends the audit log to `path` too (one JSON line per change, synced), and lists its
+    /// last entries from the start, so the record outlives a restart. By default, the log
+    /// is kept in memory only (and in the `weir::audit` log lines). Errors: the file cannot
+    /// be read or opened for appending.
+    pub fn audit_log(mut self, path: &std::path::Path) -> std::io::Result<Self> {
+        let log = audit::AuditLog::open(path)?;
+        Arc::get_mut(&mut self.state)
+            .expect("not shared before router()")
+            .audit = log;
+        Ok(self)
     }
 
     /// Shows this configuration file at `/api/v1/config` (secrets redacted). By default,
@@ -219,7 +214,7 @@ impl Api {
             .route("/jobs/{id}/cancel", post(jobs::cancel))
             .route("/workflows", post(jobs::submit_workflow))
             .route("/workflows/{id}", get(jobs::get_workflow))
-            .route("/audit", get(audit))
+            .route("/audit", get(audit::list))
             .route("/config", get(settings::show));
         // The timeout sits inside `authorize`, so a change that runs out of time is still
         // written to the audit log (with its 503).
@@ -412,23 +407,16 @@ async fn authorize(State(st): State<Arc<ApiState>>, req: Request, next: Next) ->
     } else if changes {
         let status = resp.status().as_u16();
         tracing::info!(target: "weir::audit", who, what = %what, status, "API change");
-        let mut log = st.audit.lock();
-        if log.len() == AUDIT_KEEP {
-            log.pop_front();
-        }
-        log.push_back(AuditEntry {
-            at: Timestamp::now(),
-            who,
-            what,
-            status,
-        });
+        st.audit
+            .record(AuditEntry {
+                at: Timestamp::now(),
+                who: who.to_owned(),
+                what,
+                status,
+            })
+            .await;
     }
     resp
-}
-
-async fn audit(State(st): State<Arc<ApiState>>) -> Json<serde_json::Value> {
-    let entries: Vec<AuditEntry> = st.audit.lock().iter().rev().cloned().collect();
-    Json(serde_json::json!({ "entries": entries }))
 }
 
 /// 200 if the broker (and the store) answer a cheap read, else 503 with the reason.

@@ -30,6 +30,21 @@ pub(crate) struct TokenArgs {
         hide = true
     )]
     admin_token: Option<String>,
+    /// Also append the API's audit log (every state change asked: who, what, when) to this
+    /// file, one JSON line each; `GET /api/v1/audit` then lists its last entries after a
+    /// restart too. By default, kept in memory and in the log lines only.
+    #[arg(long = "audit-log", env = "WEIR_API_AUDIT_LOG", value_name = "FILE")]
+    pub(crate) audit_log: Option<std::path::PathBuf>,
+}
+
+/// `api` with the audit log file `tokens` name, if any.
+pub(crate) fn with_audit_log(api: Api, tokens: &TokenArgs) -> anyhow::Result<Api> {
+    match &tokens.audit_log {
+        None => Ok(api),
+        Some(path) => api
+            .audit_log(path)
+            .map_err(|e| anyhow::anyhow!("--audit-log {}: {e}", path.display())),
+    }
 }
 
 #[derive(ClapArgs, Debug)]
@@ -84,7 +99,7 @@ pub(crate) async fn run(args: &Args, a: &HttpArgs) -> anyhow::Result<ExitCode> {
         return Ok(code);
     }
     let (broker, handle) = metered(args.open()?)?;
-    let mut api = Api::new(broker, config).metrics(handle);
+    let mut api = with_audit_log(Api::new(broker, config).metrics(handle), &a.tokens)?;
     if let Some(store) = args.store().await? {
         api = api.store(store);
     }

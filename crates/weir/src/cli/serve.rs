@@ -78,6 +78,12 @@ pub(crate) async fn run(
         );
         return Ok(ExitCode::from(2));
     }
+    if a.http.is_none() && a.tokens.audit_log.is_some() {
+        eprintln!(
+            "error: --audit-log records changes made through the HTTP API: give --http ADDR too"
+        );
+        return Ok(ExitCode::from(2));
+    }
     let api_config = a.http.map(|addr| {
         (
             addr,
@@ -94,7 +100,10 @@ pub(crate) async fn run(
     if let Some((addr, config)) = api_config {
         let (metered, handle) = super::http::metered(broker)?;
         broker = metered;
-        let api = weir::api::Api::new(broker.clone(), config).metrics(handle);
+        let api = super::http::with_audit_log(
+            weir::api::Api::new(broker.clone(), config).metrics(handle),
+            &a.tokens,
+        )?;
         let listener = api
             .bind(addr)
             .await
