@@ -306,3 +306,33 @@ fn the_audit_log_file_outlives_a_restart() {
     let out = w.run(&["serve", "--audit-log", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A list page leaves out a payload over 64 KiB (saying its size); the job by id has it.
+#[test]
+fn list_pages_leave_out_large_payloads() {
+    let w = Weir::new();
+    let (_serving, addr) = serve_http(&w, &[]);
+    let big = "x".repeat(100 << 10);
+    let body = json!({ "kind": "noop", "payload": { "blob": big }, "queue": "idle" }).to_string();
+    let (code, out) = http(&addr, "POST", "/api/v1/jobs", None, Some(&body));
+    assert_eq!(code, 201, "{out}");
+    let id = json_of(&out)["id"].as_str().unwrap().to_owned();
+    let (_, page) = http(&addr, "GET", "/api/v1/jobs?queue=idle", None, None);
+    let listed = &json_of(&page)["jobs"][0];
+    assert_eq!(listed["id"], id.as_str());
+    assert_eq!(listed["payload"], serde_json::Value::Null);
+    assert!(
+        listed["payload_elided"]["bytes"].as_u64().unwrap() > 100 << 10,
+        "{listed}"
+    );
+    assert!(
+        page.len() < 10 << 10,
+        "the page carries the payload: {} bytes",
+        page.len()
+    );
+    let (_, one) = http(&addr, "GET", &format!("/api/v1/jobs/{id}"), None, None);
+    assert_eq!(
+        json_of(&one)["payload"]["blob"].as_str().map(str::len),
+        Some(100 << 10)
+    );
+}

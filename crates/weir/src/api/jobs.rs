@@ -258,7 +258,27 @@ pub(crate) async fn list(
     }
     .filter(limit_of(q.limit, MAX_LIST)?)?;
     let page = inspect(&st)?.search(filter, q.cursor.as_deref()).await?;
-    Ok(Json(json!(page)))
+    let mut out = json!(page);
+    if let Some(jobs) = out["jobs"].as_array_mut() {
+        for (v, job) in jobs.iter_mut().zip(&page.jobs) {
+            elide_large(v, "payload", job.payload.len());
+            elide_large(v, "result", job.result.as_ref().map_or(0, Vec::len));
+        }
+    }
+    Ok(Json(out))
+}
+
+/// The largest payload or result a list page carries; a larger one is left out of the page
+/// (`GET /api/v1/jobs/{id}` has it), so a page of 1,000 jobs stays under about 64 MiB.
+const LIST_VALUE_MAX: usize = 64 << 10;
+
+/// Replaces `field` of a listed job by `null` when its value is over [`LIST_VALUE_MAX`]
+/// bytes, saying so in `{field}_elided` with its size.
+fn elide_large(job: &mut Value, field: &str, bytes: usize) {
+    if bytes > LIST_VALUE_MAX {
+        job[field] = Value::Null;
+        job[format!("{field}_elided")] = json!({ "bytes": bytes });
+    }
 }
 
 /// The body of `POST /api/v1/jobs/bulk`.
