@@ -23,6 +23,7 @@ mod heartbeat;
 mod leases;
 mod maintenance;
 mod membership;
+mod metered_store;
 mod metrics;
 mod observer;
 mod registry;
@@ -38,6 +39,7 @@ pub use autoscale::{
     decide, AutoscaleConfig, Decision, InvalidAutoscale, Observed, Reason, ScalerState,
 };
 pub use client::{Client, EnqueueError};
+pub use metered_store::MeteredStore;
 pub use metrics::MeteredBroker;
 pub use observer::Observer;
 pub use registry::{Handler, KindOptions, Registry};

@@ -90,8 +90,9 @@ pub use weir_core::{
 pub use weir_postgres::{PgOptions, PgStore};
 pub use weir_runtime::{
     decide, retention, settlement_for, AutoscaleConfig, Client, Decision, EnqueueError, Handler,
-    InvalidAutoscale, InvalidTuning, KindOptions, MeteredBroker, Observed, Observer, QueueSpec,
-    Reason, Registry, ScalerState, Tuning, Worker, WorkerBuilder, WorkerError, WorkerReport,
+    InvalidAutoscale, InvalidTuning, KindOptions, MeteredBroker, MeteredStore, Observed, Observer,
+    QueueSpec, Reason, Registry, ScalerState, Tuning, Worker, WorkerBuilder, WorkerError,
+    WorkerReport,
 };
 pub use weir_sqlite::{SqliteBroker, SqliteOptions, SqliteStore, Synchronous};
 pub use weir_workflow::{MemoryStore, StateStore, Workflows};

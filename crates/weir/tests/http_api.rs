@@ -173,6 +173,7 @@ fn jobs_and_workflows_through_the_api_with_health_and_metrics() {
         r#"weir_jobs_dead_lettered_total{queue="default"}"#,
         r#"weir_workflows_finished_total{shape="chain",state="succeeded"} 1"#,
         r#"weir_queue_oldest_age_seconds{queue="default"} 0"#,
+        r#"weir_store_op_seconds_bucket{op="complete""#,
     ] {
         assert!(metrics.contains(line), "no {line} in:\n{metrics}");
     }

@@ -97,6 +97,15 @@ fn describe() {
         "weir_broker_errors_total",
         "Broker calls that failed, by operation"
     );
+    describe_histogram!(
+        "weir_store_op_seconds",
+        Unit::Seconds,
+        "Latency of workflow state store calls, by operation (complete, mark_enqueued, member_state, …)"
+    );
+    describe_counter!(
+        "weir_store_errors_total",
+        "Workflow state store calls that failed, by operation"
+    );
     describe_counter!(
         "weir_jobs_enqueued_total",
         "Jobs enqueued through this process (duplicates of a unique key not counted), by queue"

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::Args as ClapArgs;
 use weir::api::{check_bind, Api, ApiConfig};
-use weir::Broker;
+use weir::{Broker, StateStore};
 
 use super::Args;
 
@@ -91,6 +91,11 @@ pub(crate) fn metered(
     Ok((Arc::new(weir::MeteredBroker::new(broker)), handle))
 }
 
+/// `store` with its calls measured (after [`metered`] installed the recorder).
+pub(crate) fn metered_store(store: Arc<dyn StateStore>) -> Arc<dyn StateStore> {
+    Arc::new(weir::MeteredStore::new(store))
+}
+
 /// `weir http ADDR`: the API until SIGINT or SIGTERM.
 pub(crate) async fn run(args: &Args, a: &HttpArgs) -> anyhow::Result<ExitCode> {
     let queues = a.queues.clone().unwrap_or_default();
@@ -101,7 +106,7 @@ pub(crate) async fn run(args: &Args, a: &HttpArgs) -> anyhow::Result<ExitCode> {
     let (broker, handle) = metered(args.open()?)?;
     let mut api = with_audit_log(Api::new(broker, config).metrics(handle), &a.tokens)?;
     if let Some(store) = args.store().await? {
-        api = api.store(store);
+        api = api.store(metered_store(store));
     }
     if let Some(path) = args.config_path() {
         api = api.live_config(weir::reload::LiveConfig::load(path)?);

@@ -110,7 +110,11 @@ pub(crate) async fn run(
             .with_context(|| format!("listening on {addr}"))?;
         http = Some((api, listener));
     }
-    let store = args.store().await?;
+    let mut store = args.store().await?;
+    if http.is_some() {
+        // The recorder is installed: measure the store's calls too.
+        store = store.map(super::http::metered_store);
+    }
     let closing = broker.clone();
     let mut service = Service::builder(broker)
         .builtins()
