@@ -32,8 +32,23 @@ pub(crate) async fn run(shared: Arc<Shared>, settle_tx: SettleTx, d: Delivery, s
         trace_id = %d.job.trace_id,
     );
     #[cfg(feature = "otel")]
-    join_trace(&span, &d.job);
+    if JOIN_TRACES.load(std::sync::atomic::Ordering::Relaxed) {
+        join_trace(&span, &d.job);
+    }
     attempt(shared, settle_tx, d, slot).instrument(span).await
+}
+
+/// Set once an OpenTelemetry exporter is installed ([`join_traces`]): until then an attempt
+/// pays nothing for the link (parsing the trace id, finding the layer).
+#[cfg(feature = "otel")]
+static JOIN_TRACES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// From now on, each attempt's span joins its job's trace in OpenTelemetry (see
+/// [`join_trace`]). `weir::otel::Otel::from_env` calls it when it sets up an exporter; call
+/// it yourself if you install a `tracing-opentelemetry` layer of your own.
+#[cfg(feature = "otel")]
+pub fn join_traces() {
+    JOIN_TRACES.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Puts the attempt's span in its job's trace for OpenTelemetry: the job's trace id (32 hex

@@ -39,6 +39,8 @@ pub use autoscale::{
     decide, AutoscaleConfig, Decision, InvalidAutoscale, Observed, Reason, ScalerState,
 };
 pub use client::{Client, EnqueueError};
+#[cfg(feature = "otel")]
+pub use attempt::join_traces;
 pub use metered_store::MeteredStore;
 pub use metrics::MeteredBroker;
 pub use observer::Observer;

@@ -11,6 +11,9 @@
 //! is refused with a clear error rather than silently ignored.
 
 use opentelemetry::trace::TracerProvider as _;
+/// Makes attempt spans join their job's trace; [`Otel::from_env`] calls it. Call it yourself
+/// if you install a `tracing-opentelemetry` layer of your own.
+pub use weir_runtime::join_traces;
 use opentelemetry_sdk::trace::{SdkTracerProvider, Tracer};
 use tracing::Subscriber;
 use tracing_subscriber::registry::LookupSpan;
@@ -92,6 +95,7 @@ impl Otel {
             .with_resource(resource.build())
             .build();
         let tracer = provider.tracer("weir");
+        weir_runtime::join_traces();
         Ok(Some(Otel { provider, tracer }))
     }
 
