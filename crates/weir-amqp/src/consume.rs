@@ -185,6 +185,11 @@ pub(crate) fn consumer_timed_out(error: &str) -> bool {
 static CONSUMER_SEQ: AtomicU32 = AtomicU32::new(0);
 
 async fn consume_once(shared: &Arc<Shared>, q: &Arc<QueueState>) -> Result<(), BrokerError> {
+    if shared.draining.is_cancelled() {
+        // Closing (a channel that died mid-drain lands here): consume nothing more.
+        shared.closed.cancelled().await;
+        return Ok(());
+    }
     let conn = shared.consume.conn().await?;
     shared.consume.declare(&conn, &q.name).await?;
     let channel = conn
@@ -329,8 +334,14 @@ async fn give_back_buffered(shared: &Arc<Shared>, q: &Arc<QueueState>, chan: &Ar
     };
     match sent {
         Ok(()) => {
-            chan.ack(tags.clone()).await;
-            tracing::info!(queue = %q.name, jobs = tags.len(), "gave back prefetched jobs unspent");
+            let n = tags.len();
+            if chan.ack(tags).await {
+                tracing::info!(queue = %q.name, jobs = n, "gave back prefetched jobs unspent");
+            } else {
+                // The copies are in the queue and the originals go back with the channel:
+                // each of these jobs may run twice (at-least-once).
+                tracing::warn!(queue = %q.name, jobs = n, "gave back prefetched jobs, but the acks failed: they may run twice");
+            }
         }
         Err(e) => tracing::warn!(
             queue = %q.name,
@@ -399,7 +410,6 @@ fn on_delivery(
         Err(why) => {
             let data = body.take().unwrap_or_default();
             tracing::warn!(queue = %q.name, error = %why, "unreadable message dead-lettered");
-            weir_core::telemetry::dead_lettered(&q.name, 1);
             let mut h = props.headers().clone().unwrap_or_default();
             h.insert(
                 "x-weir-error".into(),
@@ -414,6 +424,7 @@ fn on_delivery(
                     props: props.with_headers(h),
                     body: data,
                 },
+                true,
             ))
         }
         // A workflow member past its attempts goes to the worker, which fails it through the
@@ -428,13 +439,12 @@ fn on_delivery(
                 job.last_error.as_deref().unwrap_or("none")
             ));
             tracing::warn!(queue = %q.name, id = %job.id, "job dead-lettered: attempts lost");
-            weir_core::telemetry::dead_lettered(&q.name, 1);
             let out = Outgoing {
                 to: shared.conn.topo.name(&q.name, &Target::Dead),
                 props: codec::encode(&job),
                 body: job.payload.clone(),
             };
-            Some((job, out))
+            Some((job, out, true))
         }
         // Classic queues keep no delivery count, only a redelivered flag: a job that kills its
         // worker would come back as attempt `spent + 2` for ever. So a redelivered message goes
@@ -443,7 +453,7 @@ fn on_delivery(
             job.attempt -= 1;
             let body = job.payload.clone();
             let out = delays::message(&shared.conn.topo, &job, body, &Target::Work, now);
-            Some((job, out))
+            Some((job, out, false))
         }
         Ok(job) => match shared
             .conn
@@ -468,11 +478,11 @@ fn on_delivery(
                 job.attempt -= 1;
                 let body = job.payload.clone();
                 let out = delays::message(&shared.conn.topo, &job, body, &tier, now);
-                Some((job, out))
+                Some((job, out, false))
             }
         },
     };
-    if let Some((job, out)) = moved {
+    if let Some((job, out, dead)) = moved {
         chan.held.lock().insert(
             tag,
             Held {
@@ -481,6 +491,7 @@ fn on_delivery(
             },
         );
         let shared = shared.clone();
+        let q_name = q.name.clone();
         let chan = chan.clone();
         tokio::spawn(async move {
             let sent = match shared.conn.conn().await {
@@ -489,6 +500,11 @@ fn on_delivery(
             };
             match sent {
                 Ok(()) => {
+                    if dead {
+                        // Counted once it is in the dead-letter queue (a failed move is
+                        // delivered and counted again).
+                        weir_core::telemetry::dead_lettered(&q_name, 1);
+                    }
                     chan.ack(vec![tag]).await;
                 }
                 Err(e) => {

@@ -221,6 +221,10 @@ impl AmqpBroker {
     }
 
     fn spawn_consumer(&self, q: Arc<QueueState>) {
+        if self.shared.draining.is_cancelled() {
+            // Closing: nothing new is consumed (it would only be given back).
+            return;
+        }
         if self.shared.conn.topo.delays == DelayMode::Worker {
             for &tier in self.shared.conn.topo.tiers() {
                 tokio::spawn(delays::move_forever(
@@ -252,7 +256,12 @@ impl AmqpBroker {
             };
             empty = 0;
             let mut held = chan.held.lock();
-            let Some(h) = held.get_mut(&tag) else {
+            // Only a delivery still buffered: one being given back at close (or otherwise
+            // settling) is not the worker's any more.
+            let Some(h) = held
+                .get_mut(&tag)
+                .filter(|h| matches!(h.state, HeldState::Buffered))
+            else {
                 continue;
             };
             h.state = HeldState::Leased(until);

@@ -59,6 +59,10 @@ pub struct QueueCounts {
     /// `None` when no job is waiting to run. `now - oldest_due` is how far behind the queue
     /// is.
     pub oldest_due: Option<Timestamp>,
+    /// Jobs that ever finished in this queue (succeeded, failed or cancelled), not lowered
+    /// when finished jobs are deleted (retention, purge): the difference between two reads
+    /// is what finished in between. 0 where the broker does not keep it.
+    pub finished_ever: u64,
 }
 
 impl QueueCounts {

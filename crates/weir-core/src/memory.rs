@@ -27,6 +27,8 @@ struct Inner {
     running: HashMap<u64, ()>,
     index: ReadyIndex,
     workers: HashMap<(String, String), WorkerStatus>,
+    /// Jobs ever finished, by queue (`QueueCounts::finished_ever`).
+    finished_ever: HashMap<String, u64>,
 }
 
 impl Inner {
@@ -47,6 +49,7 @@ impl Inner {
         }
         if to.is_finished() {
             job.finished_at = Some(now);
+            *self.finished_ever.entry(job.queue.clone()).or_default() += 1;
             if let Some(k) = &job.unique_key {
                 if self.unique.get(k) == Some(&token) {
                     self.unique.remove(k);
@@ -455,6 +458,14 @@ impl Inspect for MemoryBroker {
             if matches!(j.state, JobState::Pending | JobState::Retryable) && j.run_at <= now {
                 q.waiting_since(j.run_at);
             }
+        }
+        for (queue, n) in &g.finished_ever {
+            by.entry(queue)
+                .or_insert_with(|| QueueCounts {
+                    queue: queue.clone(),
+                    ..Default::default()
+                })
+                .finished_ever = *n;
         }
         Ok(by.into_values().collect())
     }

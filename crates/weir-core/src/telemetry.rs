@@ -10,7 +10,8 @@
 use metrics::counter;
 
 /// `weir_leases_reclaimed_total{queue}`: attempts whose lease ran out (the worker died, hung
-/// or lost its connection) and whose job the broker took back.
+/// or lost its connection) and whose job the broker took back. RabbitMQ cannot tell a leased
+/// delivery from a prefetched one: there it counts every delivery that came back unsettled.
 pub const LEASES_RECLAIMED: &str = "weir_leases_reclaimed_total";
 
 /// `weir_jobs_dead_lettered_total{queue}`: jobs that failed for good (attempts spent, a

@@ -143,16 +143,12 @@ async fn attempt(shared: Arc<Shared>, settle_tx: SettleTx, d: Delivery, mut slot
             return send(deferral).await;
         }
     };
-    if admission.is_some() {
-        shared.metrics.limits_held(shared.tuning.limiter());
-    }
+    let held = admission.as_ref().map(|a| shared.metrics.hold_limits(a));
     let began = std::time::Instant::now();
     let result = handle(&shared, &mut job, kind, token.clone()).await;
     metered.ran(began.elapsed());
-    if let Some(a) = admission {
-        drop(a);
-        shared.metrics.limits_held(shared.tuning.limiter());
-    }
+    drop(held);
+    drop(admission);
     drop(slot);
     let settlement = outcome(&shared, &job, kind, result, &token);
     let settlement = match job.member {

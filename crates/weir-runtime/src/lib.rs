@@ -35,12 +35,12 @@ mod shared;
 mod tuning;
 mod worker;
 
+#[cfg(feature = "otel")]
+pub use attempt::join_traces;
 pub use autoscale::{
     decide, AutoscaleConfig, Decision, InvalidAutoscale, Observed, Reason, ScalerState,
 };
 pub use client::{Client, EnqueueError};
-#[cfg(feature = "otel")]
-pub use attempt::join_traces;
 pub use metered_store::MeteredStore;
 pub use metrics::MeteredBroker;
 pub use observer::Observer;

@@ -188,11 +188,30 @@ impl Metrics {
         self.with_limit(name, |(deferrals, _)| deferrals.increment(1));
     }
 
-    /// Sets the in-flight gauge of every limit from `limiter` (after an admission was taken
-    /// or given back).
-    pub(crate) fn limits_held(&self, limiter: &weir_sync::Limiter) {
-        for (name, n) in limiter.in_flight() {
-            self.with_limit(&name, |(_, held)| held.set(n as f64));
+    /// Counts the jobs running under `admission`'s limits in `weir_limit_in_flight` until
+    /// the returned guard drops (when the attempt ends, or its future is dropped).
+    pub(crate) fn hold_limits<'a>(&'a self, admission: &weir_sync::Admission) -> HeldLimits<'a> {
+        let names: Vec<std::sync::Arc<str>> = admission.limits().cloned().collect();
+        for n in &names {
+            self.with_limit(n, |(_, held)| held.increment(1.0));
+        }
+        HeldLimits {
+            metrics: self,
+            names,
+        }
+    }
+}
+
+/// Jobs counted in `weir_limit_in_flight` (see [`Metrics::hold_limits`]).
+pub(crate) struct HeldLimits<'a> {
+    metrics: &'a Metrics,
+    names: Vec<std::sync::Arc<str>>,
+}
+
+impl Drop for HeldLimits<'_> {
+    fn drop(&mut self) {
+        for n in &self.names {
+            self.metrics.with_limit(n, |(_, held)| held.decrement(1.0));
         }
     }
 }

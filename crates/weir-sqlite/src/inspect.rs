@@ -71,12 +71,12 @@ impl Inspect for SqliteBroker {
         let now = self.shared.opts.clock.now();
         self.read(move |c| {
             let mut st = c.prepare_cached(concat!(
-                "SELECT queue, state, n, NULL FROM finished_counts WHERE n > 0
+                "SELECT queue, state, n, NULL, done FROM finished_counts WHERE n > 0 OR done > 0
                  UNION ALL
                  SELECT queue, state, COUNT(*),
                         MIN(CASE WHEN state != ",
                 state!(running),
-                " AND run_at <= ?1 THEN run_at END)
+                " AND run_at <= ?1 THEN run_at END), 0
                    FROM jobs WHERE state < 3 GROUP BY queue, state
                  ORDER BY queue"
             ))?;
@@ -97,6 +97,7 @@ impl Inspect for SqliteBroker {
                     if let Some(due) = r.get::<_, Option<i64>>(3)? {
                         q.waiting_since(Timestamp(due));
                     }
+                    q.finished_ever += r.get::<_, i64>(4)?.max(0) as u64;
                 }
             }
             Ok(out)

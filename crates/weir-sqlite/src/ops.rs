@@ -402,8 +402,9 @@ impl Writer {
     ) -> rusqlite::Result<()> {
         self.conn
             .prepare_cached(
-                "INSERT INTO finished_counts (queue, state, n) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (queue, state) DO UPDATE SET n = n + excluded.n",
+                "INSERT INTO finished_counts (queue, state, n, done) VALUES (?1, ?2, ?3, ?3)
+                 ON CONFLICT (queue, state) DO UPDATE
+                   SET n = n + excluded.n, done = done + excluded.n",
             )?
             .execute(params![queue, state.code(), n])?;
         Ok(())
@@ -474,12 +475,12 @@ impl Writer {
             n += 1;
             let seq = r.get::<_, i64>(0)? as u64;
             let queue: String = r.get(1)?;
-            weir_core::telemetry::leases_reclaimed(&queue, 1);
             if r.get::<_, i64>(3)? == i64::from(JobState::Pending.code()) {
                 self.runnable.add(seq, &queue, r.get(2)?, now);
+                self.reaped.push((queue, false));
                 woken.push(seq);
             } else {
-                weir_core::telemetry::dead_lettered(&queue, 1);
+                self.reaped.push((queue.clone(), true));
                 failed.push((seq, r.get::<_, Option<String>>(4)?, queue));
             }
         }

@@ -108,6 +108,19 @@ const MIGRATIONS: &[&str] = &[
      CREATE TRIGGER finished_counts_delete AFTER DELETE ON jobs WHEN OLD.state >= 3 BEGIN
         UPDATE finished_counts SET n = n - 1 WHERE queue = OLD.queue AND state = OLD.state;
      END;",
+    // 5 -> 6: `done`, how many jobs ever finished by queue and state: raised where `n` is,
+    // never lowered (not by a retention sweep, a purge, a delete or a retry), so the API's
+    // throughput (finished per second) is not thrown off when finished jobs are deleted.
+    "ALTER TABLE finished_counts ADD COLUMN done INTEGER NOT NULL DEFAULT 0;
+     UPDATE finished_counts SET done = n;
+     DROP TRIGGER finished_counts_reopen;
+     CREATE TRIGGER finished_counts_reopen AFTER UPDATE OF state ON jobs
+       WHEN OLD.state >= 3 AND NEW.state != OLD.state BEGIN
+        UPDATE finished_counts SET n = n - 1 WHERE queue = OLD.queue AND state = OLD.state;
+        INSERT INTO finished_counts (queue, state, n, done) SELECT NEW.queue, NEW.state, 1, 1
+          WHERE NEW.state >= 3
+          ON CONFLICT (queue, state) DO UPDATE SET n = n + 1, done = done + 1;
+     END;",
 ];
 
 /// The schema version this build writes.

@@ -80,6 +80,13 @@ pub(crate) struct Writer {
     last_reap: Timestamp,
     /// Commit rounds still to fail on purpose (fault-injection tests only).
     pub(crate) faults: Option<Arc<std::sync::atomic::AtomicU32>>,
+    /// Rounds failed in a row, and when a round that only gives back orphans may run
+    /// again: a store that keeps failing is retried every poll interval, not in a spin.
+    failed_rounds: u32,
+    retry_after: Option<Instant>,
+    /// Leases the reaper took back in this round (queue, and whether the job failed for
+    /// good), counted in the metrics once the round commits.
+    pub(crate) reaped: Vec<(String, bool)>,
 }
 
 impl Writer {
@@ -105,6 +112,9 @@ impl Writer {
             orphans: Vec::new(),
             last_reap: Timestamp(0),
             faults: None,
+            failed_rounds: 0,
+            retry_after: None,
+            reaped: Vec::new(),
         };
         w.reload()?;
         Ok(w)
@@ -199,7 +209,12 @@ impl Writer {
 
     fn next_wake(&self) -> Duration {
         if !self.orphans.is_empty() {
-            return Duration::ZERO;
+            return self
+                .retry_after
+                .map_or(Duration::ZERO, |t| {
+                    t.saturating_duration_since(Instant::now())
+                })
+                .max(Duration::from_millis(1));
         }
         let mut wait = self.poll_interval.saturating_sub(self.last_poll.elapsed());
         if let Some(deadline) = self.parked.iter().map(|f| f.deadline).min() {
@@ -297,6 +312,14 @@ impl Writer {
                     self.last_reap = now;
                 }
                 self.orphans.clear();
+                self.failed_rounds = 0;
+                self.retry_after = None;
+                for (queue, failed) in self.reaped.drain(..) {
+                    weir_core::telemetry::leases_reclaimed(&queue, 1);
+                    if failed {
+                        weir_core::telemetry::dead_lettered(&queue, 1);
+                    }
+                }
                 self.last_poll = Instant::now();
                 for d in done {
                     self.send(d);
@@ -304,6 +327,19 @@ impl Writer {
             }
             Err(e) => {
                 let _ = self.conn.execute_batch("ROLLBACK");
+                self.reaped.clear();
+                self.failed_rounds += 1;
+                self.retry_after = Some(Instant::now() + self.poll_interval);
+                if self.failed_rounds >= 3 && !self.orphans.is_empty() {
+                    // Giving them back keeps failing (with the round): leave them to expire,
+                    // and the reaper takes them back (an attempt spent), rather than fail every
+                    // round that carries them.
+                    tracing::warn!(
+                        leases = self.orphans.len(),
+                        "sqlite broker: abandoned leases could not be given back; they expire"
+                    );
+                    self.orphans.clear();
+                }
                 let msg = e.to_string();
                 tracing::warn!(error = %msg, "sqlite broker: transaction rolled back");
                 // Leases of this round were never committed; their entries are rebuilt here.
@@ -469,112 +505,5 @@ impl Writer {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use rusqlite::params;
-    use tokio::sync::oneshot;
-    use weir_core::{NewJob, SystemClock};
-
-    fn writer(dir: &tempfile::TempDir) -> Writer {
-        let mut conn = Connection::open(dir.path().join("w.db")).unwrap();
-        crate::schema::migrate(&mut conn).unwrap();
-        Writer::new(conn, Arc::new(SystemClock), Duration::from_millis(100)).unwrap()
-    }
-
-    fn state_attempt(w: &Writer) -> (i64, i64) {
-        w.conn
-            .query_row("SELECT state, attempt FROM jobs", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .unwrap()
-    }
-
-    /// The writer leased jobs for a fetch whose caller then went away: the leases are given
-    /// back in the next round, attempt unspent.
-    #[test]
-    fn leases_of_an_abandoned_fetch_are_given_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut w = writer(&dir);
-        let (tx, _rx) = oneshot::channel();
-        w.round(vec![Cmd::Enqueue(vec![NewJob::new("k", "{}")], tx)]);
-        let (tx, rx) = oneshot::channel();
-        let fetch = Fetch {
-            queues: vec!["default".into()],
-            max: 1,
-            lease: Duration::from_secs(30),
-            deadline: Instant::now(),
-            reply: tx,
-        };
-        let now = w.clock.now();
-        w.runnable.now = now;
-        w.conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let done = w
-            .apply(Cmd::Fetch(fetch), now)
-            .unwrap()
-            .expect("leased at once");
-        w.conn.execute_batch("COMMIT").unwrap();
-        assert_eq!(state_attempt(&w), (1, 1));
-        drop(rx);
-        w.send(done);
-        assert_eq!(w.orphans.len(), 1);
-        w.round(Vec::new());
-        assert!(w.orphans.is_empty());
-        assert_eq!(
-            state_attempt(&w),
-            (0, 0),
-            "pending again, attempt not spent"
-        );
-    }
-
-    /// Only the queues a process fetches from (or asks the backlog of) are indexed: one that
-    /// only enqueues holds nothing, whatever the backlog, and a worker's index holds its own
-    /// queues, loaded from disk when first named and kept as jobs arrive.
-    #[test]
-    fn only_served_queues_are_indexed() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut w = writer(&dir);
-        let jobs = |q: &str, n| (0..n).map(|_| NewJob::new("k", "{}").queue(q)).collect();
-        let (tx, _rx) = oneshot::channel();
-        w.round(vec![Cmd::Enqueue(jobs("a", 3), tx)]);
-        let (tx, _rx) = oneshot::channel();
-        w.round(vec![Cmd::Enqueue(jobs("b", 5), tx)]);
-        assert!(w.runnable.index.is_empty(), "a producer indexes nothing");
-        let (tx, rx) = oneshot::channel();
-        w.round(vec![Cmd::Backlog(vec!["a".into()], tx)]);
-        assert_eq!(rx.blocking_recv().unwrap().unwrap(), vec![3]);
-        assert_eq!(w.runnable.index.len(), 3, "a, loaded when first named");
-        let (tx, _rx) = oneshot::channel();
-        w.round(vec![Cmd::Enqueue(jobs("a", 1), tx)]);
-        let (tx, _rx) = oneshot::channel();
-        w.round(vec![Cmd::Enqueue(jobs("b", 1), tx)]);
-        assert_eq!(
-            w.runnable.index.ready_len("a"),
-            4,
-            "new jobs of a are added"
-        );
-        assert_eq!(w.runnable.index.ready_len("b"), 0, "b is not served here");
-        // A failed round reloads the served queues only.
-        w.reload().unwrap();
-        assert_eq!(w.runnable.index.len(), 4);
-    }
-
-    /// A purge window reads its rows by seq range, never the whole table: that is what keeps
-    /// each command short on a file with millions of jobs.
-    #[test]
-    fn a_purge_window_is_a_seq_range() {
-        let dir = tempfile::tempdir().unwrap();
-        let w = writer(&dir);
-        let plan: Vec<String> = w
-            .conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {PURGE}"))
-            .unwrap()
-            .query_map(params![3, None::<String>, None::<i64>, 0, 10], |r| {
-                r.get::<_, String>(3)
-            })
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        let plan = plan.join("; ");
-        assert!(plan.contains("rowid>? AND rowid<?"), "{plan}");
-    }
-}
+#[path = "writer_tests.rs"]
+mod tests;

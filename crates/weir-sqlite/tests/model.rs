@@ -148,6 +148,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut jobs: HashMap<JobId, Model> = HashMap::new();
     let mut order: Vec<JobId> = Vec::new();
     let mut out: Vec<Delivery> = Vec::new(); // deliveries not settled yet
+    let mut done_seen: HashMap<(String, i64), i64> = HashMap::new();
     for op in ops {
         let now = clock.now();
         // An operation that met an injected fault leaves the step (`break 'step`): the
@@ -385,6 +386,18 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 "SELECT queue, state, COUNT(*) FROM jobs WHERE state >= 3 GROUP BY 1, 2 ORDER BY 1, 2",
             );
             prop_assert_eq!(kept, counted, "maintained counts drifted from the table");
+            // `done` (jobs ever finished) never goes down, and never below `n`.
+            for (queue, state, n) in read("SELECT queue, state, done FROM finished_counts") {
+                let before = done_seen.insert((queue.clone(), state), n).unwrap_or(0);
+                prop_assert!(
+                    n >= before,
+                    "done went down for {queue}/{state}: {before} -> {n}"
+                );
+            }
+            prop_assert!(
+                read("SELECT queue, state, 0 FROM finished_counts WHERE done < n").is_empty(),
+                "done below n"
+            );
         }
         continue_check(&path, jobs.len())?;
     }

@@ -89,13 +89,20 @@ struct Limit<C: Clock> {
 /// What an admission holds: release by dropping it when the work is done.
 pub struct Admission {
     _permits: Vec<KeyPermit>,
-    /// One count in each limit the admission is under, given back on drop.
-    in_flight: Vec<Arc<AtomicUsize>>,
+    /// One count in each limit the admission is under (by name), given back on drop.
+    in_flight: Vec<(Arc<str>, Arc<AtomicUsize>)>,
+}
+
+impl Admission {
+    /// The names of the limits this admission holds, each once.
+    pub fn limits(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.in_flight.iter().map(|(name, _)| name)
+    }
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        for n in &self.in_flight {
+        for (_, n) in &self.in_flight {
             n.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -250,9 +257,9 @@ impl<C: Clock + Clone> Limiter<C> {
         }
         let in_flight = under
             .into_iter()
-            .map(|(_, l)| {
+            .map(|(name, l)| {
                 l.in_flight.fetch_add(1, Ordering::Relaxed);
-                l.in_flight.clone()
+                (Arc::from(name), l.in_flight.clone())
             })
             .collect();
         Ok(Admission {

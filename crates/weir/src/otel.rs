@@ -11,12 +11,12 @@
 //! is refused with a clear error rather than silently ignored.
 
 use opentelemetry::trace::TracerProvider as _;
-/// Makes attempt spans join their job's trace; [`Otel::from_env`] calls it. Call it yourself
-/// if you install a `tracing-opentelemetry` layer of your own.
-pub use weir_runtime::join_traces;
 use opentelemetry_sdk::trace::{SdkTracerProvider, Tracer};
 use tracing::Subscriber;
 use tracing_subscriber::registry::LookupSpan;
+/// Makes attempt spans join their job's trace; [`Otel::from_env`] calls it. Call it yourself
+/// if you install a `tracing-opentelemetry` layer of your own.
+pub use weir_runtime::join_traces;
 
 /// Export could not be set up as the variables ask.
 #[derive(Debug, thiserror::Error)]

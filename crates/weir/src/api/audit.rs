@@ -70,7 +70,20 @@ impl AuditLog {
         options.create(true).append(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let file = options.open(path)?;
+        let mut file = options.open(path)?;
+        // A last line cut short (a crash mid-write) is ended here, so the next entry starts
+        // a line of its own instead of joining the fragment.
+        let len = file.metadata()?.len();
+        if len > 0 {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut last = [0u8];
+            let mut reader = std::fs::File::open(path)?;
+            reader.seek(SeekFrom::Start(len - 1))?;
+            reader.read_exact(&mut last)?;
+            if last[0] != b'\n' {
+                file.write_all(b"\n")?;
+            }
+        }
         Ok(AuditLog {
             recent: parking_lot::Mutex::new(recent),
             file: Some(Arc::new(std::sync::Mutex::new(file))),
@@ -146,6 +159,11 @@ mod tests {
             .unwrap();
         let log = AuditLog::open(&path).unwrap();
         assert_eq!(log.newest_first(), vec![entry(2), entry(1), entry(0)]);
+        // The next entry after the fragment is kept too.
+        log.record(entry(3)).await;
+        drop(log);
+        let log = AuditLog::open(&path).unwrap();
+        assert_eq!(log.newest_first()[0], entry(3));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

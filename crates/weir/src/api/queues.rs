@@ -1,8 +1,9 @@
 //! `GET /api/v1/queues` and `/api/v1/workers`: what `weir status` shows, plus how far
 //! behind each queue is (the age of its longest-waiting runnable job) and its throughput.
 //!
-//! Throughput is measured here, from the broker's finished counts (every worker's jobs, not
-//! only this process's): each read of the counts (this route, a `/metrics` scrape) keeps a
+//! Throughput is measured here, from the broker's count of jobs ever finished
+//! (`QueueCounts::finished_ever`: every worker's jobs, not only this process's, and not
+//! lowered by retention): each read of the counts (this route, a `/metrics` scrape) keeps a
 //! sample for a minute, and a queue's throughput is the finished jobs per second between the
 //! oldest kept sample and now. The first read has nothing to compare with and answers
 //! `null`; a dashboard polling every few seconds has a figure from its second call on.
@@ -31,8 +32,10 @@ pub(crate) struct Throughput {
     samples: parking_lot::Mutex<VecDeque<(Instant, HashMap<String, u64>)>>,
 }
 
+/// Jobs ever finished: not lowered when finished jobs are deleted (retention, purge), so a
+/// sweep between two samples does not read as a stall.
 fn finished(q: &QueueCounts) -> u64 {
-    q.succeeded + q.failed + q.cancelled
+    q.finished_ever
 }
 
 impl Throughput {
@@ -132,10 +135,10 @@ pub(crate) async fn workers(State(st): State<Arc<ApiState>>) -> Result<Json<Valu
 mod tests {
     use super::*;
 
-    fn counts(queue: &str, succeeded: u64) -> QueueCounts {
+    fn counts(queue: &str, finished_ever: u64) -> QueueCounts {
         QueueCounts {
             queue: queue.into(),
-            succeeded,
+            finished_ever,
             ..Default::default()
         }
     }
@@ -162,7 +165,8 @@ mod tests {
         // Samples older than the window are dropped: the rate is over the last minute.
         let r = t.observe(t0 + Duration::from_secs(65), &[counts("a", 600)]);
         assert_eq!(r["a"], (0.0, 55.0));
-        // A purge (the count fell) reads as nothing finished, not a negative rate.
+        // A count that fell (a file replaced under the API) reads as nothing finished, not
+        // a negative rate.
         let r = t.observe(t0 + Duration::from_secs(70), &[counts("a", 0)]);
         assert_eq!(r["a"].0, 0.0);
     }

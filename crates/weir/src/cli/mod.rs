@@ -157,7 +157,7 @@ pub(crate) type LogHandle =
 /// The log lines on stderr, and with the `otel` feature the spans exported where the
 /// `OTEL_*` variables say (see `weir::otel`); the exporter is returned to be shut down (and
 /// flushed) at exit.
-fn init_logging(filter: &str) -> anyhow::Result<(Option<LogHandle>, Option<Otel>)> {
+fn init_logging(filter: &str, export: bool) -> anyhow::Result<(Option<LogHandle>, Option<Otel>)> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
@@ -166,9 +166,16 @@ fn init_logging(filter: &str) -> anyhow::Result<(Option<LogHandle>, Option<Otel>
     // Colour only for a person at a terminal: a log file or a pipe gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     #[cfg(feature = "otel")]
-    let otel = weir::otel::Otel::from_env()?;
+    let otel = if export {
+        weir::otel::Otel::from_env()?
+    } else {
+        None
+    };
     #[cfg(not(feature = "otel"))]
-    let otel: Option<Otel> = None;
+    let otel: Option<Otel> = {
+        let _ = export;
+        None
+    };
     #[cfg(feature = "otel")]
     let spans = otel.as_ref().map(|o| o.layer());
     #[cfg(not(feature = "otel"))]
@@ -347,7 +354,10 @@ pub(crate) fn main() -> ExitCode {
         Command::Serve(_) | Command::Http(_) => "info,lapin=off",
         _ => "warn,lapin=off",
     };
-    let (log, otel) = match init_logging(args.log.as_deref().unwrap_or(default_log)) {
+    // Spans are exported from where jobs run (`serve`, `bench`); a one-shot command runs none,
+    // and an OTEL_* setting it cannot follow must not stop it.
+    let export = matches!(args.command, Command::Serve(_) | Command::Bench(_));
+    let (log, otel) = match init_logging(args.log.as_deref().unwrap_or(default_log), export) {
         Ok(l) => l,
         Err(e) => {
             // A setting weir cannot follow is a usage error, said before anything runs.
