@@ -20,63 +20,34 @@ use crate::retry::settlement_for;
 use crate::settler::SettleTx;
 use crate::shared::Shared;
 
+/// The `attempt` span of `d`, with `target: …,` before the name if given.
+macro_rules! attempt_span {
+    ($d:expr $(, $target:expr)?) => {
+        tracing::info_span!(
+            $(target: $target,)?
+            "attempt",
+            job = %$d.job.id,
+            kind = %$d.job.kind,
+            queue = %$d.job.queue,
+            attempt = $d.job.attempt,
+            trace_id = %$d.job.trace_id,
+        )
+    };
+}
+
 /// Runs one attempt in a `tracing` span named `attempt` that carries the job id, kind,
 /// queue, attempt and trace id, so every line the handler logs can be traced to its job.
+/// With the `otel` feature, an attempt whose trace is sampled (see `traced`) runs in a span
+/// the exporter sees, joined to its job's trace.
 pub(crate) async fn run(shared: Arc<Shared>, settle_tx: SettleTx, d: Delivery, slot: Slot) {
-    let span = tracing::info_span!(
-        "attempt",
-        job = %d.job.id,
-        kind = %d.job.kind,
-        queue = %d.job.queue,
-        attempt = d.job.attempt,
-        trace_id = %d.job.trace_id,
-    );
     #[cfg(feature = "otel")]
-    if JOIN_TRACES.load(std::sync::atomic::Ordering::Relaxed) {
-        join_trace(&span, &d.job);
+    if let Some(trace) = crate::traced::sampled(&d.job.trace_id) {
+        let span = attempt_span!(d, crate::traced::TRACED_TARGET);
+        crate::traced::join(&span, trace, &d.job);
+        return attempt(shared, settle_tx, d, slot).instrument(span).await;
     }
+    let span = attempt_span!(d);
     attempt(shared, settle_tx, d, slot).instrument(span).await
-}
-
-/// Set once an OpenTelemetry exporter is installed ([`join_traces`]): until then an attempt
-/// pays nothing for the link (parsing the trace id, finding the layer).
-#[cfg(feature = "otel")]
-static JOIN_TRACES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// From now on, each attempt's span joins its job's trace in OpenTelemetry (see
-/// [`join_trace`]). `weir::otel::Otel::from_env` calls it when it sets up an exporter; call
-/// it yourself if you install a `tracing-opentelemetry` layer of your own.
-#[cfg(feature = "otel")]
-pub fn join_traces() {
-    JOIN_TRACES.store(true, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// Puts the attempt's span in its job's trace for OpenTelemetry: the job's trace id (32 hex
-/// digits, as weir makes them) with a remote parent whose span id comes from the job id, as
-/// the `traceparent` header on RabbitMQ says. So every attempt of every member of a workflow
-/// is one trace. A trace id of another form leaves the span a trace of its own.
-#[cfg(feature = "otel")]
-fn join_trace(span: &tracing::Span, job: &Job) {
-    use opentelemetry::trace::{
-        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
-    };
-    use tracing_opentelemetry::OpenTelemetrySpanExt;
-    let Ok(trace) = TraceId::from_hex(&job.trace_id) else {
-        return;
-    };
-    let parent = job.id.as_uuid().as_u64_pair().1;
-    if trace == TraceId::INVALID || parent == 0 {
-        return;
-    }
-    let cx = SpanContext::new(
-        trace,
-        SpanId::from_bytes(parent.to_be_bytes()),
-        TraceFlags::SAMPLED,
-        true,
-        TraceState::default(),
-    );
-    // Only fails for a span no OpenTelemetry layer records (no exporter): nothing to join.
-    let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(cx));
 }
 
 async fn attempt(shared: Arc<Shared>, settle_tx: SettleTx, d: Delivery, mut slot: Slot) {

@@ -32,11 +32,11 @@ mod retry;
 mod scaler;
 mod settler;
 mod shared;
+#[cfg(feature = "otel")]
+mod traced;
 mod tuning;
 mod worker;
 
-#[cfg(feature = "otel")]
-pub use attempt::join_traces;
 pub use autoscale::{
     decide, AutoscaleConfig, Decision, InvalidAutoscale, Observed, Reason, ScalerState,
 };
@@ -47,6 +47,8 @@ pub use observer::Observer;
 pub use registry::{Handler, KindOptions, Registry};
 pub use report::WorkerReport;
 pub use retry::settlement_for;
+#[cfg(feature = "otel")]
+pub use traced::{join_traces, TRACED_TARGET};
 pub use tuning::{InvalidTuning, Tuning};
 pub use worker::{QueueSpec, Worker, WorkerBuilder, WorkerError};
 

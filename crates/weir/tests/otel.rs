@@ -138,3 +138,34 @@ fn attempts_are_exported_and_a_workflow_is_one_trace() {
         );
     }
 }
+
+/// `OTEL_TRACES_SAMPLER=always_off`: the exporter is set up, and no attempt reaches it.
+#[test]
+fn a_trace_not_sampled_is_not_exported() {
+    let w = Weir::new();
+    let (endpoint, spans) = collector();
+    let mut c = w.cmd(&[]);
+    c.args(["--log", "info", "serve", "--tick", "1s"])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env("OTEL_TRACES_SAMPLER", "always_off")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let (serving, _log) = spawn_logged(c);
+    let id = w.ok(&["enqueue", "echo", "--payload", "1"]);
+    wait_for("the job to run", LONG, || {
+        let j = w.json(&["inspect", id.trim(), "--json"]);
+        if j["state"] == "succeeded" {
+            Ok(())
+        } else {
+            Err(j)
+        }
+    });
+    // Stopping flushes whatever the exporter holds.
+    assert!(serving.terminate(LONG).success());
+    let got = spans.lock().unwrap();
+    assert!(
+        got.iter().all(|sp| sp.name != "attempt"),
+        "an attempt of a trace not sampled was exported: {got:?}"
+    );
+}
