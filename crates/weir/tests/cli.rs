@@ -450,3 +450,36 @@ fn workflows_submit_serve_inspect() {
     let err = text(&weir(&db, &["workflow", "submit", bad.to_str().unwrap()]).stderr);
     assert!(err.contains("line 2"), "{err}");
 }
+
+/// `weir status` says how long the longest-waiting job of each queue has been due (nobody
+/// serves it here), and a delayed job is not waiting yet.
+#[test]
+fn status_shows_how_long_jobs_have_waited() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("wait.db");
+    assert!(weir(&db, &["enqueue", "noop", "--queue", "early"])
+        .status
+        .success());
+    assert!(weir(
+        &db,
+        &["enqueue", "noop", "--queue", "later", "--delay", "1h"]
+    )
+    .status
+    .success());
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let table = text(&weir(&db, &["status"]).stdout);
+    let row = |q: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(q))
+            .unwrap_or_else(|| panic!("no {q} in {table}"))
+            .to_owned()
+    };
+    assert!(table.contains("OLDEST WAITING"), "{table}");
+    assert!(row("early").trim_end().ends_with('s'), "{table}");
+    assert!(row("later").trim_end().ends_with('-'), "{table}");
+    let json = status(&db);
+    let early = &json["queues"][0];
+    assert_eq!(early["queue"], "early");
+    assert!(early["oldest_due"].as_i64().is_some(), "{json}");
+}

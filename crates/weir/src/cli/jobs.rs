@@ -178,7 +178,7 @@ pub(crate) async fn status(args: &Args, a: &StatusArgs) -> anyhow::Result<ExitCo
         return Ok(ExitCode::SUCCESS);
     }
     out!(
-        "{:<20} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "{:<20} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}  OLDEST WAITING",
         "QUEUE",
         "PENDING",
         "RUNNING",
@@ -187,16 +187,26 @@ pub(crate) async fn status(args: &Args, a: &StatusArgs) -> anyhow::Result<ExitCo
         "FAILED",
         "CANCELLED"
     );
+    let now = weir::Timestamp::now();
     for q in &counts {
+        // How long the longest-waiting runnable job has been due: how far behind the queue is.
+        let waiting = q.oldest_due.map_or_else(
+            || "-".to_owned(),
+            |due| {
+                let secs = now.since(due).as_secs();
+                humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
+            },
+        );
         out!(
-            "{:<20} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "{:<20} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}  {}",
             q.queue,
             q.pending,
             q.running,
             q.retryable,
             q.succeeded,
             q.failed,
-            q.cancelled
+            q.cancelled,
+            waiting
         );
     }
     if counts.is_empty() {
