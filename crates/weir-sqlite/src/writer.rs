@@ -441,6 +441,24 @@ impl Writer {
 
     /// Learns of jobs other processes enqueued or made runnable again.
     fn poll_external(&mut self) -> rusqlite::Result<()> {
+        // A newer weir may have migrated the file while this process ran: stop writing to
+        // it (every command fails, saying why) rather than keep it in a form the newer one
+        // does not expect (e.g. finishing jobs without the counts it keeps).
+        let version: i64 = self
+            .conn
+            .prepare_cached("PRAGMA user_version")?
+            .query_row([], |r| r.get(0))?;
+        if version > crate::schema::VERSION {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISMATCH),
+                Some(format!(
+                    "the file was upgraded to schema version {version} by a newer weir while \
+                     this process ran (it knows version {}): stop this process and run the \
+                     newer weir",
+                    crate::schema::VERSION
+                )),
+            ));
+        }
         let mut st = self.conn.prepare_cached(
             "SELECT seq, queue, priority, run_at, state, unique_key IS NOT NULL
                FROM jobs WHERE seq > ?1 ORDER BY seq",

@@ -107,3 +107,23 @@ fn a_purge_window_is_a_seq_range() {
     let plan = plan.join("; ");
     assert!(plan.contains("rowid>? AND rowid<?"), "{plan}");
 }
+
+/// A newer weir migrated the file under a running process: that process stops writing
+/// (each command fails, saying why) instead of writing the older way.
+#[test]
+fn a_file_upgraded_underneath_is_not_written_the_old_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = writer(&dir);
+    let other = Connection::open(dir.path().join("w.db")).unwrap();
+    other
+        .pragma_update(None, "user_version", crate::schema::VERSION + 1)
+        .unwrap();
+    let (tx, rx) = oneshot::channel();
+    w.round(vec![Cmd::Enqueue(vec![NewJob::new("k", "{}")], tx)]);
+    let e = rx.blocking_recv().unwrap().unwrap_err().to_string();
+    assert!(e.contains("newer weir"), "{e}");
+    let n: i64 = other
+        .query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0, "nothing written");
+}
