@@ -326,7 +326,8 @@ fn an_open_api_on_a_public_address_is_refused() {
 }
 
 /// RabbitMQ through `weir http`: what it can do works; what it cannot is a 501 with the
-/// reason, never an empty success.
+/// reason, never an empty success. The queues it reports depths of are the configuration's
+/// (RabbitMQ cannot list them).
 #[test]
 fn rabbitmq_answers_501_for_what_it_cannot_do() {
     let w = Weir::new();
@@ -334,6 +335,7 @@ fn rabbitmq_answers_501_for_what_it_cannot_do() {
         "amqp://guest:guest@127.0.0.1:5672/%2f?prefix=weir-http-{}.",
         uuid::Uuid::new_v4().simple()
     );
+    let config = w.file("weir.toml", "[queues.web]\nworkers = 1\n");
     let mut c = Command::new(env!("CARGO_BIN_EXE_weir"));
     c.current_dir(w.dir.path())
         .env_remove("WEIR_CONFIG")
@@ -342,10 +344,10 @@ fn rabbitmq_answers_501_for_what_it_cannot_do() {
             &url,
             "--log",
             "info",
+            "--config",
+            s(&config),
             "http",
             "127.0.0.1:0",
-            "--queues",
-            "web",
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
