@@ -79,6 +79,8 @@ type Rates<C> =
     RateLimiter<String, DefaultKeyedStateStore<String>, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
 struct Limit<C: Clock> {
+    /// Its name, shared by the admissions and refusals that name it (no allocation each).
+    name: Arc<str>,
     spec: LimitSpec,
     sem: Option<KeyedSemaphore>,
     rate: Option<Arc<Rates<C>>>,
@@ -201,8 +203,9 @@ impl<C: Clock + Clone> Limiter<C> {
             };
             let in_flight = prev.map_or_else(Default::default, |p| p.in_flight.clone());
             next.insert(
-                name,
+                name.clone(),
                 Arc::new(Limit {
+                    name: name.into(),
                     spec,
                     sem,
                     rate,
@@ -219,14 +222,14 @@ impl<C: Clock + Clone> Limiter<C> {
     pub fn try_admit(&self, keys: &[String]) -> Result<Admission, Refused> {
         let limits = self.limits.load();
         let mut permits = Vec::new();
-        let mut under: Vec<(&str, &Arc<Limit<C>>)> = Vec::new();
+        let mut under: Vec<&Arc<Limit<C>>> = Vec::new();
         for key in keys {
             let name = key.split(':').next().unwrap_or(key);
-            let Some((name, limit)) = limits.get_key_value(name) else {
+            let Some(limit) = limits.get(name) else {
                 continue;
             };
-            if !under.iter().any(|(n, _)| *n == name) {
-                under.push((name, limit));
+            if !under.iter().any(|l| Arc::ptr_eq(l, limit)) {
+                under.push(limit);
             }
             if let Some(sem) = &limit.sem {
                 match sem.try_acquire(key) {
@@ -234,7 +237,7 @@ impl<C: Clock + Clone> Limiter<C> {
                     // Busy: try again soon; permits taken so far are released on return.
                     None => {
                         return Err(Refused {
-                            limit: name.as_str().into(),
+                            limit: limit.name.clone(),
                             wait: Duration::from_millis(100),
                         })
                     }
@@ -243,13 +246,13 @@ impl<C: Clock + Clone> Limiter<C> {
         }
         for key in keys {
             let name = key.split(':').next().unwrap_or(key);
-            let Some((name, limit)) = limits.get_key_value(name) else {
+            let Some(limit) = limits.get(name) else {
                 continue;
             };
             if let Some(rate) = &limit.rate {
                 if let Err(not_until) = rate.check_key(key) {
                     return Err(Refused {
-                        limit: name.as_str().into(),
+                        limit: limit.name.clone(),
                         wait: not_until.wait_time_from(self.clock.now()),
                     });
                 }
@@ -257,9 +260,9 @@ impl<C: Clock + Clone> Limiter<C> {
         }
         let in_flight = under
             .into_iter()
-            .map(|(name, l)| {
+            .map(|l| {
                 l.in_flight.fetch_add(1, Ordering::Relaxed);
-                (Arc::from(name), l.in_flight.clone())
+                (l.name.clone(), l.in_flight.clone())
             })
             .collect();
         Ok(Admission {

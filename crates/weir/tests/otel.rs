@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bin_support::{s, spawn_logged, wait_for, Weir};
+use bin_support::{s, spawn_logged, wait_for, Serving, Weir};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -91,18 +91,24 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// `weir serve` exporting to the collector at `endpoint` (batches sent every 100 ms), with
+/// one more variable.
+fn serve_exporting(w: &Weir, endpoint: &str, (k, v): (&str, &str)) -> Serving {
+    let mut c = w.cmd(&[]);
+    c.args(["--log", "info", "serve", "--tick", "1s"])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env(k, v)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    spawn_logged(c).0
+}
+
 #[test]
 fn attempts_are_exported_and_a_workflow_is_one_trace() {
     let w = Weir::new();
     let (endpoint, spans) = collector();
-    let mut c = w.cmd(&[]);
-    c.args(["--log", "info", "serve", "--tick", "1s"])
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .env("OTEL_SERVICE_NAME", "weir-test")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let (_serving, _log) = spawn_logged(c);
+    let _serving = serve_exporting(&w, &endpoint, ("OTEL_SERVICE_NAME", "weir-test"));
     let spec = w.file(
         "chain.json",
         r#"{"shape":"chain","steps":[{"kind":"echo","payload":[1,2]},{"kind":"echo"}]}"#,
@@ -144,14 +150,7 @@ fn attempts_are_exported_and_a_workflow_is_one_trace() {
 fn a_trace_not_sampled_is_not_exported() {
     let w = Weir::new();
     let (endpoint, spans) = collector();
-    let mut c = w.cmd(&[]);
-    c.args(["--log", "info", "serve", "--tick", "1s"])
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .env("OTEL_TRACES_SAMPLER", "always_off")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let (serving, _log) = spawn_logged(c);
+    let serving = serve_exporting(&w, &endpoint, ("OTEL_TRACES_SAMPLER", "always_off"));
     let id = w.ok(&["enqueue", "echo", "--payload", "1"]);
     wait_for("the job to run", LONG, || {
         let j = w.json(&["inspect", id.trim(), "--json"]);
